@@ -1,0 +1,30 @@
+"""evolveopt: discover deep-learning optimizers with a genetic algorithm over genomes.
+
+    import evolveopt
+    genome = evolveopt.load_genome("adan")
+    optimizer = evolveopt.build_optimizer(genome, model.parameters(), lr=1e-3)
+
+Importing the package does not import torch: genomes and the search are plain data, and the
+torch-backed names below load on first use.
+"""
+
+from evolveopt.errors import EvolveOptError, GenomeError, OptimizerUsageError
+from evolveopt.genome import Genome, genome_hash, load_genome, structure_key
+
+__version__ = "0.1.0"
+
+_TORCH_BACKED = {"build_optimizer": "evolveopt.compile", "GenomeOptimizer": "evolveopt.compile"}
+
+
+def __getattr__(name: str):  # PEP 562: torch loads only when a torch-backed name is used
+    if name in _TORCH_BACKED:
+        import importlib
+
+        return getattr(importlib.import_module(_TORCH_BACKED[name]), name)
+    raise AttributeError(f"module 'evolveopt' has no attribute '{name}'")
+
+
+__all__ = [
+    "EvolveOptError", "Genome", "GenomeError", "GenomeOptimizer", "OptimizerUsageError",
+    "build_optimizer", "genome_hash", "load_genome", "structure_key",
+]

@@ -1,0 +1,172 @@
+"""A genome as a ``torch.optim.Optimizer``.
+
+Every gene is a param-group hyperparameter (``group["lr"]``, ``group["beta1"]``, ...), so param
+groups carry their own values, ``add_param_group`` fills in the genome's, and every
+``torch.optim.lr_scheduler`` works on ``lr``; the genome's own schedule multiplies it.
+State per parameter is a dict of named buffers plus ``step``; Eve's loss-feedback state is kept
+per group under the key ``"loss_feedback.<group index>"``. Everything in ``state_dict()`` is
+plain tensors, numbers and strings, so ``torch.load(weights_only=True)`` reads it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import Tensor
+
+from evolveopt.errors import OptimizerUsageError
+from evolveopt.genome.io import load_genome
+from evolveopt.genome.schema import SCHEMA_VERSION, Genome
+from evolveopt.compile.rule import Rule, StepContext
+from evolveopt.primitives import feedback as eve
+from evolveopt.primitives import gradient, tensorlist
+
+# Below this mean tensor size, one multi-tensor (foreach) call per op beats a Python loop on
+# CPU; above it the loop wins (temporaries stay in cache). See docs/performance.md.
+FOREACH_MAX_MEAN_NUMEL = 65_536
+
+
+class GenomeOptimizer(torch.optim.Optimizer):
+    """The update rule of a genome. Build it with :func:`evolveopt.build_optimizer`.
+
+    Args:
+        params: parameters or param-group dicts (each group may override any gene).
+        genome: a :class:`~evolveopt.genome.schema.Genome`, a genome name or a file path.
+        total_steps: training horizon T for schedules that need one (cosine, linear decay,
+            warmup); accepted and ignored by genomes without such a schedule.
+        maximize: ascend the objective instead of descending.
+        foreach: use multi-tensor ops per group (True), one tensor at a time (False), or
+            choose by device and tensor size (None).
+        **genes: overrides of the genome's genes by name (``lr``, ``beta1``, ``weight_decay``, ...).
+    """
+
+    def __init__(self, params: Iterable[Any], genome: Genome | str | os.PathLike[str], *,
+                 total_steps: int | None = None, maximize: bool = False, foreach: bool | None = None,
+                 **genes: float):
+        genome = load_genome(genome)
+        genome = genome.with_genes(**genes) if genes else genome
+        if genome.schedule.needs_horizon:
+            _check_total_steps(genome, total_steps)
+        self.genome = genome
+        self.rule = Rule(genome)
+        defaults: dict[str, Any] = dict(genome.genes)
+        defaults.update(total_steps=total_steps, maximize=maximize, foreach=foreach, schema_version=SCHEMA_VERSION)
+        super().__init__(params, defaults)
+
+    def __repr__(self) -> str:
+        name = self.genome.name or "genome"
+        return f"GenomeOptimizer({name}, groups={len(self.param_groups)})"
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One update of every parameter with a gradient; returns the closure's loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if self.genome.uses_loss and loss is None:
+            raise OptimizerUsageError(
+                f"{self.genome.label} uses loss feedback: call step(closure) with a closure that returns the loss"
+            )
+        groups = [(index, group, *self._collect(group)) for index, group in enumerate(self.param_groups)]
+        norm = None
+        if self.rule.clips_global_norm:
+            norm = tensorlist.global_norm([g for *_, grads in groups for g in grads], member_dims=0)
+        for index, group, params, grads in groups:
+            if params:
+                self._step_group(index, group, params, grads, loss, norm)
+        return loss
+
+    def _collect(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor]]:
+        params, grads = [], []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise OptimizerUsageError(
+                    f"{self.genome.label} does not support sparse gradients; use dense gradients "
+                    "(e.g. nn.Embedding(sparse=False)) or torch.optim.SparseAdam"
+                )
+            params.append(p)
+            grads.append(p.grad)
+        return params, grads
+
+    def _step_group(self, index: int, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                    loss: Any, norm: Tensor | None) -> None:
+        genes = {name: _as_float(group[name]) for name in self.genome.genes}
+        feedback = self._loss_feedback(index, genes, loss) if self.genome.uses_loss else None
+        global_clip = gradient.clip_factor(norm, genes[self.genome.clip.threshold]) if norm is not None else None
+        for p in params:
+            state = self.state[p]
+            if not state:
+                state.update(self.rule.init_state(p))
+                state["step"] = 0
+            state["step"] += 1
+        for chunk in self._chunks(group, params):
+            chunk_params = [params[i] for i in chunk]
+            t = self.state[chunk_params[0]]["step"]
+            ctx = StepContext(
+                t=t, genes=genes, lr=_as_float(group["lr"]) * self.rule.schedule(t, genes, group["total_steps"]),
+                maximize=group["maximize"], global_clip=global_clip, feedback=feedback,
+            )
+            slots = {name: [self.state[p][name] for p in chunk_params] for name in self.rule.slots}
+            self.rule.step(chunk_params, [grads[i] for i in chunk], slots, ctx)
+
+    def _chunks(self, group: dict[str, Any], params: list[Tensor]) -> list[list[int]]:
+        """Indices of tensors sharing device, dtype and step count (one at a time without foreach)."""
+        if not _use_foreach(group["foreach"], params):
+            return [[i] for i in range(len(params))]
+        chunks: dict[tuple, list[int]] = defaultdict(list)
+        for i, p in enumerate(params):
+            chunks[(p.device, p.dtype, self.state[p]["step"])].append(i)
+        return list(chunks.values())
+
+    def _loss_feedback(self, index: int, genes: dict[str, float], loss: Any) -> Tensor:
+        fb = self.genome.loss_feedback
+        key = f"loss_feedback.{index}"
+        value = torch.as_tensor(loss).detach()
+        if key not in self.state:
+            self.state[key] = eve.init_feedback(value)
+            return self.state[key]["factor"]
+        return eve.update_feedback_(self.state[key], value, genes[fb.beta], genes[fb.low], genes[fb.high])
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("total_steps", None)
+            group.setdefault("maximize", False)
+            group.setdefault("foreach", None)
+            group.setdefault("schema_version", SCHEMA_VERSION)
+
+
+def _use_foreach(choice: bool | None, params: list[Tensor]) -> bool:
+    if choice is not None:
+        return choice
+    if all(p.is_cuda for p in params):
+        return True
+    return sum(p.numel() for p in params) / len(params) <= FOREACH_MAX_MEAN_NUMEL
+
+
+def _as_float(value: Any) -> float:
+    return float(value.item()) if isinstance(value, Tensor) else float(value)
+
+
+def _check_total_steps(genome: Genome, total_steps: int | None) -> None:
+    if total_steps is None:
+        raise OptimizerUsageError(
+            f"{genome.label} has a '{genome.schedule.kind}' schedule: pass total_steps=<training steps>"
+        )
+    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+        raise OptimizerUsageError(f"total_steps must be a positive integer, got {total_steps!r}")
+
+
+def build_optimizer(genome: Genome | str | os.PathLike[str], params: Iterable[Any], **overrides: Any) -> GenomeOptimizer:
+    """Compile ``genome`` (a Genome, a name such as ``"adan"``, or a YAML path) for ``params``.
+
+    ``overrides`` are gene values by canonical name (``lr``, ``beta1``, ``beta2``, ``beta3``,
+    ``eps``, ``weight_decay``, ...) and the options ``total_steps``, ``maximize`` and ``foreach``.
+    """
+    return GenomeOptimizer(params, genome, **overrides)

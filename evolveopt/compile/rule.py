@@ -1,0 +1,344 @@
+"""A genome compiled into one step over a list of tensors.
+
+:class:`Rule` is the single implementation of every genome. It serves two callers:
+
+* :class:`~evolveopt.compile.optimizer.GenomeOptimizer` (a ``torch.optim.Optimizer``): genes are
+  Python floats from the param group, tensors are one group's parameters (``member_dims = 0``);
+* the population evaluator: tensors are stacked ``[P, ...]`` and genes are ``[P]`` tensors, one
+  value per member (``member_dims = 1``), so P genomes of one structure train in one call.
+
+State lives in named slots (``momentum.grad.beta1``, ``second_moment.grad.beta2``, ...) so two
+terms that read the same statistic share one buffer, and checkpoints stay readable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import torch
+from torch import Tensor
+
+from evolveopt.genome.schema import Genome, Momentum, Precondition, Signal, Term
+from evolveopt.primitives import decay, gradient, layerwise, moments, preconditioners, schedules
+from evolveopt.primitives import tensorlist as tl
+from evolveopt.primitives.tensorlist import Factor, Scalar, TensorList
+
+ZEROS = "zeros"  # a buffer shaped like the parameter
+MEMBER_ONE = "member_one"  # one value per member (0-d, or [P]), starting at 1
+
+
+@dataclass
+class Part:
+    """coef · num / den (den may be None): one summand of the direction u."""
+
+    coef: Factor
+    num: TensorList
+    den: TensorList | None = None
+
+
+@dataclass
+class StepContext:
+    """Everything a step needs besides tensors: step count t (1-based), gene values, η_t."""
+
+    t: int
+    genes: Mapping[str, Scalar]
+    lr: Scalar
+    member_dims: int = 0
+    maximize: bool = False
+    global_clip: Scalar | None = None  # min(1, c/‖g‖) over every parameter, for clip.mode=global_norm
+    feedback: Scalar | None = None  # Eve's d_t
+
+
+@dataclass
+class _StepCache:
+    """Signals and statistics computed once per step, shared by the terms that read them."""
+
+    grads: TensorList
+    signals: dict[str, TensorList] = field(default_factory=dict)
+    updated: dict[str, TensorList] = field(default_factory=dict)
+    momentum_parts: dict[tuple, moments.Parts] = field(default_factory=dict)
+
+
+class Rule:
+    """The update rule of one genome structure (gene values arrive with each step)."""
+
+    def __init__(self, genome: Genome):
+        self.genome = genome
+        self.slots: dict[str, str] = {}
+        for term in genome.terms:
+            self._declare_term(term)
+        if genome.adaptor is not None:
+            self.slots["adaptor.prev_grad"] = ZEROS
+            self.slots["adaptor.diff_ema"] = ZEROS
+        if genome.friction != "none":
+            self.slots["prev_grad"] = ZEROS
+
+    # ------------------------------------------------------------------ slots
+
+    def _declare_term(self, term: Term) -> None:
+        for signal in (term.signal, term.precondition.signal if term.precondition else None):
+            if signal is not None and signal.kind in ("grad_diff", "nesterov_grad"):
+                self.slots["prev_grad"] = ZEROS
+        if term.momentum is not None:
+            self.slots[momentum_slot(term)] = ZEROS
+            if term.momentum.kind == "nadam":
+                self.slots[nadam_slot(term)] = MEMBER_ONE
+        if term.precondition is not None:
+            for slot in precondition_slots(term):
+                self.slots[slot] = ZEROS
+
+    def init_state(self, param: Tensor, member_dims: int = 0) -> dict[str, Tensor]:
+        """Fresh state for one parameter tensor (``[P, ...]`` when member_dims is 1)."""
+        state = {}
+        for name, kind in self.slots.items():
+            if kind == ZEROS:
+                state[name] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            elif member_dims == 0:  # host scalar: read without a device sync
+                state[name] = torch.ones((), dtype=torch.float64)
+            else:
+                state[name] = torch.ones(param.shape[:member_dims], dtype=param.dtype, device=param.device)
+        return state
+
+    @property
+    def buffers_per_param(self) -> int:
+        """Parameter-sized state buffers (Adam 2, Lion 1)."""
+        return sum(kind == ZEROS for kind in self.slots.values())
+
+    # ------------------------------------------------------------------ per-step scalars
+
+    def schedule(self, t: int, genes: Mapping[str, Scalar], total_steps: int | None) -> Scalar:
+        """s(t), the multiplier of lr."""
+        s = self.genome.schedule
+        return schedules.schedule_factor(
+            s.kind, t, total_steps,
+            warmup=genes[s.warmup] if s.warmup else None,
+            gamma=genes[s.gamma] if s.gamma else None,
+        )
+
+    @property
+    def clips_global_norm(self) -> bool:
+        return self.genome.clip is not None and self.genome.clip.mode == "global_norm"
+
+    # ------------------------------------------------------------------ the step
+
+    def step(self, params: TensorList, grads: TensorList, state: Mapping[str, TensorList], ctx: StepContext) -> None:
+        """One update of ``params`` in place. ``state[slot]`` lists one buffer per parameter."""
+        genome, genes = self.genome, ctx.genes
+        g = list(torch._foreach_neg(grads)) if ctx.maximize else list(grads)
+        g = self._clip(g, ctx)
+        wd = genome.weight_decay
+        if wd is not None and wd.mode == "l2":
+            g = decay.l2(g, params, genes[wd.rate])
+        if wd is not None and wd.mode == "decoupled":
+            decay.decoupled_(params, genes[wd.rate], ctx.lr)
+        if genome.adaptor is not None:
+            a = genome.adaptor
+            g = gradient.adaptor(g, state["adaptor.prev_grad"], state["adaptor.diff_ema"], genes[a.beta], genes[a.alpha])
+        cache = _StepCache(grads=g)
+        parts = [p for term in genome.terms for p in self._term(term, state, cache, ctx)]
+        xi = None
+        if genome.friction != "none":
+            xi = layerwise.friction(g, state["prev_grad"], genome.friction, ctx.member_dims)
+        if "prev_grad" in state:
+            torch._foreach_copy_(state["prev_grad"], g)
+        if (wd is not None and wd.mode == "in_direction") or genome.layerwise is not None or xi is not None:
+            parts = [Part(1.0, self._shape_direction(materialize(parts), params, xi, ctx))]
+        apply_(params, parts, -ctx.lr)
+        if wd is not None and wd.mode == "proximal":
+            decay.proximal_(params, genes[wd.rate], ctx.lr)
+
+    def _clip(self, g: TensorList, ctx: StepContext) -> TensorList:
+        clip = self.genome.clip
+        if clip is None:
+            return g
+        if clip.mode == "value":
+            return gradient.clip_by_value(g, ctx.genes[clip.threshold])
+        if clip.mode == "tensor_norm":
+            return gradient.clip_by_tensor_norm(g, ctx.genes[clip.threshold], ctx.member_dims)
+        assert ctx.global_clip is not None, "global-norm clipping needs the factor over every parameter"
+        return gradient.clip_by_global_norm(g, ctx.global_clip)
+
+    def _shape_direction(self, u: TensorList, params: TensorList, xi: TensorList | list | None,
+                         ctx: StepContext) -> TensorList:
+        """u + λθ (in_direction decay), layer-wise scaling, then friction."""
+        genome, genes = self.genome, ctx.genes
+        if genome.weight_decay is not None and genome.weight_decay.mode == "in_direction":
+            u = decay.in_direction(u, params, genes[genome.weight_decay.rate])
+        lw = genome.layerwise
+        if lw is not None and lw.kind == "trust_ratio":
+            tau = layerwise.trust_ratio(
+                params, u,
+                clamp=genes[lw.clamp] if lw.clamp else None,
+                eps=genes[lw.eps] if lw.eps else None,
+                member_dims=ctx.member_dims,
+                lr=ctx.lr if lw.norm_of == "new_weights" else None,
+            )
+            tl.scale_(u, tau)
+        elif lw is not None:
+            tl.scale_(u, layerwise.rms_norm_factors(u, genes[lw.eps], ctx.member_dims))
+        if xi is not None:
+            if genome.friction == "elementwise":
+                torch._foreach_mul_(u, xi)
+            else:
+                tl.scale_(u, xi)
+        return u
+
+    # ------------------------------------------------------------------ terms
+
+    def _term(self, term: Term, state: Mapping[str, TensorList], cache: _StepCache, ctx: StepContext) -> list[Part]:
+        x = self._signal(term.signal, state, cache, ctx)
+        numerators: moments.Parts = [(1.0, x)]
+        if term.momentum is not None:
+            numerators = self._momentum(term, state, cache, ctx)
+        parts = self._precondition(term, numerators, state, cache, ctx)
+        if term.sign:
+            parts = [Part(1.0, list(torch._foreach_sign(materialize(parts))))]
+        weight = ctx.genes[term.weight] if term.weight else 1.0
+        return [Part(tl.mul(weight, p.coef), p.num, p.den) for p in parts]
+
+    def _signal(self, signal: Signal, state: Mapping[str, TensorList], cache: _StepCache, ctx: StepContext) -> TensorList:
+        key = signal_name(signal)
+        if key in cache.signals:
+            return cache.signals[key]
+        if signal.kind == "grad":
+            value = cache.grads
+        elif signal.kind == "grad_diff":
+            value = gradient.grad_diff(cache.grads, state["prev_grad"], ctx.t)
+        else:  # nesterov_grad
+            diff = self._signal(Signal("grad_diff"), state, cache, ctx)
+            value = gradient.nesterov_grad(cache.grads, diff, ctx.genes[signal.beta])
+        cache.signals[key] = value
+        return value
+
+    def _momentum(self, term: Term, state: Mapping[str, TensorList], cache: _StepCache, ctx: StepContext) -> moments.Parts:
+        mom, genes, t = term.momentum, ctx.genes, ctx.t
+        slot = momentum_slot(term)
+        key = (slot, mom)
+        if key in cache.momentum_parts:  # an identical momentum was read this step
+            return cache.momentum_parts[key]
+        x = self._signal(term.signal, state, cache, ctx)
+        m, beta = state[slot], genes[mom.beta]
+        if slot in cache.updated:  # an EMA/Nesterov term sharing this buffer already advanced it
+            parts = _momentum_readout(mom, m, x, beta, t)
+        elif mom.kind == "interp":
+            parts = moments.interp(m, x, beta, genes[mom.mix])
+        elif mom.kind == "nadam":
+            parts = moments.nadam(m, x, state[nadam_slot(term)], beta, genes[mom.decay], t)
+        elif mom.kind == "ema":
+            parts = moments.ema(m, x, beta, t, mom.dampening, mom.bias_correction)
+        else:
+            parts = moments.nesterov(m, x, beta, t, mom.dampening, mom.bias_correction)
+        cache.updated[slot] = m
+        cache.momentum_parts[key] = parts
+        return parts
+
+    def _precondition(self, term: Term, numerators: moments.Parts, state: Mapping[str, TensorList],
+                      cache: _StepCache, ctx: StepContext) -> list[Part]:
+        pre = term.precondition
+        if pre is None:
+            d = ctx.feedback
+            scale = 1.0 if d is None else 1.0 / d
+            return [Part(tl.mul(scale, c), num) for c, num in numerators]
+        genes, t = ctx.genes, ctx.t
+        stat = self._statistic(term, state, cache, ctx)
+        beta = genes[pre.beta] if pre.beta else None
+        bias = 1.0 - beta**t if pre.bias_correction else 1.0
+        den, coef = preconditioners.denominator(stat, genes[pre.eps], pre.eps_mode, bias, ctx.feedback)
+        normalized, plain = coef, 0.0
+        if pre.rectify:
+            rect, plain = preconditioners.rectification(beta, t)
+            normalized = tl.mul(coef, rect)
+        parts = []
+        for c, num in numerators:
+            if not tl.is_zero(normalized):
+                parts.append(Part(tl.mul(c, normalized), num, den))
+            if not tl.is_zero(plain):
+                parts.append(Part(tl.mul(c, plain), num))
+        return parts
+
+    def _statistic(self, term: Term, state: Mapping[str, TensorList], cache: _StepCache, ctx: StepContext) -> TensorList:
+        """Advance the term's second-moment buffers once per step; return what the root is taken of."""
+        pre = term.precondition
+        slots = precondition_slots(term)
+        if slots[0] not in cache.updated:
+            if pre.signal.kind == "residual":
+                x = tl.added(self._signal(term.signal, state, cache, ctx), state[momentum_slot(term)], -1.0)
+            else:
+                x = self._signal(pre.signal, state, cache, ctx)
+            beta = ctx.genes[pre.beta] if pre.beta else None
+            preconditioners.update_statistic_(pre.kind, state[slots[0]], x, beta, ctx.genes[pre.eps])
+            cache.updated[slots[0]] = state[slots[0]]
+        if pre.kind == "max" and slots[1] not in cache.updated:
+            torch._foreach_maximum_(state[slots[1]], state[slots[0]])
+            cache.updated[slots[1]] = state[slots[1]]
+        return state[slots[-1]]
+
+
+def _momentum_readout(mom: Momentum, m: TensorList, x: TensorList, beta: Scalar, t: int) -> moments.Parts:
+    """The output of an EMA/Nesterov momentum whose buffer another term advanced this step."""
+    bias = 1.0 / (1.0 - beta**t) if mom.bias_correction else 1.0
+    if mom.kind == "ema":
+        return [(bias, m)]
+    return [(tl.mul(bias, 1.0 - beta if mom.dampening else 1.0), x), (tl.mul(bias, beta), m)]
+
+
+# ---------------------------------------------------------------------------- slot names
+
+
+def signal_name(signal: Signal) -> str:
+    return f"{signal.kind}({signal.beta})" if signal.beta else signal.kind
+
+
+def momentum_slot(term: Term) -> str:
+    mom = term.momentum
+    name = f"momentum.{signal_name(term.signal)}.{mom.beta}"
+    if mom.kind == "interp":  # Lion reads m_{t-1} before updating: a buffer of its own
+        return f"lion_{name}.{mom.mix}"
+    if mom.kind == "nadam":  # the NAdam readout depends on its own μ product
+        return f"nadam_{name}.{mom.decay}"
+    return name if mom.dampening else f"{name}.sum"
+
+
+def nadam_slot(term: Term) -> str:
+    return f"nadam_mu_product.{signal_name(term.signal)}.{term.momentum.beta}.{term.momentum.decay}"
+
+
+def precondition_slots(term: Term) -> list[str]:
+    """Buffer names of a term's statistic; the last one is what the root is taken of."""
+    pre: Precondition = term.precondition
+    signal = signal_name(pre.signal)
+    if pre.signal.kind == "residual":
+        signal = f"residual({momentum_slot(term)})"
+    if pre.kind == "sum":
+        return [f"sum_of_squares.{signal}"]
+    if pre.kind == "belief":
+        return [f"belief.{signal}.{pre.beta}.{pre.eps}"]
+    base = f"second_moment.{signal}.{pre.beta}"
+    return [base, f"second_moment_max.{signal}.{pre.beta}"] if pre.kind == "max" else [base]
+
+
+# ---------------------------------------------------------------------------- directions
+
+
+def materialize(parts: list[Part]) -> TensorList:
+    """u = Σ coef·num/den as new tensors."""
+    first, rest = parts[0], parts[1:]
+    u = tl.divided(first.num, first.den) if first.den is not None else tl.clone(first.num)
+    tl.scale_(u, first.coef)
+    for part in rest:
+        if part.den is not None:
+            tl.addcdiv_(u, part.num, part.den, part.coef)
+        else:
+            tl.add_scaled_(u, part.num, part.coef)
+    return u
+
+
+def apply_(params: TensorList, parts: list[Part], scale: Scalar) -> None:
+    """θ ← θ + scale·Σ parts (scale = −η_t), fused into addcdiv where factors are plain floats."""
+    for part in parts:
+        factor = tl.mul(scale, part.coef)
+        if part.den is not None:
+            tl.addcdiv_(params, part.num, part.den, factor)
+        else:
+            tl.add_scaled_(params, part.num, factor)

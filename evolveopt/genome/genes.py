@@ -1,0 +1,92 @@
+"""The gene vocabulary: every continuous hyperparameter a genome may carry.
+
+A gene is a named float. Structure fields of a genome refer to genes by name (``beta: beta1``),
+so one gene can feed several primitives (Adan uses ``beta2`` as an EMA rate and as a term
+weight) and every training script can override it by its canonical name (``lr``, ``beta1``,
+``beta2``, ``beta3``, ``eps``, ``weight_decay``).
+
+Each gene has a valid range (checked on load), a scale that says how it is mutated and rounded
+(``log``: multiplicative; ``beta``: on 1 - x, for rates near 1; ``linear``: additive), and a
+search range used when the GA draws a fresh value.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+SIGNIFICANT_DIGITS = 4  # the canonical grid: genes are rounded to this many significant digits
+
+
+@dataclass(frozen=True)
+class GeneSpec:
+    """Range, scale and meaning of one gene."""
+
+    low: float
+    high: float
+    scale: str  # "log" | "beta" | "linear"
+    search: tuple[float, float]
+    doc: str
+    high_open: bool = False  # True: ``high`` itself is not allowed (betas < 1)
+    low_open: bool = False  # True: ``low`` itself is not allowed (clip > 0)
+
+    def contains(self, value: float) -> bool:
+        if math.isnan(value):
+            return False
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def describe_range(self) -> str:
+        left = "(" if self.low_open else "["
+        right = ")" if self.high_open else "]"
+        return f"{left}{self.low:g}, {self.high:g}{right}"
+
+
+_BETA = dict(low=0.0, high=1.0, high_open=True, scale="beta")
+
+GENES: dict[str, GeneSpec] = {
+    "lr": GeneSpec(0.0, 100.0, "log", (1e-5, 1e-1), "learning rate η"),
+    "beta1": GeneSpec(**_BETA, search=(0.5, 0.99), doc="first EMA rate β1"),
+    "beta2": GeneSpec(**_BETA, search=(0.8, 0.9999), doc="second EMA rate β2"),
+    "beta3": GeneSpec(**_BETA, search=(0.8, 0.9999), doc="third EMA rate β3"),
+    "eps": GeneSpec(0.0, 1.0, "log", (1e-10, 1e-4), "numerical floor ε"),
+    "weight_decay": GeneSpec(0.0, 10.0, "log", (1e-6, 1e-1), "weight decay λ"),
+    "alpha": GeneSpec(-100.0, 100.0, "linear", (-5.0, 1.0), "adaptor weight α of EMA(g_t - g_{t-1})"),
+    "clip": GeneSpec(0.0, 1e6, "log", (0.1, 10.0), "clipping threshold c", low_open=True),
+    "warmup": GeneSpec(0.0, 1.0, "linear", (0.0, 0.3), "warmup length as a fraction of total_steps"),
+    "gamma": GeneSpec(0.0, 1.0, "beta", (0.99, 0.9999), "exponential decay factor per step γ", low_open=True),
+    "trust_clamp": GeneSpec(0.0, math.inf, "log", (1.0, 100.0), "upper clamp of ‖θ‖ in the trust ratio", low_open=True),
+    "trust_eps": GeneSpec(0.0, 1.0, "log", (1e-10, 1e-4), "floor ε_τ of the trust-ratio denominator"),
+    "feedback_low": GeneSpec(0.0, 10.0, "log", (0.01, 0.5), "Eve lower threshold k"),
+    "feedback_high": GeneSpec(0.0, 1000.0, "log", (2.0, 20.0), "Eve upper threshold K"),
+    "momentum_decay": GeneSpec(0.0, 1.0, "log", (1e-3, 1e-2), "NAdam momentum-schedule rate ψ"),
+}
+
+_WEIGHT = GeneSpec(-100.0, 100.0, "linear", (-2.0, 2.0), "weight of a direction term")
+WEIGHT_GENE = re.compile(r"^w[1-9]$")
+OVERRIDABLE = ("lr", "beta1", "beta2", "beta3", "eps", "weight_decay")
+
+
+def gene_spec(name: str) -> GeneSpec | None:
+    """The spec of gene ``name``, or None if no such gene exists."""
+    if name in GENES:
+        return GENES[name]
+    if WEIGHT_GENE.match(name):
+        return _WEIGHT
+    return None
+
+
+def known_gene_names() -> str:
+    return ", ".join([*GENES, "w1..w9"])
+
+
+def round_gene(name: str, value: float) -> float:
+    """Round a gene to the canonical grid (significant digits on x, or on 1 - x for rates)."""
+    spec = gene_spec(name)
+    if value == 0.0 or math.isinf(value):
+        return float(value)
+    if spec is not None and spec.scale == "beta":
+        return 1.0 - float(f"{1.0 - value:.{SIGNIFICANT_DIGITS}g}")
+    return float(f"{value:.{SIGNIFICANT_DIGITS}g}")

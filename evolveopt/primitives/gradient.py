@@ -1,0 +1,58 @@
+"""Gradient preprocessing and the signals terms average.
+
+Functions take and return lists of tensors; none of them writes into the gradients it is given
+(callers may still need ``p.grad``). State buffers are updated in place.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from evolveopt.primitives import tensorlist as tl
+from evolveopt.primitives.tensorlist import Scalar, TensorList
+
+
+def clip_by_value(grads: TensorList, c: Scalar) -> TensorList:
+    """g ← clamp(g, −c, c)."""
+    if tl.is_float(c):
+        return [g.clamp(-c, c) for g in grads]
+    return [torch.minimum(torch.maximum(g, -tl.broadcast(c, g)), tl.broadcast(c, g)) for g in grads]
+
+
+def clip_factor(norm: Scalar, c: Scalar) -> Scalar:
+    """min(1, c/‖g‖): the factor that clips a norm to at most c (Adan, ALTO: global norm)."""
+    return torch.clamp(c / torch.clamp(torch.as_tensor(norm), min=1e-30), max=1.0)
+
+
+def clip_by_tensor_norm(grads: TensorList, c: Scalar, member_dims: int) -> TensorList:
+    """g ← g·min(1, c/‖g‖) for each tensor."""
+    factors = [clip_factor(n, c) for n in tl.member_norms(grads, member_dims)]
+    return tl.scaled(grads, factors)
+
+
+def clip_by_global_norm(grads: TensorList, factor: Scalar) -> TensorList:
+    """g ← g·min(1, c/‖(g_1..g_n)‖); ``factor`` comes from :func:`clip_factor` over every tensor."""
+    return tl.scaled(grads, factor)
+
+
+def grad_diff(grads: TensorList, prev: TensorList, t: int) -> TensorList:
+    """d_t = g_t − g_{t−1}, with d_1 = 0 (Adan initialises g_0 to g_1)."""
+    if t == 1:
+        return [torch.zeros_like(g) for g in grads]
+    return tl.added(grads, prev, -1.0)
+
+
+def nesterov_grad(grads: TensorList, diff: TensorList, beta: Scalar) -> TensorList:
+    """g_t + β·d_t: Adan's Nesterov-corrected gradient (its second moment is of this signal)."""
+    return tl.added(grads, diff, beta)
+
+
+def adaptor(grads: TensorList, prev: TensorList, ema: TensorList, beta: Scalar, alpha: Scalar) -> TensorList:
+    """ALTO's E (Zhao et al., NeurIPS 2025): a ← βa + (1−β)(g_t − g_{t−1}), g_0 = 0; ĝ = g + α·a.
+
+    Updates ``prev`` ← g and ``ema`` ← a in place; returns ĝ.
+    """
+    diff = tl.added(grads, prev, -1.0)
+    tl.lerp_(ema, diff, 1.0 - beta)
+    torch._foreach_copy_(prev, grads)
+    return tl.added(grads, ema, alpha)

@@ -1,0 +1,78 @@
+"""Second-moment statistics and the division by their root (Adam family).
+
+A term's numerator y is divided by a denominator built from a statistic v of a signal x:
+
+    ema     v ← βv + (1−β)x²                         Adam, RMSprop (Kingma & Ba 2015)
+    max     v ← βv + (1−β)x², v̄ ← max(v̄, v)          AMSGrad (Reddi et al. 2018)
+    sum     v ← v + x²                               Adagrad (Duchi et al. 2011)
+    belief  v ← βv + (1−β)x² + ε                     AdaBelief (Zhuang et al. 2020): ε enters the state
+
+and eps placed as ``outside`` y/(d·√(v/bc) + ε), ``raw`` y·√bc/(d·√v + ε) (torch RAdam,
+rectified AdaBelief) or ``inside`` y/(d·√(v/bc + ε)), with bc = 1 − β^t when bias-corrected and
+d Eve's loss-feedback factor (1 without it).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from evolveopt.primitives import tensorlist as tl
+from evolveopt.primitives.tensorlist import Scalar, TensorList
+
+
+def update_statistic_(kind: str, v: TensorList, x: TensorList, beta: Scalar | None, eps: Scalar) -> None:
+    """Advance v in place: x² summed (``sum``) or averaged (``ema``, ``max``), + ε for ``belief``.
+
+    For ``max`` the caller then takes v̄ ← max(v̄, v).
+    """
+    if kind == "sum":
+        torch._foreach_addcmul_(v, x, x)
+        return
+    tl.scale_(v, beta)
+    tl.addcmul_(v, x, x, 1.0 - beta)
+    if kind == "belief":
+        tl.add_scalar_(v, eps)
+
+
+def denominator(stat: TensorList, eps: Scalar, eps_mode: str, bias: Scalar, feedback: Scalar | None
+                ) -> tuple[TensorList, Scalar]:
+    """The denominator list and the scalar factor the numerator takes (√bc in ``raw`` mode).
+
+    ``bias`` is bc = 1 − β^t (1.0 without bias correction).
+    """
+    if eps_mode == "inside":
+        den = tl.scaled(stat, 1.0 / bias) if not tl.is_one(bias) else tl.clone(stat)
+        tl.add_scalar_(den, eps)
+        torch._foreach_sqrt_(den)
+        if feedback is not None:
+            tl.scale_(den, feedback)
+        return den, 1.0
+    den = list(torch._foreach_sqrt(stat))
+    coef: Scalar = 1.0
+    if eps_mode == "outside" and not tl.is_one(bias):
+        tl.divide_(den, tl.sqrt(bias))
+    elif eps_mode == "raw":
+        coef = tl.sqrt(bias)
+    if feedback is not None:
+        tl.scale_(den, feedback)
+    tl.add_scalar_(den, eps)
+    return den, coef
+
+
+def rectification(beta: Scalar, t: int) -> tuple[Scalar, Scalar]:
+    """RAdam (Liu et al. 2020): factors (a, b) so the term is a·r_t·(y/den) + b·y.
+
+    ρ∞ = 2/(1−β) − 1, ρ_t = ρ∞ − 2tβ^t/(1−β^t), r_t = √((ρ_t−4)(ρ_t−2)ρ∞ / ((ρ∞−4)(ρ∞−2)ρ_t));
+    (a, b) = (r_t, 0) when ρ_t > 5, else (0, 1): plain momentum while the variance is unreliable.
+    """
+    rho_inf = 2.0 / (1.0 - beta) - 1.0
+    beta_t = beta**t
+    rho_t = rho_inf - 2.0 * t * beta_t / (1.0 - beta_t)
+    if tl.is_float(beta):
+        if rho_t > 5.0:
+            return ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5, 0.0
+        return 0.0, 1.0
+    ratio = (rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)
+    active = rho_t > 5.0
+    rect = torch.where(active, torch.sqrt(torch.clamp(ratio, min=0.0)), torch.zeros_like(ratio))
+    return rect, (~active).to(rect.dtype)

@@ -1,0 +1,203 @@
+"""Arithmetic over lists of tensors with scalars that may differ per population member.
+
+Every primitive works on a ``TensorList`` (the parameters of one group, or of one stacked
+population) and on ``Scalar`` hyperparameters:
+
+* a Python float: one value for every tensor (the ``torch.optim`` path), dispatched to the
+  ``torch._foreach_*`` scalar overloads;
+* a tensor of shape ``[P]``: one value per population member, where every tensor in the list
+  has the member axis first (``[P, ...]``); it is viewed as ``[P, 1, ..., 1]`` to broadcast;
+* a 0-d tensor: one value, kept on the device (no host sync).
+
+A ``Factor`` is a Scalar or a list of Scalars, one per tensor (per-tensor quantities such as a
+trust ratio). With ``member_dims = 1`` reductions run over every axis but the first.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence, Union
+
+import torch
+from torch import Tensor
+
+TensorList = list[Tensor]
+Scalar = Union[float, Tensor]
+Factor = Union[Scalar, Sequence[Scalar]]
+
+
+def broadcast(s: Scalar, like: Tensor) -> Scalar:
+    """``s`` shaped to broadcast against ``like`` (a ``[P]`` tensor becomes ``[P, 1, ..., 1]``)."""
+    if isinstance(s, Tensor) and s.ndim == 1 and like.ndim > 1:
+        return s.view(s.shape[0], *([1] * (like.ndim - 1)))
+    return s
+
+
+def factor_args(f: Factor, xs: TensorList) -> float | list:
+    """A foreach scalar argument: a float, a list of floats, or a list of broadcastable tensors."""
+    if isinstance(f, (int, float)):
+        return float(f)
+    items = [f] * len(xs) if isinstance(f, Tensor) else list(f)
+    if all(isinstance(s, (int, float)) for s in items):
+        return [float(s) for s in items]
+    return [broadcast(_as_tensor_like(s, x), x) for s, x in zip(items, xs)]
+
+
+def _as_tensor_like(s: Scalar, x: Tensor) -> Tensor:
+    if isinstance(s, Tensor):
+        return s.to(x.dtype) if s.dtype != x.dtype else s
+    return torch.tensor(s, dtype=x.dtype, device=x.device)
+
+
+def is_float(s: object) -> bool:
+    return isinstance(s, (int, float))
+
+
+def is_zero(f: Factor) -> bool:
+    """True only when ``f`` is the Python number 0 (tensors are never skipped: no host sync)."""
+    return is_float(f) and f == 0.0
+
+
+def is_one(f: Factor) -> bool:
+    return is_float(f) and f == 1.0
+
+
+# ----------------------------------------------------------------------------- scalar math
+
+
+def sqrt(s: Scalar) -> Scalar:
+    return math.sqrt(s) if is_float(s) else torch.sqrt(s)
+
+
+def power(base: Scalar, exponent: float) -> Scalar:
+    return base**exponent
+
+
+def where(cond: bool | Tensor, a: Scalar, b: Scalar) -> Scalar:
+    if isinstance(cond, bool):
+        return a if cond else b
+    return torch.where(cond, torch.as_tensor(a, dtype=_dtype(a, b)), torch.as_tensor(b, dtype=_dtype(a, b)))
+
+
+def minimum(a: Scalar, b: Scalar) -> Scalar:
+    if is_float(a) and is_float(b):
+        return min(a, b)
+    return torch.minimum(torch.as_tensor(a, dtype=_dtype(a, b)), torch.as_tensor(b, dtype=_dtype(a, b)))
+
+
+def _dtype(*values: Scalar) -> torch.dtype:
+    for v in values:
+        if isinstance(v, Tensor):
+            return v.dtype
+    return torch.get_default_dtype()
+
+
+def mul(f: Factor, g: Factor) -> Factor:
+    """Product of two factors (either may be per-tensor)."""
+    if is_one(f):
+        return g
+    if is_one(g):
+        return f
+    if isinstance(f, (list, tuple)) or isinstance(g, (list, tuple)):
+        n = len(f) if isinstance(f, (list, tuple)) else len(g)  # type: ignore[arg-type]
+        fs = f if isinstance(f, (list, tuple)) else [f] * n
+        gs = g if isinstance(g, (list, tuple)) else [g] * n
+        return [a * b for a, b in zip(fs, gs)]
+    return f * g  # type: ignore[operator]
+
+
+# ----------------------------------------------------------------------------- list ops
+
+
+def clone(xs: TensorList) -> TensorList:
+    return [x.clone() for x in xs]
+
+
+def scaled(xs: TensorList, f: Factor) -> TensorList:
+    """New list f·x."""
+    if is_one(f):
+        return list(xs)
+    return list(torch._foreach_mul(xs, factor_args(f, xs)))
+
+
+def scale_(xs: TensorList, f: Factor) -> None:
+    """x ← f·x in place."""
+    if not is_one(f):
+        torch._foreach_mul_(xs, factor_args(f, xs))
+
+
+def add_scaled_(xs: TensorList, ys: TensorList, f: Factor) -> None:
+    """x ← x + f·y in place."""
+    if is_zero(f):
+        return
+    if is_float(f):
+        torch._foreach_add_(xs, ys, alpha=float(f))
+    else:
+        torch._foreach_add_(xs, scaled(ys, f))
+
+
+def added(xs: TensorList, ys: TensorList, f: Factor = 1.0) -> TensorList:
+    """New list x + f·y."""
+    if is_float(f):
+        return list(torch._foreach_add(xs, ys, alpha=float(f)))
+    return list(torch._foreach_add(xs, scaled(ys, f)))
+
+
+def lerp_(xs: TensorList, ys: TensorList, w: Scalar) -> None:
+    """x ← x + w·(y − x) = (1−w)·x + w·y in place."""
+    torch._foreach_lerp_(xs, ys, factor_args(w, xs))
+
+
+def addcmul_(xs: TensorList, ys: TensorList, zs: TensorList, f: Scalar) -> None:
+    """x ← x + f·y⊙z in place."""
+    if is_float(f):
+        torch._foreach_addcmul_(xs, ys, zs, value=float(f))
+    else:
+        torch._foreach_add_(xs, scaled(list(torch._foreach_mul(ys, zs)), f))
+
+
+def addcdiv_(xs: TensorList, ys: TensorList, zs: TensorList, f: Factor) -> None:
+    """x ← x + f·y/z in place."""
+    if is_zero(f):
+        return
+    if is_float(f):
+        torch._foreach_addcdiv_(xs, ys, zs, value=float(f))
+    else:
+        torch._foreach_add_(xs, scaled(list(torch._foreach_div(ys, zs)), f))
+
+
+def add_scalar_(xs: TensorList, s: Scalar) -> None:
+    """x ← x + s in place."""
+    if is_float(s):
+        if s != 0.0:
+            torch._foreach_add_(xs, float(s))
+    else:
+        torch._foreach_add_(xs, factor_args(s, xs))
+
+
+def divide_(xs: TensorList, s: Factor) -> None:
+    """x ← x / s in place."""
+    if not is_one(s):
+        torch._foreach_div_(xs, factor_args(s, xs))
+
+
+def divided(xs: TensorList, ys: TensorList) -> TensorList:
+    return list(torch._foreach_div(xs, ys))
+
+
+def member_norms(xs: TensorList, member_dims: int) -> list[Tensor]:
+    """‖x‖₂ of each tensor, per member: 0-d tensors (member_dims 0) or ``[P]`` tensors (1)."""
+    if member_dims == 0:
+        return list(torch._foreach_norm(xs))
+    return [torch.linalg.vector_norm(x.reshape(x.shape[0], -1), dim=1) for x in xs]
+
+
+def member_numels(xs: TensorList, member_dims: int) -> list[int]:
+    return [x[0].numel() if member_dims else x.numel() for x in xs]
+
+
+def global_norm(xs: TensorList, member_dims: int) -> Tensor:
+    """‖(x_1, ..., x_n)‖₂ over every tensor: a 0-d tensor, or ``[P]`` with member_dims 1."""
+    norms = member_norms(xs, member_dims)
+    dtype = torch.float64 if any(n.dtype == torch.float64 for n in norms) else torch.float32
+    return torch.linalg.vector_norm(torch.stack([n.to(dtype) for n in norms]), dim=0)

@@ -19,13 +19,11 @@ from typing import Mapping
 import torch
 from torch import Tensor
 
-from evolveopt.genome.schema import Genome, Momentum, Precondition, Signal, Term
+from evolveopt.genome.schema import Genome, Momentum, Signal, Term
+from evolveopt.genome.slots import PARAM_SHAPED, momentum_slot, nadam_slot, precondition_slots, signal_name, state_slots
 from evolveopt.primitives import decay, gradient, layerwise, moments, preconditioners, schedules
 from evolveopt.primitives import tensorlist as tl
 from evolveopt.primitives.tensorlist import Factor, Scalar, TensorList
-
-ZEROS = "zeros"  # a buffer shaped like the parameter
-MEMBER_ONE = "member_one"  # one value per member (0-d, or [P]), starting at 1
 
 
 @dataclass
@@ -65,34 +63,13 @@ class Rule:
 
     def __init__(self, genome: Genome):
         self.genome = genome
-        self.slots: dict[str, str] = {}
-        for term in genome.terms:
-            self._declare_term(term)
-        if genome.adaptor is not None:
-            self.slots["adaptor.prev_grad"] = ZEROS
-            self.slots["adaptor.diff_ema"] = ZEROS
-        if genome.friction != "none":
-            self.slots["prev_grad"] = ZEROS
-
-    # ------------------------------------------------------------------ slots
-
-    def _declare_term(self, term: Term) -> None:
-        for signal in (term.signal, term.precondition.signal if term.precondition else None):
-            if signal is not None and signal.kind in ("grad_diff", "nesterov_grad"):
-                self.slots["prev_grad"] = ZEROS
-        if term.momentum is not None:
-            self.slots[momentum_slot(term)] = ZEROS
-            if term.momentum.kind == "nadam":
-                self.slots[nadam_slot(term)] = MEMBER_ONE
-        if term.precondition is not None:
-            for slot in precondition_slots(term):
-                self.slots[slot] = ZEROS
+        self.slots = state_slots(genome)
 
     def init_state(self, param: Tensor, member_dims: int = 0) -> dict[str, Tensor]:
         """Fresh state for one parameter tensor (``[P, ...]`` when member_dims is 1)."""
         state = {}
         for name, kind in self.slots.items():
-            if kind == ZEROS:
+            if kind == PARAM_SHAPED:
                 state[name] = torch.zeros_like(param, memory_format=torch.preserve_format)
             elif member_dims == 0:  # host scalar: read without a device sync
                 state[name] = torch.ones((), dtype=torch.float64)
@@ -103,7 +80,7 @@ class Rule:
     @property
     def buffers_per_param(self) -> int:
         """Parameter-sized state buffers (Adam 2, Lion 1)."""
-        return sum(kind == ZEROS for kind in self.slots.values())
+        return sum(kind == PARAM_SHAPED for kind in self.slots.values())
 
     # ------------------------------------------------------------------ per-step scalars
 
@@ -281,41 +258,6 @@ def _momentum_readout(mom: Momentum, m: TensorList, x: TensorList, beta: Scalar,
     if mom.kind == "ema":
         return [(bias, m)]
     return [(tl.mul(bias, 1.0 - beta if mom.dampening else 1.0), x), (tl.mul(bias, beta), m)]
-
-
-# ---------------------------------------------------------------------------- slot names
-
-
-def signal_name(signal: Signal) -> str:
-    return f"{signal.kind}({signal.beta})" if signal.beta else signal.kind
-
-
-def momentum_slot(term: Term) -> str:
-    mom = term.momentum
-    name = f"momentum.{signal_name(term.signal)}.{mom.beta}"
-    if mom.kind == "interp":  # Lion reads m_{t-1} before updating: a buffer of its own
-        return f"lion_{name}.{mom.mix}"
-    if mom.kind == "nadam":  # the NAdam readout depends on its own μ product
-        return f"nadam_{name}.{mom.decay}"
-    return name if mom.dampening else f"{name}.sum"
-
-
-def nadam_slot(term: Term) -> str:
-    return f"nadam_mu_product.{signal_name(term.signal)}.{term.momentum.beta}.{term.momentum.decay}"
-
-
-def precondition_slots(term: Term) -> list[str]:
-    """Buffer names of a term's statistic; the last one is what the root is taken of."""
-    pre: Precondition = term.precondition
-    signal = signal_name(pre.signal)
-    if pre.signal.kind == "residual":
-        signal = f"residual({momentum_slot(term)})"
-    if pre.kind == "sum":
-        return [f"sum_of_squares.{signal}"]
-    if pre.kind == "belief":
-        return [f"belief.{signal}.{pre.beta}.{pre.eps}"]
-    base = f"second_moment.{signal}.{pre.beta}"
-    return [base, f"second_moment_max.{signal}.{pre.beta}"] if pre.kind == "max" else [base]
 
 
 # ---------------------------------------------------------------------------- directions

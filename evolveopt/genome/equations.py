@@ -1,0 +1,201 @@
+"""Render a genome as the update equations it compiles to (``evolveopt show``)."""
+
+from __future__ import annotations
+
+from evolveopt.genome.schema import Genome, Momentum, Precondition, Signal, Term
+from evolveopt.genome.slots import buffers_per_param, momentum_slot, precondition_slots
+
+SYMBOLS = {
+    "lr": "η", "beta1": "β1", "beta2": "β2", "beta3": "β3", "eps": "ε", "weight_decay": "λ",
+    "alpha": "α", "clip": "c", "warmup": "w", "gamma": "γ", "trust_clamp": "C", "trust_eps": "ε_τ",
+    "feedback_low": "k", "feedback_high": "K", "momentum_decay": "ψ",
+}
+
+
+def sym(gene: str) -> str:
+    return SYMBOLS.get(gene, gene)
+
+
+class _Renderer:
+    def __init__(self, genome: Genome):
+        self.genome = genome
+        self.lines: list[str] = []
+        self.buffers: dict[str, str] = {}  # slot name -> symbol
+        self.g = "ĝ" if genome.adaptor else "g"
+
+    def buffer(self, slot: str, letter: str) -> tuple[str, bool]:
+        """The buffer's symbol, and whether this is its first appearance."""
+        if slot in self.buffers:
+            return self.buffers[slot], False
+        count = sum(s.startswith(letter) for s in self.buffers.values()) + 1
+        self.buffers[slot] = f"{letter}{count}"
+        return self.buffers[slot], True
+
+    def signal(self, signal: Signal, momentum: str = "m") -> str:
+        g = self.g
+        if signal.kind == "grad":
+            return g
+        if signal.kind == "grad_diff":
+            return f"({g} − {g}_prev)"
+        if signal.kind == "nesterov_grad":
+            return f"({g} + {sym(signal.beta)}·({g} − {g}_prev))"
+        return f"({g} − {momentum})"
+
+    def render(self) -> list[str]:
+        self._preprocess()
+        terms = [self._term(i, t) for i, t in enumerate(self.genome.terms)]
+        if any(t.signal.kind in ("grad_diff", "nesterov_grad") for t in self.genome.terms):
+            self.lines.append(f"  ({self.g}_prev = {self.g} at t = 1, so the difference starts at 0)")
+        self.lines.append("u = " + " + ".join(terms))
+        self._postprocess()
+        return self.lines
+
+    def _preprocess(self) -> None:
+        genome, lines = self.genome, self.lines
+        lines.append("g ← −∇f(θ) when maximizing, else ∇f(θ)")
+        clip = genome.clip
+        if clip is not None:
+            c = sym(clip.threshold)
+            lines.append({
+                "value": f"g ← clamp(g, −{c}, {c})",
+                "tensor_norm": f"g ← g·min(1, {c}/‖g‖)   (per tensor)",
+                "global_norm": f"g ← g·min(1, {c}/‖g‖_all)   (norm over every parameter)",
+            }[clip.mode])
+        wd = genome.weight_decay
+        if wd is not None and wd.mode == "l2":
+            lines.append(f"g ← g + {sym(wd.rate)}·θ")
+        if wd is not None and wd.mode == "decoupled":
+            lines.append(f"θ ← θ·(1 − η_t·{sym(wd.rate)})")
+        if genome.adaptor is not None:
+            b, a = sym(genome.adaptor.beta), sym(genome.adaptor.alpha)
+            lines.append(f"a ← {b}·a + (1 − {b})·(g − g_prev)   (g_prev = 0 at t = 1)")
+            lines.append(f"ĝ = g + {a}·a")
+
+    def _term(self, index: int, term: Term) -> str:
+        x = self.signal(term.signal)
+        numerator, m = x, "m"
+        if term.momentum is not None:
+            numerator, m = self._momentum(term, x)
+        if term.precondition is not None:
+            numerator = self._precondition(term, numerator, m)
+        elif self.genome.loss_feedback is not None:
+            numerator = f"{numerator}/d_t"
+        if term.sign:
+            numerator = f"sign({numerator})"
+        weight = sym(term.weight) if term.weight else ""
+        return f"{weight}·{numerator}" if weight else numerator
+
+    def _momentum(self, term: Term, x: str) -> tuple[str, str]:
+        mom: Momentum = term.momentum
+        m, new = self.buffer(momentum_slot(term), "m")
+        b = sym(mom.beta)
+        update = f"{m} ← {b}·{m} + (1 − {b})·{x}" if mom.dampening else f"{m} ← {b}·{m} + {x}"
+        if mom.kind == "interp":
+            if new:
+                self.lines.append(f"c = {sym(mom.mix)}·{m} + (1 − {sym(mom.mix)})·{x};  then {update}")
+            return "c", m
+        if new:
+            self.lines.append(update)
+        if mom.kind == "nadam":
+            mu = f"μ_t = {b}·(1 − ½·0.96^(t·{sym(mom.decay)}))"
+            self.lines.append(f"{mu}")
+            return f"[(1 − μ_t)/(1 − Πμ)·{x} + μ_(t+1)/(1 − Πμ·μ_(t+1))·{m}]", m
+        bias = f"/(1 − {b}^t)" if mom.bias_correction else ""
+        if mom.kind == "nesterov":
+            lead = f"(1 − {b})·{x}" if mom.dampening else x
+            return f"({lead} + {b}·{m}){bias}", m
+        return f"{m}{bias}", m
+
+    def _precondition(self, term: Term, numerator: str, m: str) -> str:
+        pre: Precondition = term.precondition
+        slots = precondition_slots(term)
+        v, new = self.buffer(slots[0], "v")
+        x = self.signal(pre.signal, momentum=m)
+        if new:
+            b = sym(pre.beta) if pre.beta else ""
+            self.lines.append({
+                "sum": f"{v} ← {v} + {x}²",
+                "belief": f"{v} ← {b}·{v} + (1 − {b})·{x}² + {sym(pre.eps)}",
+            }.get(pre.kind, f"{v} ← {b}·{v} + (1 − {b})·{x}²"))
+        if pre.kind == "max":
+            vmax, new_max = self.buffer(slots[1], "v̄")
+            if new_max:
+                self.lines.append(f"{vmax} ← max({vmax}, {v})")
+            v = vmax
+        e = sym(pre.eps)
+        bc = f"(1 − {sym(pre.beta)}^t)" if pre.bias_correction else ""
+        d = "d_t·" if self.genome.loss_feedback is not None else ""
+        if pre.eps_mode == "raw":
+            scaled = f"√{bc}·" if bc else ""
+            out = f"{scaled}{numerator}/({d}√{v} + {e})"
+        elif pre.eps_mode == "inside":
+            out = f"{numerator}/({d}√({v}/{bc} + {e}))" if bc else f"{numerator}/({d}√({v} + {e}))"
+        else:
+            out = f"{numerator}/({d}√({v}/{bc}) + {e})" if bc else f"{numerator}/({d}√{v} + {e})"
+        if pre.rectify:
+            rho = f"ρ_t = ρ∞ − 2t·{sym(pre.beta)}^t/(1 − {sym(pre.beta)}^t), ρ∞ = 2/(1 − {sym(pre.beta)}) − 1"
+            if rho not in self.lines:
+                self.lines.append(rho)
+            out = f"[r_t·{out} if ρ_t > 5 else {numerator}]"
+        return out
+
+    def _postprocess(self) -> None:
+        genome, lines = self.genome, self.lines
+        wd = genome.weight_decay
+        if wd is not None and wd.mode == "in_direction":
+            lines.append(f"u ← u + {sym(wd.rate)}·θ")
+        lw = genome.layerwise
+        if lw is not None and lw.kind == "trust_ratio":
+            top = f"min(‖θ‖, {sym(lw.clamp)})" if lw.clamp else "‖θ‖"
+            below = "‖u‖" if lw.norm_of == "update" else "‖θ − η_t·u‖"
+            below = f"({below} + {sym(lw.eps)})" if lw.eps else below
+            lines.append(f"u ← τ·u,  τ = {top}/{below} per tensor (1 where a norm is 0)")
+        elif lw is not None:
+            lines.append(f"u ← u/(rms(u) + {sym(lw.eps)}) per tensor")
+        if genome.friction == "elementwise":
+            lines.append(f"u ← sigmoid(|{self.g} − {self.g}_prev|)⊙u   ({self.g}_prev = 0 at t = 1)")
+        elif genome.friction == "tensor":
+            lines.append(f"u ← sigmoid(‖{self.g} − {self.g}_prev‖)·u per tensor   ({self.g}_prev = 0 at t = 1)")
+        if wd is not None and wd.mode == "proximal":
+            lines.append(f"θ ← (θ − η_t·u)/(1 + η_t·{sym(wd.rate)})")
+        else:
+            lines.append("θ ← θ − η_t·u")
+        if genome.schedule.kind != "constant":
+            lines.append("η_t = η·" + _schedule(genome))
+        else:
+            lines.append("η_t = η")
+        fb = genome.loss_feedback
+        if fb is not None:
+            lines.append(
+                f"d_t = Eve's loss feedback: d_1 = 1, d ← {sym(fb.beta)}·d + (1 − {sym(fb.beta)})·r_t, r_t the "
+                f"relative change of the smoothed loss, clipped by ({sym(fb.low)}, {sym(fb.high)})"
+            )
+
+
+def _schedule(genome: Genome) -> str:
+    s = genome.schedule
+    w = f"min(1, t/({sym(s.warmup)}·T))" if s.warmup else ""
+    cos = "½(1 + cos(π·(t − 1)/T))"
+    return {
+        "constant": "1",
+        "linear_warmup": w,
+        "cosine": cos,
+        "linear_decay": "max(0, 1 − (t − 1)/T)",
+        "exponential": f"{sym(s.gamma) if s.gamma else 'γ'}^(t − 1)",
+        "warmup_cosine": f"{w}·{cos}",
+    }[s.kind] + ("   (T = total_steps)" if s.needs_horizon else "")
+
+
+def render_equations(genome: Genome) -> list[str]:
+    """The update rule as lines of equations, in the order they run."""
+    return _Renderer(genome).render()
+
+
+def render_genome(genome: Genome) -> str:
+    """Title, equations, gene values and state size: what ``evolveopt show`` prints."""
+    title = genome.name or "genome"
+    if genome.description:
+        title += f": {genome.description}"
+    body = "\n".join(f"  {line}" for line in render_equations(genome))
+    genes = ", ".join(f"{k} ({sym(k)}) = {v:g}" if sym(k) != k else f"{k} = {v:g}" for k, v in genome.genes.items())
+    return f"{title}\n\n{body}\n\ngenes: {genes}\nstate: {buffers_per_param(genome)} buffer(s) per parameter"

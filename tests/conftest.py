@@ -1,0 +1,67 @@
+"""Shared fixtures: a small float64 model with tensors of several shapes, and its data stream."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+class TinyNet(nn.Module):
+    """Conv (4-D weight) → tanh → linear: tensors of shapes [2,1,3,3], [2], [4,18], [4]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+        self.head = nn.Linear(18, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.conv(x)).flatten(1))
+
+
+def tiny_net(dtype: torch.dtype = torch.float64, seed: int = 0) -> TinyNet:
+    torch.manual_seed(seed)
+    return TinyNet().to(dtype)
+
+
+def tiny_batches(steps: int, dtype: torch.dtype = torch.float64, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(steps, 8, 1, 5, 5, generator=gen, dtype=dtype)
+    y = torch.randn(steps, 8, 4, generator=gen, dtype=dtype)
+    return list(zip(x, y))
+
+
+def weight_and_bias_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
+    biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
+    return weights, biases
+
+
+def train(model: nn.Module, optimizer: torch.optim.Optimizer, batches) -> list[float]:
+    """Steps with a closure (so loss-feedback rules work); returns the losses."""
+    losses = []
+    for x, y in batches:
+        def closure():
+            optimizer.zero_grad()
+            loss = ((model(x) - y) ** 2).mean()
+            loss.backward()
+            return loss
+
+        losses.append(float(torch.as_tensor(optimizer.step(closure)).detach()))
+    return losses
+
+
+@pytest.fixture
+def float64():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)

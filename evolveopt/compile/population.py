@@ -1,0 +1,75 @@
+"""One genome structure, P sets of genes, P stacked models: the evaluation form of a rule.
+
+Parameters arrive stacked, each tensor ``[P, ...]`` with member i's tensors at index i; genes
+arrive as ``[P]`` tensors. One :meth:`PopulationOptimizer.step` updates all P models with the
+same :class:`~evolveopt.compile.rule.Rule` code the ``torch.optim`` form runs, so member i
+trains exactly as it would alone with its own genes.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from evolveopt.compile.rule import Rule, StepContext
+from evolveopt.errors import OptimizerUsageError
+from evolveopt.genome.schema import Genome
+from evolveopt.primitives import feedback as eve
+from evolveopt.primitives import gradient, tensorlist
+
+
+def stack_genes(genomes: Sequence[Genome], device: torch.device | str = "cpu",
+                dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
+    """``[P]`` tensors of gene values; every genome must have the same gene names."""
+    names = list(genomes[0].genes)
+    for genome in genomes[1:]:
+        if list(genome.genes) != names:
+            raise ValueError(f"genes differ: {names} vs {list(genome.genes)} (stack genomes of one structure)")
+    return {n: torch.tensor([g.genes[n] for g in genomes], dtype=dtype, device=device) for n in names}
+
+
+class PopulationOptimizer:
+    """Steps P stacked models, member i with genes ``{name: genes[name][i]}``."""
+
+    def __init__(self, genome: Genome, params: Sequence[Tensor], genes: Mapping[str, Tensor],
+                 total_steps: int | None = None):
+        self.rule = Rule(genome)
+        self.genome = genome
+        self.params = list(params)
+        self.genes = dict(genes)
+        self.members = self.params[0].shape[0]
+        self.total_steps = total_steps
+        if genome.schedule.needs_horizon and total_steps is None:
+            raise OptimizerUsageError(f"{genome.label} has a '{genome.schedule.kind}' schedule: pass total_steps")
+        per_param = [self.rule.init_state(p, member_dims=1) for p in self.params]
+        self.state = {slot: [s[slot] for s in per_param] for slot in self.rule.slots}
+        self.feedback_state: dict[str, Tensor] | None = None
+        self.t = 0
+
+    @torch.no_grad()
+    def step(self, grads: Sequence[Tensor], loss: Tensor | None = None, lr_scale: Tensor | None = None) -> None:
+        """Update every member; ``loss`` is ``[P]`` (needed by loss feedback), ``lr_scale`` an extra ``[P]`` factor."""
+        self.t += 1
+        genes, t = self.genes, self.t
+        lr = genes["lr"] * self.rule.schedule(t, genes, self.total_steps)
+        if lr_scale is not None:
+            lr = lr * lr_scale
+        global_clip = None
+        if self.rule.clips_global_norm:
+            norm = tensorlist.global_norm(list(grads), member_dims=1)
+            global_clip = gradient.clip_factor(norm, genes[self.genome.clip.threshold])
+        ctx = StepContext(t=t, genes=genes, lr=lr, member_dims=1, global_clip=global_clip,
+                          feedback=self._feedback(loss) if self.genome.uses_loss else None)
+        self.rule.step(self.params, list(grads), self.state, ctx)
+
+    def _feedback(self, loss: Tensor | None) -> Tensor:
+        if loss is None:
+            raise OptimizerUsageError(f"{self.genome.label} uses loss feedback: pass the [P] losses to step()")
+        fb = self.genome.loss_feedback
+        if self.feedback_state is None:
+            self.feedback_state = eve.init_feedback(loss)
+            return self.feedback_state["factor"]
+        g = self.genes
+        return eve.update_feedback_(self.feedback_state, loss, g[fb.beta], g[fb.low], g[fb.high])

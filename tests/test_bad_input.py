@@ -1,0 +1,89 @@
+"""Bad genome input, tried as a new user would: one clear line at the CLI, exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import evolveopt
+from evolveopt.cli import main
+
+ADAM = """schema_version: 1
+genes: {lr: 1.0e-3, beta1: 0.9, beta2: 0.999, eps: 1.0e-8}
+terms:
+  - signal: grad
+    momentum: {kind: ema, beta: beta1, bias_correction: true}
+    precondition: {kind: ema, beta: beta2, eps: eps, bias_correction: true}
+"""
+
+CASES = {
+    "typo_in_key": (ADAM.replace("terms:", "termz:"), r"unknown key 'termz' \(allowed: schema_version, name"),
+    "wrong_type": (ADAM.replace("lr: 1.0e-3", "lr: fast"), r"genes\.lr: expected a number, got a string"),
+    "missing_field": (ADAM.replace("schema_version: 1\n", ""), r"missing required key 'schema_version'"),
+    "unknown_primitive": (ADAM.replace("kind: ema, beta: beta1", "kind: adamm, beta: beta1"),
+                          r"terms\[0\]\.momentum\.kind: unknown value 'adamm' \(allowed: ema, nesterov, interp, nadam\)"),
+    "unknown_gene": (ADAM.replace("beta: beta1", "beta: beta7"), r"terms\[0\]\.momentum\.beta: unknown gene 'beta7'"),
+    "unknown_gene_name": (ADAM.replace("lr: 1.0e-3", "lrr: 1.0e-3"), r"genes\.lrr: unknown gene 'lrr' \(allowed: lr, beta1"),
+    "out_of_range": (ADAM.replace("beta1: 0.9", "beta1: 1.5"), r"genes\.beta1: 1\.5 is out of range \[0, 1\)"),
+    "not_a_mapping": ("- adam\n- lion\n", r"a genome must be a mapping at the top level, got a list"),
+    "empty_file": ("", r"file is empty"),
+    "bad_yaml": (ADAM.replace("genes: {lr:", "genes: {lr: [1,"), r"not valid YAML"),
+    "unused_gene": (ADAM.replace("eps: 1.0e-8}", "eps: 1.0e-8, beta3: 0.9}"), r"gene 'beta3' is not used"),
+    "all_zero_weights": (
+        "schema_version: 1\ngenes: {lr: 0.1, w1: 0.0, w2: 0.0}\n"
+        "terms:\n  - {weight: w1, signal: grad}\n  - {weight: w2, signal: grad, sign: true}\n",
+        r"terms: every term has weight 0",
+    ),
+    "future_schema": (ADAM.replace("schema_version: 1", "schema_version: 7"), r"unsupported schema version 7"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_genome_gives_one_clear_line_and_exit_code_2(case, tmp_path, capsys):
+    text, pattern = CASES[case]
+    path = tmp_path / f"{case}.yaml"
+    path.write_text(text)
+    with pytest.raises(evolveopt.GenomeError, match=pattern):
+        evolveopt.load_genome(path)
+    assert main(["show", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("evolveopt: error: ")
+    assert str(path) in err or case == "empty_file" and "file is empty" in err
+
+
+def test_yaml_tags_never_execute(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "tag.yaml"
+    path.write_text(f'!!python/object/apply:os.system ["touch {marker}"]\n')
+    assert main(["show", str(path)]) == 2
+    assert "YAML tag is not allowed" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+def test_huge_file_is_refused_before_parsing(tmp_path, capsys):
+    path = tmp_path / "huge.yaml"
+    with open(path, "w") as f:
+        f.write("# " + "x" * (50 * 1024 * 1024) + "\n")
+    assert main(["show", str(path)]) == 2
+    assert "file is 52.4 MB; genome files are limited to 1 MB" in capsys.readouterr().err
+
+
+def test_unknown_genome_name_lists_the_named_ones(capsys):
+    assert main(["show", "adamz"]) == 2
+    err = capsys.readouterr().err
+    assert "no genome named 'adamz'" in err and "adam, adamw" in err
+
+
+def test_missing_file_path(tmp_path, capsys):
+    assert main(["show", str(tmp_path / "nope.yaml")]) == 2
+    assert "no such genome file" in capsys.readouterr().err
+
+
+def test_cli_error_has_no_traceback(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(ADAM.replace("terms:", "termz:"))
+    result = subprocess.run([sys.executable, "-m", "evolveopt.cli", "show", str(path)], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and result.stderr.strip().count("\n") == 0

@@ -1,0 +1,131 @@
+"""The genome as data: loading, round trips, canonical form and hashing, the torch-free layer."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+
+import evolveopt
+from evolveopt.genome import canonical_form, dump_genome, genome_hash, parse_genome_text, structure_key, to_dict
+from evolveopt.genome.equations import render_genome
+from evolveopt.genome.schema import Signal, Term, parse_genome
+
+GENOMES = evolveopt.genome.named_genomes()
+
+
+@pytest.mark.parametrize("name", GENOMES)
+def test_named_genome_round_trips_through_yaml(name):
+    genome = evolveopt.load_genome(name)
+    again = parse_genome_text(dump_genome(genome), source="dumped")
+    assert again == genome
+    assert genome_hash(again) == genome_hash(genome)
+    assert genome.name == name and genome.description
+
+
+@pytest.mark.parametrize("name", GENOMES)
+def test_canonical_form_is_a_fixed_point_with_the_same_hash(name):
+    genome = evolveopt.load_genome(name)
+    canonical = canonical_form(genome)
+    assert canonical_form(canonical) == canonical
+    assert genome_hash(canonical) == genome_hash(genome)
+    assert structure_key(canonical) == structure_key(genome)
+
+
+@pytest.mark.parametrize("name", GENOMES)
+def test_show_renders_every_gene_and_the_parameter_update(name):
+    text = render_genome(evolveopt.load_genome(name))
+    assert "θ ←" in text and "genes:" in text
+
+
+def test_named_genomes_hash_apart():
+    hashes = {genome_hash(evolveopt.load_genome(n)) for n in GENOMES}
+    assert len(hashes) == len(GENOMES)
+
+
+def adam():
+    return evolveopt.load_genome("adam")
+
+
+def test_missing_weight_equals_explicit_unit_weight():
+    data = to_dict(adam())
+    data["genes"]["w1"] = 1.0
+    data["terms"][0]["weight"] = "w1"
+    assert genome_hash(parse_genome(data)) == genome_hash(adam())
+
+
+def test_name_and_description_do_not_change_the_hash():
+    assert genome_hash(replace(adam(), name="x", description="y")) == genome_hash(adam())
+
+
+def test_genes_are_rounded_to_four_significant_digits():
+    assert genome_hash(adam().with_genes(lr=1.00001e-3)) == genome_hash(adam())
+    assert genome_hash(adam().with_genes(lr=1.001e-3)) != genome_hash(adam())
+    assert genome_hash(adam().with_genes(beta2=0.99999)) != genome_hash(adam().with_genes(beta2=0.9999))
+
+
+def test_structure_key_ignores_gene_values_only():
+    assert structure_key(adam().with_genes(lr=0.5, beta1=0.1)) == structure_key(adam())
+    assert structure_key(evolveopt.load_genome("adamw")) != structure_key(adam())
+
+
+def sign_plus_grad(w_sign_a, w_sign_b, w_grad, order=("a", "b", "g")):
+    terms = {
+        "a": {"weight": "w1", "signal": "grad", "sign": True},
+        "b": {"weight": "w2", "signal": "grad", "sign": True},
+        "g": {"weight": "w3", "signal": "grad"},
+    }
+    return parse_genome({
+        "schema_version": 1,
+        "genes": {"lr": 0.01, "w1": w_sign_a, "w2": w_sign_b, "w3": w_grad},
+        "terms": [terms[k] for k in order],
+    })
+
+
+def test_term_order_does_not_change_the_hash():
+    assert genome_hash(sign_plus_grad(0.4, 0.3, 1.0)) == genome_hash(sign_plus_grad(0.4, 0.3, 1.0, ("g", "b", "a")))
+
+
+def test_duplicate_terms_merge_into_one_with_the_summed_weight():
+    merged = canonical_form(sign_plus_grad(0.4, 0.3, 1.0))
+    assert len(merged.terms) == 2
+    assert sorted(merged.genes[t.weight] for t in merged.terms) == [0.7, 1.0]
+
+
+def test_zero_weight_terms_are_dropped():
+    genome = sign_plus_grad(0.4, -0.4, 1.0)
+    assert len(canonical_form(genome).terms) == 1
+    plain = parse_genome({"schema_version": 1, "genes": {"lr": 0.01, "w1": 1.0}, "terms": [{"weight": "w1"}]})
+    assert genome_hash(genome) == genome_hash(plain)
+
+
+def test_tied_weights_are_kept_apart():
+    adan = canonical_form(evolveopt.load_genome("adan"))
+    assert [t.weight for t in adan.terms].count("beta2") == 1
+
+
+def test_genome_layer_imports_without_torch():
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import evolveopt, evolveopt.genome\n"
+        "from evolveopt.genome.equations import render_genome\n"
+        "for name in evolveopt.genome.named_genomes():\n"
+        "    render_genome(evolveopt.load_genome(name)); evolveopt.genome_hash(evolveopt.load_genome(name))\n"
+        "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_with_genes_validates_names_and_ranges():
+    with pytest.raises(evolveopt.GenomeError, match="no gene 'beta3'"):
+        adam().with_genes(beta3=0.9)
+    with pytest.raises(evolveopt.GenomeError, match=r"beta1: 1.0 is out of range \[0, 1\)"):
+        adam().with_genes(beta1=1.0)
+
+
+def test_signal_defaults_to_the_gradient():
+    genome = parse_genome({"schema_version": 1, "genes": {"lr": 0.1}, "terms": [{}]})
+    assert genome.terms == (Term(signal=Signal("grad")),)

@@ -1,0 +1,231 @@
+"""Every compiled genome behaves as a torch.optim.Optimizer should."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from conftest import tiny_batches, tiny_net, train, weight_and_bias_groups
+from torch import nn
+
+import evolveopt
+from evolveopt.errors import OptimizerUsageError
+
+GENOMES = evolveopt.genome.named_genomes()
+STEPS = 30
+
+
+def build(name, params, **kw):
+    return evolveopt.build_optimizer(name, params, total_steps=STEPS, **kw)
+
+
+def snapshot(model):
+    return [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("name", GENOMES)
+def test_is_a_torch_optimizer_and_reduces_loss(name):
+    model = tiny_net(torch.float32)
+    optimizer = build(name, model.parameters(), lr=1e-2)
+    assert isinstance(optimizer, torch.optim.Optimizer)
+    batches = tiny_batches(1, torch.float32) * 40
+    losses = train(model, optimizer, batches)
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("name", GENOMES)
+def test_param_groups_use_their_own_hyperparameters(name):
+    model = tiny_net(torch.float32)
+    weights, biases = weight_and_bias_groups(model)
+    optimizer = build(name, [{"params": weights}, {"params": biases, "lr": 0.0}])
+    frozen = [b.detach().clone() for b in biases]
+    before = [w.detach().clone() for w in weights]
+    train(model, optimizer, tiny_batches(3, torch.float32))
+    assert all(torch.equal(a, b) for a, b in zip(biases, frozen))
+    assert any(not torch.equal(a, b) for a, b in zip(weights, before))
+    assert all("lr" in group for group in optimizer.param_groups)
+
+
+@pytest.mark.parametrize("name", GENOMES)
+def test_add_param_group_fills_the_genome_defaults(name):
+    model = tiny_net(torch.float32)
+    weights, biases = weight_and_bias_groups(model)
+    optimizer = build(name, weights)
+    optimizer.add_param_group({"params": biases})
+    genome = evolveopt.load_genome(name)
+    for gene, value in genome.genes.items():
+        assert optimizer.param_groups[1][gene] == optimizer.param_groups[0][gene]
+    train(model, optimizer, tiny_batches(2, torch.float32))
+    assert all(optimizer.state[b]["step"] == 2 for b in biases)
+
+
+@pytest.mark.parametrize("name", GENOMES)
+def test_lr_scheduler_drives_the_learning_rate(name):
+    model = tiny_net(torch.float32)
+    optimizer = build(name, model.parameters(), lr=1e-2)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0 if epoch == 0 else 0.0)
+    batches = tiny_batches(4, torch.float32)
+    train(model, optimizer, batches[:2])
+    scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == 0.0
+    frozen = snapshot(model)
+    train(model, optimizer, batches[2:])
+    assert all(torch.equal(a, b) for a, b in zip(snapshot(model), frozen))
+
+
+@pytest.mark.parametrize("name", GENOMES)
+def test_state_dict_round_trip_continues_bit_identically(name):
+    batches = tiny_batches(12, torch.float32)
+    model = tiny_net(torch.float32)
+    optimizer = build(name, model.parameters(), lr=1e-2)
+    train(model, optimizer, batches[:6])
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, buffer)
+    train(model, optimizer, batches[6:])
+    expected = snapshot(model)
+
+    buffer.seek(0)
+    checkpoint = torch.load(buffer, weights_only=True)
+    restored = tiny_net(torch.float32, seed=123)
+    restored.load_state_dict(checkpoint["model"])
+    optimizer2 = build(name, restored.parameters(), lr=0.5)  # loaded state overrides this lr
+    optimizer2.load_state_dict(checkpoint["optimizer"])
+    train(restored, optimizer2, batches[6:])
+    assert all(torch.equal(a, b) for a, b in zip(snapshot(restored), expected))
+
+
+@pytest.mark.parametrize("name", GENOMES)
+def test_step_with_closure_returns_the_loss(name):
+    model = tiny_net(torch.float32)
+    optimizer = build(name, model.parameters())
+    x, y = tiny_batches(1, torch.float32)[0]
+
+    def closure():
+        optimizer.zero_grad()
+        loss = ((model(x) - y) ** 2).mean()
+        loss.backward()
+        return loss
+
+    returned = optimizer.step(closure)
+    assert isinstance(returned, torch.Tensor) and returned.ndim == 0
+
+
+def test_loss_feedback_without_closure_is_a_clear_error():
+    model = tiny_net(torch.float32)
+    optimizer = build("eve", model.parameters())
+    x, y = tiny_batches(1, torch.float32)[0]
+    ((model(x) - y) ** 2).mean().backward()
+    with pytest.raises(OptimizerUsageError, match="loss feedback: call step\\(closure\\)"):
+        optimizer.step()
+
+
+@pytest.mark.parametrize("name", GENOMES)
+def test_maximize_ascends_what_minimize_descends(name):
+    batches = tiny_batches(5, torch.float32)
+    a, b = tiny_net(torch.float32), tiny_net(torch.float32)
+    opt_a = build(name, a.parameters(), maximize=True)
+    opt_b = build(name, b.parameters())
+    for x, y in batches:
+        def closure_a():
+            opt_a.zero_grad()
+            loss = -((a(x) - y) ** 2).mean() + 10.0  # positive, so loss feedback sees the same ratios
+            loss.backward()
+            return loss
+
+        def closure_b():
+            opt_b.zero_grad()
+            loss = ((b(x) - y) ** 2).mean() + 10.0
+            loss.backward()
+            return loss
+
+        opt_a.step(closure_a)
+        opt_b.step(closure_b)
+    if name == "eve":  # Eve's feedback reads the loss itself, which differs in sign: compare movement only
+        assert any(not torch.equal(p, q) for p, q in zip(snapshot(a), snapshot(tiny_net(torch.float32))))
+        return
+    for p, q in zip(snapshot(a), snapshot(b)):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", GENOMES)
+def test_parameters_without_grad_are_skipped(name):
+    model = tiny_net(torch.float32)
+    unused = nn.Parameter(torch.ones(3))
+    optimizer = build(name, [*model.parameters(), unused])
+    train(model, optimizer, tiny_batches(2, torch.float32))
+    assert torch.equal(unused, torch.ones(3))
+    assert unused not in optimizer.state
+
+
+@pytest.mark.parametrize("name", ["adam", "lion", "adan", "sgd"])
+def test_sparse_gradients_raise_a_clear_error(name):
+    embedding = nn.Embedding(10, 3, sparse=True)
+    optimizer = build(name, embedding.parameters())
+    embedding(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(OptimizerUsageError, match="sparse gradients"):
+        optimizer.step()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("name", GENOMES)
+def test_dtypes_train_and_keep_state_in_the_parameter_dtype(name, dtype):
+    model = tiny_net(dtype)
+    optimizer = build(name, model.parameters(), lr=1e-2)
+    before = snapshot(model)
+    train(model, optimizer, tiny_batches(3, dtype))
+    after = snapshot(model)
+    assert all(torch.isfinite(p.float()).all() for p in after)
+    assert any(not torch.equal(a, b) for a, b in zip(after, before))
+    for p in model.parameters():
+        for key, value in optimizer.state[p].items():
+            if isinstance(value, torch.Tensor) and value.shape == p.shape:
+                assert value.dtype == dtype, key
+
+
+@pytest.mark.parametrize("name", GENOMES)
+def test_foreach_and_per_tensor_paths_agree(name, float64):
+    batches = tiny_batches(10)
+    results = []
+    for foreach in (True, False):
+        model = tiny_net()
+        optimizer = build(name, model.parameters(), lr=1e-2, foreach=foreach)
+        train(model, optimizer, batches)
+        results.append(snapshot(model))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_horizon_schedule_without_total_steps_is_a_clear_error():
+    with pytest.raises(OptimizerUsageError, match="pass total_steps"):
+        evolveopt.build_optimizer("ga2025", tiny_net().parameters())
+
+
+def test_total_steps_is_accepted_and_ignored_without_a_horizon():
+    model = tiny_net(torch.float32)
+    optimizer = evolveopt.build_optimizer("adam", model.parameters(), total_steps=10)
+    train(model, optimizer, tiny_batches(2, torch.float32))
+
+
+def test_unknown_override_names_the_genes():
+    with pytest.raises(evolveopt.GenomeError, match="has no gene 'beta3'"):
+        evolveopt.build_optimizer("adam", tiny_net().parameters(), beta3=0.9)
+
+
+def test_out_of_range_override_is_rejected():
+    with pytest.raises(evolveopt.GenomeError, match="out of range"):
+        evolveopt.build_optimizer("adam", tiny_net().parameters(), beta1=1.5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", GENOMES)
+def test_cuda_matches_cpu(name):
+    batches = tiny_batches(5, torch.float32)
+    results = []
+    for device in ("cpu", "cuda"):
+        model = tiny_net(torch.float32).to(device)
+        optimizer = build(name, model.parameters(), lr=1e-2)
+        train(model, optimizer, [(x.to(device), y.to(device)) for x, y in batches])
+        results.append([p.detach().cpu() for p in model.parameters()])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

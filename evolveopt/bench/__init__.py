@@ -1,0 +1,1 @@
+"""Benchmarks that print a comparison measured in one run (``evolveopt bench ...``)."""

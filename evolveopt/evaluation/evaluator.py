@@ -1,0 +1,150 @@
+"""``evaluate(genomes, tasks, budget, seeds)``: train every genome on every task, batched.
+
+Genomes are put in canonical form and grouped by structure key. For each task, a group's
+members × seeds become one stacked run (a :class:`WorkUnit`, at most ``max_members`` wide),
+with one gene tensor per gene name. Results already in the cache are not recomputed; equal
+genomes in one call are trained once. Units are plain data, so a backend can ship them to
+other processes (``map_units``); the default runs them here, one after another.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from evolveopt.evaluation.cache import ResultCache, result_key
+from evolveopt.evaluation.results import MemberResult
+from evolveopt.genome import canonical_form, genome_hash, load_genome, structure_key, to_dict
+from evolveopt.genome.schema import Genome, parse_genome
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """One stacked run: members of one structure on one task. Plain data (picklable, no torch)."""
+
+    task: dict[str, Any]
+    budget: int
+    structure: dict[str, Any]  # a canonical genome dict; members replace its gene values
+    genes: tuple[tuple[tuple[str, float], ...], ...]
+    seeds: tuple[int, ...]
+    keys: tuple[str, ...]
+
+    @property
+    def members(self) -> int:
+        return len(self.seeds)
+
+    def genomes(self) -> list[Genome]:
+        return [parse_genome({**self.structure, "genes": dict(g)}) for g in self.genes]
+
+
+@dataclass(frozen=True)
+class UnitResult:
+    keys: tuple[str, ...]
+    results: tuple[MemberResult, ...]
+    member_steps: int
+    seconds: float
+
+
+def execute_unit(unit: WorkUnit, device: str = "cpu", threads: int | None = None) -> UnitResult:
+    """Run one unit in this process (what a worker calls)."""
+    import torch
+
+    from evolveopt.evaluation.runner import run_unit
+    from evolveopt.tasks import make_task
+
+    if threads:
+        torch.set_num_threads(threads)
+    outcome = run_unit(make_task(unit.task), unit.genomes(), list(unit.seeds), unit.budget, device)
+    return UnitResult(unit.keys, tuple(outcome.results), outcome.member_steps, outcome.seconds)
+
+
+def run_here(units: Sequence[WorkUnit], device: str = "cpu", threads: int | None = None) -> list[UnitResult]:
+    return [execute_unit(u, device, threads) for u in units]
+
+
+@dataclass
+class Evaluation:
+    """Results of one ``evaluate`` call: ``results[g][t][s]`` for genome g, task t, seed s."""
+
+    genomes: list[Genome]
+    tasks: list[dict[str, Any]]
+    budget: int
+    seeds: list[int]
+    results: list[list[list[MemberResult]]]
+    member_steps: int = 0
+    seconds: float = 0.0
+    cache_hits: int = 0
+    cache_misses: int = 0
+    units: int = 0
+    task_labels: list[str] = field(default_factory=list)
+
+    @property
+    def hit_rate(self) -> float:
+        total = self.cache_hits + self.cache_misses
+        return self.cache_hits / total if total else 0.0
+
+    @property
+    def member_steps_per_second(self) -> float:
+        return self.member_steps / self.seconds if self.seconds else 0.0
+
+
+def plan_units(genomes: Sequence[Genome], tasks: Sequence[dict[str, Any]], budget: int, seeds: Sequence[int],
+               skip: set[str], max_members: int) -> list[WorkUnit]:
+    """Group canonical genomes by structure; one unit per (structure, task, chunk of members)."""
+    groups: dict[str, list[Genome]] = {}
+    seen: set[str] = set()
+    for genome in genomes:
+        digest = genome_hash(genome)
+        if digest in seen:
+            continue
+        seen.add(digest)
+        groups.setdefault(structure_key(genome), []).append(canonical_form(genome))
+    units = []
+    for members in groups.values():
+        structure = to_dict(members[0])
+        for task in tasks:
+            todo = [(g, s, result_key(genome_hash(g), task, budget, s)) for g in members for s in seeds]
+            todo = [item for item in todo if item[2] not in skip]
+            for start in range(0, len(todo), max_members):
+                chunk = todo[start:start + max_members]
+                units.append(WorkUnit(
+                    task=task, budget=budget, structure=structure,
+                    genes=tuple(tuple(g.genes.items()) for g, _, _ in chunk),
+                    seeds=tuple(s for _, s, _ in chunk), keys=tuple(k for _, _, k in chunk),
+                ))
+    return units
+
+
+def evaluate(genomes: Sequence[Genome | str], tasks: Sequence[Any], budget: int, seeds: Sequence[int], *,
+             cache: ResultCache | None = None, device: str = "cpu", max_members: int = 256,
+             map_units: Callable[[list[WorkUnit]], list[UnitResult]] | None = None) -> Evaluation:
+    """Train each genome on each task for ``budget`` steps from each seed; see the module docstring."""
+    from evolveopt.tasks import make_task
+
+    genomes = [load_genome(g) for g in genomes]
+    specs = [make_task(t).spec for t in tasks]
+    labels = [make_task(t).label for t in tasks]
+    if budget < 1:
+        raise ValueError(f"budget must be a positive number of steps, got {budget}")
+    cache = cache if cache is not None else ResultCache()
+    start = time.perf_counter()
+    keys = [[[result_key(genome_hash(g), t, budget, s) for s in seeds] for t in specs] for g in genomes]
+    wanted = {k for per_genome in keys for per_task in per_genome for k in per_task}
+    hits_before, misses_before = cache.hits, cache.misses
+    known = cache.get_many(wanted)
+    units = plan_units(genomes, specs, budget, seeds, skip=set(known), max_members=max_members)
+    run = map_units or (lambda us: run_here(us, device))
+    member_steps = 0
+    for outcome in run(units):
+        fresh = dict(zip(outcome.keys, outcome.results))
+        cache.put_many(fresh)
+        known.update(fresh)
+        member_steps += outcome.member_steps
+    results = [[[known[k] for k in per_task] for per_task in per_genome] for per_genome in keys]
+    return Evaluation(
+        genomes=genomes, tasks=specs, budget=budget, seeds=list(seeds), results=results,
+        member_steps=member_steps, seconds=time.perf_counter() - start,
+        cache_hits=cache.hits - hits_before, cache_misses=cache.misses - misses_before,
+        units=len(units), task_labels=labels,
+    )

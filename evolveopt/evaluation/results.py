@@ -1,0 +1,48 @@
+"""Plain-data results of evaluations (JSON in and out; no torch)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class MemberResult:
+    """One genome trained on one task at one budget from one seed.
+
+    ``ema_loss`` is the bias-corrected EMA (β = 0.9) of the training loss at the last step, the
+    selection metric. A diverged member is frozen at the step it failed; ``reason`` says why.
+    """
+
+    final_loss: float
+    ema_loss: float
+    initial_loss: float = math.nan  # the loss of step 1
+    heldout: dict[str, float] = field(default_factory=dict)
+    diverged: bool = False
+    reason: str = ""
+    steps: int = 0  # steps trained before the end or the freeze
+
+    @property
+    def stalled(self) -> bool:
+        """The loss never fell: the smoothed final loss is not below the first one."""
+        return not self.diverged and not self.ema_loss < self.initial_loss
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key in ("final_loss", "ema_loss", "initial_loss"):
+            data[key] = _finite_or_none(data[key])
+        data["heldout"] = {k: _finite_or_none(v) for k, v in self.heldout.items()}
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "MemberResult":
+        values = dict(data)
+        for key in ("final_loss", "ema_loss", "initial_loss"):
+            values[key] = math.nan if values.get(key) is None else values[key]
+        values["heldout"] = {k: math.nan if v is None else v for k, v in values.get("heldout", {}).items()}
+        return cls(**values)
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if isinstance(value, (int, float)) and math.isfinite(value) else None

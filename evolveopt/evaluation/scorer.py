@@ -1,0 +1,76 @@
+"""The fitness function the search calls: tasks, budget and seeds fixed, genomes in, fitness out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from evolveopt.evaluation.cache import ResultCache
+from evolveopt.evaluation.evaluator import Evaluation, UnitResult, WorkUnit, evaluate
+from evolveopt.evaluation.fidelity import RungOutcome, successive_halving
+from evolveopt.evaluation.fitness import Baseline, GenomeFitness, score_evaluation, tune_adam
+from evolveopt.genome.schema import Genome
+
+
+@dataclass(frozen=True)
+class FitnessSettings:
+    tasks: list[dict[str, Any]]
+    budget: int
+    seeds: list[int]
+    eta: int = 3
+    rungs: int = 3  # 1 turns successive halving off
+    max_members: int = 256
+    device: str = "cpu"
+
+
+@dataclass
+class ScorerStats:
+    member_steps: int = 0
+    seconds: float = 0.0
+    cache_hits: int = 0
+    cache_misses: int = 0
+    evaluations: list[Evaluation] = field(default_factory=list, repr=False)
+
+
+class FitnessScorer:
+    """Scores genomes against tuned Adam on the settings' tasks (with successive halving)."""
+
+    def __init__(self, settings: FitnessSettings, cache: ResultCache | None = None,
+                 map_units: Callable[[list[WorkUnit]], list[UnitResult]] | None = None):
+        self.settings = settings
+        self.cache = cache if cache is not None else ResultCache()
+        self.map_units = map_units
+        self.stats = ScorerStats()
+        self._baselines: dict[int, list[Baseline]] = {}
+
+    def _evaluate(self, genomes: Sequence[Genome], tasks: Sequence[Any], budget: int, seeds: Sequence[int],
+                  cache: ResultCache) -> Evaluation:
+        evaluation = evaluate(genomes, tasks, budget, seeds, cache=cache, device=self.settings.device,
+                              max_members=self.settings.max_members, map_units=self.map_units)
+        self.stats.member_steps += evaluation.member_steps
+        self.stats.seconds += evaluation.seconds
+        self.stats.cache_hits += evaluation.cache_hits
+        self.stats.cache_misses += evaluation.cache_misses
+        return evaluation
+
+    def baselines(self, budget: int) -> list[Baseline]:
+        if budget not in self._baselines:
+            s = self.settings
+            self._baselines[budget] = [
+                tune_adam(task, budget, s.seeds, self.cache, run=lambda *a, **k: self._evaluate(*a, cache=k["cache"]))
+                for task in s.tasks
+            ]
+        return self._baselines[budget]
+
+    def score(self, genomes: Sequence[Genome], budget: int | None = None) -> list[GenomeFitness]:
+        """Fitness of each genome at ``budget`` (default: the full budget)."""
+        budget = budget or self.settings.budget
+        baselines = self.baselines(budget)
+        evaluation = self._evaluate(genomes, self.settings.tasks, budget, self.settings.seeds, self.cache)
+        return score_evaluation(evaluation, baselines)
+
+    def score_with_halving(self, genomes: Sequence[Genome]) -> list[RungOutcome]:
+        """Successive halving over the settings' rungs; each outcome's ``score`` is a GenomeFitness."""
+        s = self.settings
+        return successive_halving(genomes, self.score, key=lambda f: f.fitness, budget=s.budget, eta=s.eta,
+                                  rungs=s.rungs)

@@ -75,7 +75,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         rows = run_step_benchmark(repeats=args.repeats, device=args.device)
         print(json.dumps({"rows": rows}, indent=2) if args.json else format_table(rows))
         return 0
-    raise EvolveOptError(f"unknown benchmark '{args.what}' (available: step)")
+    if args.what == "eval":
+        from evolveopt.bench.evaluation import format_eval_table, run_eval_benchmark
+
+        sizes = tuple(args.sizes) if args.sizes else ((1, 8, 64, 256, 1024, 2048) if args.device.startswith("cuda")
+                                                       else (1, 8, 64, 256))
+        report = run_eval_benchmark(sizes=sizes, device=args.device)
+        print(json.dumps(report, indent=2) if args.json else format_eval_table(report))
+        return 0
+    raise EvolveOptError(f"unknown benchmark '{args.what}' (available: step, eval)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     try_.set_defaults(run=cmd_try)
 
     bench = sub.add_parser("bench", help="run a benchmark and print its comparison table")
-    bench.add_argument("what", choices=["step"], help="step: optimizer step() time vs torch.optim")
+    bench.add_argument("what", choices=["step", "eval"],
+                       help="step: optimizer step() vs torch.optim; eval: batched vs one-at-a-time training")
+    bench.add_argument("--sizes", type=int, nargs="*", help="population sizes for 'eval'")
     bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
     bench.add_argument("--repeats", type=int, default=50)
     bench.add_argument("--device", default="cpu")

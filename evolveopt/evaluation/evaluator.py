@@ -1,10 +1,12 @@
 """``evaluate(genomes, tasks, budget, seeds)``: train every genome on every task, batched.
 
-Genomes are put in canonical form and grouped by structure key. For each task, a group's
-members × seeds become one stacked run (a :class:`WorkUnit`, at most ``max_members`` wide),
-with one gene tensor per gene name. Results already in the cache are not recomputed; equal
-genomes in one call are trained once. Units are plain data, so a backend can ship them to
-other processes (``map_units``); the default runs them here, one after another.
+Genomes are put in canonical form. For each task, every (genome, seed) pair not in the cache
+becomes a member of one stacked run; members are sorted by structure key so that each
+structure's members sit side by side and share one update (one gene tensor per gene name),
+while the forward and backward pass covers all of them at once. Runs are cut into
+:class:`WorkUnit` s of at most ``max_members``. Equal genomes in one call are trained once.
+Units are plain data, so a backend can ship them to other processes (``map_units``); the
+default runs them here, one after another.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ from evolveopt.genome.schema import Genome, parse_genome
 
 @dataclass(frozen=True)
 class WorkUnit:
-    """One stacked run: members of one structure on one task. Plain data (picklable, no torch)."""
+    """One stacked run on one task: canonical genome dicts, seeds and cache keys, one per member.
+
+    Plain data (picklable, no torch), so it can travel to a worker.
+    """
 
     task: dict[str, Any]
     budget: int
-    structure: dict[str, Any]  # a canonical genome dict; members replace its gene values
-    genes: tuple[tuple[tuple[str, float], ...], ...]
+    genomes: tuple[dict[str, Any], ...]
     seeds: tuple[int, ...]
     keys: tuple[str, ...]
 
@@ -34,8 +38,8 @@ class WorkUnit:
     def members(self) -> int:
         return len(self.seeds)
 
-    def genomes(self) -> list[Genome]:
-        return [parse_genome({**self.structure, "genes": dict(g)}) for g in self.genes]
+    def parsed_genomes(self) -> list[Genome]:
+        return [parse_genome(g, source="work unit") for g in self.genomes]
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,7 @@ def execute_unit(unit: WorkUnit, device: str = "cpu", threads: int | None = None
 
     if threads:
         torch.set_num_threads(threads)
-    outcome = run_unit(make_task(unit.task), unit.genomes(), list(unit.seeds), unit.budget, device)
+    outcome = run_unit(make_task(unit.task), unit.parsed_genomes(), list(unit.seeds), unit.budget, device)
     return UnitResult(unit.keys, tuple(outcome.results), outcome.member_steps, outcome.seconds)
 
 
@@ -91,28 +95,19 @@ class Evaluation:
 
 def plan_units(genomes: Sequence[Genome], tasks: Sequence[dict[str, Any]], budget: int, seeds: Sequence[int],
                skip: set[str], max_members: int) -> list[WorkUnit]:
-    """Group canonical genomes by structure; one unit per (structure, task, chunk of members)."""
-    groups: dict[str, list[Genome]] = {}
-    seen: set[str] = set()
+    """Per task, the uncached (genome, seed) members sorted by structure, cut into units."""
+    unique: dict[str, Genome] = {}
     for genome in genomes:
-        digest = genome_hash(genome)
-        if digest in seen:
-            continue
-        seen.add(digest)
-        groups.setdefault(structure_key(genome), []).append(canonical_form(genome))
+        unique.setdefault(genome_hash(genome), canonical_form(genome))
+    ordered = sorted(unique.items(), key=lambda item: (structure_key(item[1]), item[0]))
     units = []
-    for members in groups.values():
-        structure = to_dict(members[0])
-        for task in tasks:
-            todo = [(g, s, result_key(genome_hash(g), task, budget, s)) for g in members for s in seeds]
-            todo = [item for item in todo if item[2] not in skip]
-            for start in range(0, len(todo), max_members):
-                chunk = todo[start:start + max_members]
-                units.append(WorkUnit(
-                    task=task, budget=budget, structure=structure,
-                    genes=tuple(tuple(g.genes.items()) for g, _, _ in chunk),
-                    seeds=tuple(s for _, s, _ in chunk), keys=tuple(k for _, _, k in chunk),
-                ))
+    for task in tasks:
+        todo = [(to_dict(g), s, result_key(h, task, budget, s)) for h, g in ordered for s in seeds]
+        todo = [item for item in todo if item[2] not in skip]
+        for start in range(0, len(todo), max_members):
+            chunk = todo[start:start + max_members]
+            units.append(WorkUnit(task=task, budget=budget, genomes=tuple(g for g, _, _ in chunk),
+                                  seeds=tuple(s for _, s, _ in chunk), keys=tuple(k for _, _, k in chunk)))
     return units
 
 

@@ -12,7 +12,7 @@ r = 0 is "as good as tuned Adam", r = log 2 "half Adam's loss". The signed log k
 difference in rank (no ties from clipping) while a task whose losses differ by orders of
 magnitude (training loss going to 0 on a small data set) pulls the mean only logarithmically;
 log ratios have no units, so no task dominates by the scale of its loss. A genome that diverged
-on any seed of a task, or whose loss never fell below its first value, gets the worst score,
+on any seed of a task, or whose parameters never moved (an all-zero update), gets the worst score,
 −5, below any finite one. Held-out metrics are reported next to the fitness and never enter it.
 docs/fitness.md has a worked example.
 """
@@ -79,7 +79,7 @@ def failure_reason(result: MemberResult) -> str:
     if result.diverged:
         return result.reason
     if result.stalled:
-        return f"no progress: loss {result.ema_loss:.4g} never fell below its first value {result.initial_loss:.4g}"
+        return "no progress: the update is all zeros, the parameters never moved"
     return ""
 
 

@@ -22,11 +22,12 @@ class MemberResult:
     diverged: bool = False
     reason: str = ""
     steps: int = 0  # steps trained before the end or the freeze
+    moved: bool = True  # False when the parameters never changed (an all-zero update)
 
     @property
     def stalled(self) -> bool:
-        """The loss never fell: the smoothed final loss is not below the first one."""
-        return not self.diverged and not self.ema_loss < self.initial_loss
+        """The update was all zeros: the parameters never moved."""
+        return not self.diverged and not self.moved
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

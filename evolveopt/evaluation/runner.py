@@ -1,8 +1,11 @@
-"""Train one unit of work: P members of one genome structure on one task, as one stacked run.
+"""Train one unit of work: P members on one task, as one stacked run.
 
-Member i has its own genes and seed. A member whose loss turns NaN/Inf, or exceeds
-``explode_factor`` × its first loss after the warm-up, is frozen at its last parameters and
-marked diverged; the other members are untouched (every operation is per member).
+Member i has its own genome and seed. The forward and backward pass runs once for all P
+models whatever their optimizers; then each run of consecutive members that share a structure
+is updated by one :class:`PopulationOptimizer` over its slice of the stacked tensors (callers
+sort members by structure, so a unit has few such groups). A member whose loss turns NaN/Inf,
+or exceeds ``explode_factor`` × its first loss after the warm-up, is frozen at its last
+parameters and marked diverged; the other members are untouched (every operation is per member).
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ import torch
 
 from evolveopt.compile.population import PopulationOptimizer
 from evolveopt.evaluation.results import MemberResult
+from evolveopt.genome.canonical import structure_key
 from evolveopt.genome.schema import Genome
-from evolveopt.tasks import Task
+from evolveopt.tasks import Task, TaskRun
 
 EMA_BETA = 0.9
 
@@ -42,39 +46,61 @@ class UnitOutcome:
 
 def run_unit(task: Task, genomes: Sequence[Genome], seeds: Sequence[int], budget: int,
              device: torch.device | str = "cpu", policy: DivergencePolicy = DivergencePolicy()) -> UnitOutcome:
-    """Train ``genomes[i]`` from ``seeds[i]`` for ``budget`` steps, all at once.
-
-    Every genome must have the same structure and gene names (canonical forms of one structure
-    key do); the first one's structure is compiled.
-    """
+    """Train ``genomes[i]`` from ``seeds[i]`` for ``budget`` steps, all at once; one result each."""
     start = time.perf_counter()
+    run, tracker = train_population(task, genomes, seeds, budget, device, policy)
+    heldout = {k: v.detach().cpu().tolist() for k, v in run.heldout().items()}
+    return UnitOutcome(tracker.results(heldout, tracker.moved(run.params)),
+                       member_steps=len(genomes) * tracker.steps_run, seconds=time.perf_counter() - start)
+
+
+def train_population(task: Task, genomes: Sequence[Genome], seeds: Sequence[int], budget: int,
+                     device: torch.device | str = "cpu", policy: DivergencePolicy = DivergencePolicy()
+                     ) -> tuple[TaskRun, "_Tracker"]:
+    """The training loop of :func:`run_unit`; returns the trained run and the loss tracker."""
     run = task.start(seeds, device)
-    genes = {n: torch.tensor([g.genes[n] for g in genomes], dtype=run.params[0].dtype, device=device)
-             for n in genomes[0].genes}
-    optimizer = PopulationOptimizer(genomes[0], run.params, genes, total_steps=budget)
-    tracker = _Tracker(len(genomes), budget, policy, device)
+    groups = [(a, b, _group_optimizer(genomes[a:b], run.params, a, b, budget)) for a, b in structure_runs(genomes)]
+    tracker = _Tracker(len(genomes), budget, policy, device, initial=[p.detach().clone() for p in run.params])
     for step in range(1, budget + 1):
         losses = run.loss(step)
         grads = torch.autograd.grad(losses.sum(), run.params)
-        tracker.observe(step, losses.detach())
-        if tracker.any_frozen:
-            before = [p.detach().clone() for p in run.params]
-            optimizer.step(grads, loss=losses.detach())
+        detached = losses.detach()
+        tracker.observe(step, detached)
+        before = [p.detach().clone() for p in run.params] if tracker.any_frozen else None
+        for a, b, optimizer in groups:
+            optimizer.step([g[a:b] for g in grads], loss=detached[a:b])
+        if before is not None:
             tracker.restore_frozen(run.params, before)
-        else:
-            optimizer.step(grads, loss=losses.detach())
         if tracker.all_frozen:
             break
-    heldout = {k: v.detach().cpu().tolist() for k, v in run.heldout().items()}
-    results = tracker.results(heldout)
-    return UnitOutcome(results, member_steps=len(genomes) * tracker.steps_run, seconds=time.perf_counter() - start)
+    return run, tracker
+
+
+def structure_runs(genomes: Sequence[Genome]) -> list[tuple[int, int]]:
+    """[start, end) ranges of consecutive genomes that share a structure key."""
+    keys = [structure_key(g) for g in genomes]
+    runs, start = [], 0
+    for i in range(1, len(keys) + 1):
+        if i == len(keys) or keys[i] != keys[start]:
+            runs.append((start, i))
+            start = i
+    return runs
+
+
+def _group_optimizer(genomes: Sequence[Genome], params: list[torch.Tensor], a: int, b: int,
+                     budget: int) -> PopulationOptimizer:
+    views = [p.detach()[a:b] for p in params]
+    genes = {n: torch.tensor([g.genes[n] for g in genomes], dtype=views[0].dtype, device=views[0].device)
+             for n in genomes[0].genes}
+    return PopulationOptimizer(genomes[0], views, genes, total_steps=budget)
 
 
 class _Tracker:
     """Per-member loss EMA, last loss, and divergence state."""
 
-    def __init__(self, members: int, budget: int, policy: DivergencePolicy, device: Any):
-        self.budget, self.policy = budget, policy
+    def __init__(self, members: int, budget: int, policy: DivergencePolicy, device: Any,
+                 initial: list[torch.Tensor] | None = None):
+        self.budget, self.policy, self.initial = budget, policy, initial
         self.ema = torch.zeros(members, dtype=torch.float64, device=device)
         self.last = torch.full((members,), math.nan, dtype=torch.float64, device=device)
         self.first: torch.Tensor | None = None
@@ -112,7 +138,15 @@ class _Tracker:
             mask = self.frozen.view(-1, *([1] * (p.ndim - 1)))
             p.copy_(torch.where(mask, old, p))
 
-    def results(self, heldout: dict[str, list[float]]) -> list[MemberResult]:
+    @torch.no_grad()
+    def moved(self, params: list[torch.Tensor]) -> list[bool]:
+        """Per member: did any parameter change since the start?"""
+        changed = torch.zeros_like(self.frozen)
+        for p, p0 in zip(params, self.initial):
+            changed |= (p != p0).reshape(p.shape[0], -1).any(1)
+        return changed.cpu().tolist()
+
+    def results(self, heldout: dict[str, list[float]], moved: list[bool] | None = None) -> list[MemberResult]:
         correction = 1 - EMA_BETA ** self.steps_run
         ema = (self.ema / correction).cpu().tolist()
         last = self.last.cpu().tolist()
@@ -127,5 +161,6 @@ class _Tracker:
                 heldout={k: (math.nan if diverged else v[i]) for k, v in heldout.items()},
                 diverged=diverged, reason=self.reasons[i],
                 steps=self.frozen_at[i] if diverged else self.steps_run,
+                moved=True if moved is None else moved[i],
             ))
         return out

@@ -469,10 +469,11 @@ TOP_LEVEL_KEYS = (
 )
 
 
-def parse_genome(data: Any, source: str = "genome") -> Genome:
+def parse_genome(data: Any, source: str = "genome", allow_unused_genes: bool = False) -> Genome:
     """Validate plain data (as loaded from YAML) into a :class:`Genome`.
 
-    Raises :class:`GenomeError` naming ``source``, the field and what is allowed.
+    Raises :class:`GenomeError` naming ``source``, the field and what is allowed. Genes that
+    nothing refers to are an error unless ``allow_unused_genes`` (used to probe a structure).
     """
     root = _Node(data, "", source)
     if not isinstance(data, dict):
@@ -499,7 +500,7 @@ def parse_genome(data: Any, source: str = "genome") -> Genome:
         description=root.child("description").text(),
     )
     unused = sorted(set(genes) - referenced_genes(genome))
-    if unused:
+    if unused and not allow_unused_genes:
         raise root.child("genes").fail(
             f"gene '{unused[0]}' is not used by any part of the rule (remove it or refer to it)"
         )

@@ -1,0 +1,1 @@
+"""The search over genomes (plain data and numpy; imports no torch)."""

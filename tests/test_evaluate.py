@@ -1,0 +1,132 @@
+"""The batched evaluator: stacked == sequential, divergence isolation, fitness, cache, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import evolveopt
+from evolveopt.evaluation import ResultCache, evaluate
+from evolveopt.evaluation.fidelity import halving_cost, rung_budgets, successive_halving
+from evolveopt.evaluation.runner import train_population
+from evolveopt.evaluation.scorer import FitnessScorer, FitnessSettings
+from evolveopt.genome.schema import parse_genome
+from evolveopt.tasks import TaskError, make_task
+
+ADAM = evolveopt.load_genome("adam")
+
+
+def adam_variants():
+    return [ADAM.with_genes(lr=lr, beta1=b1, beta2=b2)
+            for lr, b1, b2 in [(1e-3, 0.9, 0.999), (3e-3, 0.8, 0.99), (1e-2, 0.95, 0.999), (2e-3, 0.5, 0.9)]]
+
+
+def train_alone(task, genome, seed, steps):
+    run = task.start([seed])
+    optimizer = evolveopt.build_optimizer(genome, run.params, total_steps=steps)
+    for step in range(1, steps + 1):
+        def closure():
+            optimizer.zero_grad()
+            loss = run.loss(step)[0]
+            loss.backward()
+            return loss
+
+        optimizer.step(closure)
+    return [p.detach()[0] for p in run.params]
+
+
+@pytest.mark.parametrize("genome_names", [None, ("ga2025",), ("adan",), ("lion",)])
+def test_a_member_trains_as_it_would_alone(genome_names):
+    task = make_task("digits_mlp")
+    base = adam_variants() if genome_names is None else [evolveopt.load_genome(genome_names[0])] * 2
+    genomes = [g if genome_names is None else g.with_genes(lr=g.genes["lr"] * f) for g, f in zip(base, (1.0, 2.0))]
+    genomes = [evolveopt.genome.canonical_form(g) for g in genomes]
+    seeds = [5, 9, 13, 21][: len(genomes)]
+    run, _ = train_population(task, genomes, seeds, budget=50)
+    for i, (genome, seed) in enumerate(zip(genomes, seeds)):
+        alone = train_alone(task, genome, seed, 50)
+        for together, single in zip(run.params, alone):
+            assert (together.detach()[i] - single).abs().max().item() <= 1e-5
+
+
+def test_a_diverging_member_is_frozen_and_the_others_stay_bit_identical():
+    task = make_task("digits_mlp")
+    healthy = adam_variants()[:3]
+    wild = ADAM.with_genes(lr=50.0)
+    with_wild, tracker = train_population(task, healthy + [wild], [1, 2, 3, 4], budget=60)
+    without, _ = train_population(task, healthy, [1, 2, 3], budget=60)
+    for a, b in zip(with_wild.params, without.params):
+        assert torch.equal(a.detach()[:3], b.detach())
+    results = tracker.results({})
+    assert results[3].diverged and "step" in results[3].reason
+    assert not any(r.diverged for r in results[:3])
+
+
+def test_bad_genomes_get_finite_worst_fitness_with_a_reason():
+    nan_at_step_one = ADAM.with_genes(eps=0.0)  # 0/0 on always-zero digit pixels at step 1
+    zero_update = parse_genome({"schema_version": 1, "genes": {"lr": 0.0}, "terms": [{}]})
+    explodes = evolveopt.load_genome("sgd").with_genes(lr=30.0)
+    scorer = FitnessScorer(FitnessSettings(tasks=[{"name": "digits_mlp"}], budget=40, seeds=[0], rungs=1))
+    scores = scorer.score([nan_at_step_one, zero_update, explodes, ADAM])
+    for bad in scores[:3]:
+        assert math.isfinite(bad.fitness) and bad.fitness == -5.0
+        assert bad.failures and ("step" in bad.failures[0] or "no progress" in bad.failures[0])
+    assert scores[3].fitness > -5.0
+
+
+def test_tuned_adam_scores_exactly_neutral():
+    scorer = FitnessScorer(FitnessSettings(tasks=[{"name": "digits_mlp"}], budget=30, seeds=[0, 1], rungs=1))
+    tuned_lr = scorer.baselines(30)[0].lr
+    (score,) = scorer.score([ADAM.with_genes(lr=tuned_lr)])
+    assert score.fitness == 0.0
+    assert set(score.heldout["digits_mlp"]) == {"loss", "accuracy"}
+
+
+def test_a_repeated_genome_hits_the_cache(tmp_path):
+    cache = ResultCache(tmp_path / "cache.sqlite")
+    first = evaluate([ADAM, "lion"], ["digits_mlp"], 20, [0, 1], cache=cache)
+    assert first.cache_hits == 0 and first.member_steps == 2 * 2 * 20
+    reopened = ResultCache(tmp_path / "cache.sqlite")
+    again = evaluate([ADAM.with_genes(lr=1.00001e-3), "lion", "adamw"], ["digits_mlp"], 20, [0, 1], cache=reopened)
+    assert again.cache_hits == 4 and again.cache_misses == 2 and again.hit_rate == pytest.approx(4 / 6)
+    assert again.results[0][0][0] == first.results[0][0][0]
+
+
+def test_all_structures_of_a_task_train_in_one_unit():
+    evaluation = evaluate(adam_variants() + [evolveopt.load_genome("lion")], ["digits_mlp"], 5, [0, 1])
+    assert evaluation.units == 1 and evaluation.member_steps == 5 * 2 * 5
+
+
+def test_empty_genome_list_returns_an_empty_result():
+    evaluation = evaluate([], ["digits_mlp"], 10, [0])
+    assert evaluation.results == [] and evaluation.member_steps == 0
+
+
+def test_unknown_task_and_bad_option_name_what_is_allowed():
+    with pytest.raises(TaskError, match=r"unknown task 'digitz' \(tasks: .*digits_mlp"):
+        evaluate([ADAM], ["digitz"], 10, [0])
+    with pytest.raises(TaskError, match=r"option hidden=0 is out of range \[1, 4096\]"):
+        make_task({"name": "digits_mlp", "hidden": 0})
+    with pytest.raises(TaskError, match=r"unknown option 'width'"):
+        make_task({"name": "digits_mlp", "width": 3})
+
+
+def test_rung_budgets_and_cost():
+    assert rung_budgets(900) == [100, 300, 900]
+    assert halving_cost(27, 900) == 27 * 100 + 9 * 300 + 3 * 900
+    assert halving_cost(27, 900) * 3 <= 27 * 900 * 1.01
+
+
+def test_successive_halving_promotes_the_best_third():
+    calls = []
+
+    def score(candidates, budget):
+        calls.append((list(candidates), budget))
+        return [c * budget for c in candidates]
+
+    outcomes = successive_halving(list(range(9)), score, key=float, budget=90)
+    assert [len(c) for c, _ in calls] == [9, 3, 1]
+    assert [o.rung for o in outcomes] == [0] * 6 + [1] * 2 + [2]
+    assert outcomes[8].budget == 90 and outcomes[8].scores_by_rung == [80, 240, 720]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from typing import Callable, Sequence
@@ -68,6 +69,67 @@ def cmd_try(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_task_arg(text: str) -> dict[str, object]:
+    """``name`` or ``name:key=value,key=value`` → a task spec mapping (numbers parsed)."""
+    name, _, rest = text.partition(":")
+    spec: dict[str, object] = {"name": name}
+    for item in filter(None, rest.split(",")):
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise EvolveOptError(f"--task {text}: expected key=value after ':', got '{item}'")
+        try:
+            spec[key] = int(raw)
+        except ValueError:
+            try:
+                spec[key] = float(raw)
+            except ValueError:
+                spec[key] = raw
+    return spec
+
+
+def default_cache_path() -> str:
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(root, "evolveopt", "results.sqlite")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from evolveopt.evaluation import ResultCache
+    from evolveopt.evaluation.scorer import FitnessScorer, FitnessSettings
+    from evolveopt.genome import load_genome
+    from evolveopt.tasks import HELDOUT_SUITE, SEARCH_SUITE
+
+    genomes = [load_genome(g) for g in args.genomes]
+    tasks = [parse_task_arg(t) for t in args.task] if args.task else (
+        HELDOUT_SUITE if args.suite == "heldout" else SEARCH_SUITE)
+    if args.no_cache:
+        cache = ResultCache()
+    else:
+        os.makedirs(os.path.dirname(args.cache), exist_ok=True)
+        cache = ResultCache(args.cache)
+    scorer = FitnessScorer(FitnessSettings(tasks=list(tasks), budget=args.budget, seeds=args.seeds, rungs=1,
+                                           device=args.device))
+    print(f"evaluating {len(genomes)} genome(s) on {len(tasks)} task(s), {args.budget} steps, seeds {args.seeds} "
+          f"(Adam baselines tuned on a 7-point lr grid first)", file=sys.stderr)
+    scores = scorer.score(genomes)
+    stats = scorer.stats
+    rate = stats.member_steps / stats.seconds if stats.seconds else 0.0
+    if args.json:
+        print(json.dumps({"genomes": [g.name or args.genomes[i] for i, g in enumerate(genomes)],
+                          "fitness": [f.to_json() for f in scores], "member_steps": stats.member_steps,
+                          "seconds": stats.seconds, "cache_hits": stats.cache_hits,
+                          "cache_misses": stats.cache_misses}, indent=2))
+        return 0
+    labels = list(scores[0].task_scores) if scores else []
+    print(f"{'genome':<16} {'fitness':>8} " + " ".join(f"{label[:18]:>18}" for label in labels))
+    for name, fit in zip(args.genomes, scores):
+        print(f"{name[:16]:<16} {fit.fitness:>8.3f} " + " ".join(f"{fit.task_scores[label]:>18.3f}" for label in labels))
+        for failure in fit.failures[:3]:
+            print(f"    failed: {failure}")
+    print(f"{stats.member_steps:,} member-steps in {stats.seconds:.1f} s ({rate:,.0f}/s); cache hits "
+          f"{stats.cache_hits}, misses {stats.cache_misses}", file=sys.stderr)
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "step":
         from evolveopt.bench.step import format_table, run_step_benchmark
@@ -83,7 +145,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         report = run_eval_benchmark(sizes=sizes, device=args.device)
         print(json.dumps(report, indent=2) if args.json else format_eval_table(report))
         return 0
-    raise EvolveOptError(f"unknown benchmark '{args.what}' (available: step, eval)")
+    if args.what == "fidelity":
+        from evolveopt.bench.fidelity import format_fidelity, run_fidelity_benchmark
+
+        report = run_fidelity_benchmark()
+        print(json.dumps(report, indent=2) if args.json else format_fidelity(report))
+        return 0
+    raise EvolveOptError(f"unknown benchmark '{args.what}' (available: step, eval, fidelity)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,9 +175,22 @@ def build_parser() -> argparse.ArgumentParser:
     try_.add_argument("--set", nargs="*", default=[], metavar="GENE=VALUE", help="override genes of GENOME")
     try_.set_defaults(run=cmd_try)
 
+    ev = sub.add_parser("eval", help="fitness of genomes against tuned Adam on proxy tasks")
+    ev.add_argument("genomes", nargs="+", help="genome names or YAML files")
+    ev.add_argument("--task", action="append", help="a task, e.g. digits_mlp or nqm:batch_size=8 (repeatable)")
+    ev.add_argument("--suite", choices=["search", "heldout"], default="search", help="task suite when no --task")
+    ev.add_argument("--budget", type=int, default=300, help="training steps per task")
+    ev.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--cache", default=default_cache_path(), help="SQLite result cache")
+    ev.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
+    ev.add_argument("--json", action="store_true")
+    ev.set_defaults(run=cmd_eval)
+
     bench = sub.add_parser("bench", help="run a benchmark and print its comparison table")
-    bench.add_argument("what", choices=["step", "eval"],
-                       help="step: optimizer step() vs torch.optim; eval: batched vs one-at-a-time training")
+    bench.add_argument("what", choices=["step", "eval", "fidelity"],
+                       help="step: optimizer step() vs torch.optim; eval: batched vs one-at-a-time training; "
+                            "fidelity: rank quality of successive halving's first rung")
     bench.add_argument("--sizes", type=int, nargs="*", help="population sizes for 'eval'")
     bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
     bench.add_argument("--repeats", type=int, default=50)

@@ -15,3 +15,7 @@ class GenomeError(EvolveOptError, ValueError):
 
 class OptimizerUsageError(EvolveOptError, ValueError):
     """The compiled optimizer was used in a way its genome does not support."""
+
+
+class EvaluationError(EvolveOptError, ValueError):
+    """An evaluation was asked for with an impossible budget, no seeds, or similar."""

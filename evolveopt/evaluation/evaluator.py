@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from evolveopt.errors import EvaluationError
 from evolveopt.evaluation.cache import ResultCache, result_key
 from evolveopt.evaluation.results import MemberResult
 from evolveopt.genome import canonical_form, genome_hash, load_genome, structure_key, to_dict
@@ -57,8 +58,9 @@ def execute_unit(unit: WorkUnit, device: str = "cpu", threads: int | None = None
     from evolveopt.evaluation.runner import run_unit
     from evolveopt.tasks import make_task
 
-    if threads:
-        torch.set_num_threads(threads)
+    from evolveopt.evaluation.sizing import cpu_threads
+
+    torch.set_num_threads(threads or cpu_threads())
     outcome = run_unit(make_task(unit.task), unit.parsed_genomes(), list(unit.seeds), unit.budget, device)
     return UnitResult(unit.keys, tuple(outcome.results), outcome.member_steps, outcome.seconds)
 
@@ -120,8 +122,10 @@ def evaluate(genomes: Sequence[Genome | str], tasks: Sequence[Any], budget: int,
     genomes = [load_genome(g) for g in genomes]
     specs = [make_task(t).spec for t in tasks]
     labels = [make_task(t).label for t in tasks]
-    if budget < 1:
-        raise ValueError(f"budget must be a positive number of steps, got {budget}")
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+        raise EvaluationError(f"budget must be a positive number of steps, got {budget!r}")
+    if not seeds:
+        raise EvaluationError("at least one seed is needed")
     cache = cache if cache is not None else ResultCache()
     start = time.perf_counter()
     keys = [[[result_key(genome_hash(g), t, budget, s) for s in seeds] for t in specs] for g in genomes]

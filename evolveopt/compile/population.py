@@ -30,6 +30,13 @@ def stack_genes(genomes: Sequence[Genome], device: torch.device | str = "cpu",
     return {n: torch.tensor([g.genes[n] for g in genomes], dtype=dtype, device=device) for n in names}
 
 
+def _uniform_as_float(values: Tensor) -> Tensor | float:
+    """A gene every member shares becomes a Python float: the rule then skips zero terms and uses
+    fused scalar kernels for it (checked once here, never per step)."""
+    first = values.reshape(-1)[0]
+    return float(first) if bool((values == first).all()) else values
+
+
 class PopulationOptimizer:
     """Steps P stacked models, member i with genes ``{name: genes[name][i]}``."""
 
@@ -38,7 +45,7 @@ class PopulationOptimizer:
         self.rule = Rule(genome)
         self.genome = genome
         self.params = list(params)
-        self.genes = dict(genes)
+        self.genes = {name: _uniform_as_float(values) for name, values in genes.items()}
         self.members = self.params[0].shape[0]
         self.total_steps = total_steps
         if genome.schedule.needs_horizon and total_steps is None:
@@ -53,7 +60,7 @@ class PopulationOptimizer:
         """Update every member; ``loss`` is ``[P]`` (needed by loss feedback), ``lr_scale`` an extra ``[P]`` factor."""
         self.t += 1
         genes, t = self.genes, self.t
-        lr = genes["lr"] * self.rule.schedule(t, genes, self.total_steps)
+        lr = genes["lr"] * self.rule.schedule(t, genes, self.total_steps)  # float or [P]
         if lr_scale is not None:
             lr = lr * lr_scale
         global_clip = None

@@ -53,14 +53,12 @@ class UnitResult:
 
 def execute_unit(unit: WorkUnit, device: str = "cpu", threads: int | None = None) -> UnitResult:
     """Run one unit in this process (what a worker calls)."""
-    import torch
-
     from evolveopt.evaluation.runner import run_unit
     from evolveopt.tasks import make_task
 
-    from evolveopt.evaluation.sizing import cpu_threads
+    from evolveopt.evaluation.sizing import configure_host
 
-    torch.set_num_threads(threads or cpu_threads())
+    configure_host(threads)
     outcome = run_unit(make_task(unit.task), unit.parsed_genomes(), list(unit.seeds), unit.budget, device)
     return UnitResult(unit.keys, tuple(outcome.results), outcome.member_steps, outcome.seconds)
 

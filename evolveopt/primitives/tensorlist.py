@@ -127,13 +127,13 @@ def scale_(xs: TensorList, f: Factor) -> None:
 
 
 def add_scaled_(xs: TensorList, ys: TensorList, f: Factor) -> None:
-    """x ← x + f·y in place."""
+    """x ← x + f·y in place (one pass: a per-member f broadcasts inside addcmul)."""
     if is_zero(f):
         return
     if is_float(f):
         torch._foreach_add_(xs, ys, alpha=float(f))
     else:
-        torch._foreach_add_(xs, scaled(ys, f))
+        torch._foreach_addcmul_(xs, ys, factor_args(f, xs))
 
 
 def added(xs: TensorList, ys: TensorList, f: Factor = 1.0) -> TensorList:
@@ -153,7 +153,7 @@ def addcmul_(xs: TensorList, ys: TensorList, zs: TensorList, f: Scalar) -> None:
     if is_float(f):
         torch._foreach_addcmul_(xs, ys, zs, value=float(f))
     else:
-        torch._foreach_add_(xs, scaled(list(torch._foreach_mul(ys, zs)), f))
+        torch._foreach_addcmul_(xs, scaled(ys, f), zs)
 
 
 def addcdiv_(xs: TensorList, ys: TensorList, zs: TensorList, f: Factor) -> None:
@@ -163,7 +163,7 @@ def addcdiv_(xs: TensorList, ys: TensorList, zs: TensorList, f: Factor) -> None:
     if is_float(f):
         torch._foreach_addcdiv_(xs, ys, zs, value=float(f))
     else:
-        torch._foreach_add_(xs, scaled(list(torch._foreach_div(ys, zs)), f))
+        torch._foreach_addcdiv_(xs, scaled(ys, f), zs)
 
 
 def add_scalar_(xs: TensorList, s: Scalar) -> None:

@@ -13,7 +13,11 @@ from evolveopt.genome import Genome, genome_hash, load_genome, structure_key
 
 __version__ = "0.1.0"
 
-_TORCH_BACKED = {"build_optimizer": "evolveopt.compile", "GenomeOptimizer": "evolveopt.compile"}
+_TORCH_BACKED = {
+    "build_optimizer": "evolveopt.compile",
+    "GenomeOptimizer": "evolveopt.compile",
+    "evaluate": "evolveopt.evaluation",
+}
 
 
 def __getattr__(name: str):  # PEP 562: torch loads only when a torch-backed name is used
@@ -26,5 +30,5 @@ def __getattr__(name: str):  # PEP 562: torch loads only when a torch-backed nam
 
 __all__ = [
     "EvolveOptError", "Genome", "GenomeError", "GenomeOptimizer", "OptimizerUsageError",
-    "build_optimizer", "genome_hash", "load_genome", "structure_key",
+    "build_optimizer", "evaluate", "genome_hash", "load_genome", "structure_key",
 ]

@@ -109,7 +109,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     scorer = FitnessScorer(FitnessSettings(tasks=list(tasks), budget=args.budget, seeds=args.seeds, rungs=1,
                                            device=args.device))
     print(f"evaluating {len(genomes)} genome(s) on {len(tasks)} task(s), {args.budget} steps, seeds {args.seeds} "
-          f"(Adam baselines tuned on a 7-point lr grid first)", file=sys.stderr)
+          f"(Adam baselines tuned on a 9-point lr grid first)", file=sys.stderr)
     scores = scorer.score(genomes)
     stats = scorer.stats
     rate = stats.member_steps / stats.seconds if stats.seconds else 0.0
@@ -127,6 +127,41 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print(f"    failed: {failure}")
     print(f"{stats.member_steps:,} member-steps in {stats.seconds:.1f} s ({rate:,.0f}/s); cache hits "
           f"{stats.cache_hits}, misses {stats.cache_misses}", file=sys.stderr)
+    return 0
+
+
+def cmd_evolve(args: argparse.Namespace) -> int:
+    from evolveopt.run import run_config_file
+
+    summary = run_config_file(args.config, out=args.out, overrides=args.set, backend=args.backend,
+                              address=args.address, seed=args.seed)
+    return _report_run(summary)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from evolveopt.run import resume_run
+
+    return _report_run(resume_run(args.run, backend=args.backend, address=args.address))
+
+
+def _report_run(summary) -> int:  # noqa: ANN001 - RunSummary
+    best = summary.best
+    if summary.interrupted:
+        print(f"interrupted after {summary.generations} completed generation(s); checkpoint kept in "
+              f"{summary.path}/checkpoint.json\nresume with: evolveopt resume {summary.path}", file=sys.stderr)
+        return 130
+    if best is not None:
+        print(f"run: {summary.path}\ngenerations: {summary.generations}\nchampion: #{best.id} "
+              f"fitness {best.score:+.4f} at rung {best.rung} (vs tuned Adam; > 0 is better)")
+        for task, score in best.result.get("task_scores", {}).items():
+            print(f"  {task}: {score:+.4f}")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from evolveopt.runs import format_runs, list_runs
+
+    print(format_runs(list_runs(args.folder)))
     return 0
 
 
@@ -186,6 +221,25 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(run=cmd_eval)
+
+    evolve = sub.add_parser("evolve", help="run an evolution from a config (experiments/*.yaml)")
+    evolve.add_argument("config")
+    evolve.add_argument("--out", help="run directory (default: runs/NAME-TIMESTAMP)")
+    evolve.add_argument("--backend", choices=["local", "ray"], help="where evaluations run")
+    evolve.add_argument("--address", help="Ray cluster to join (else RAY_ADDRESS, else a local cluster)")
+    evolve.add_argument("--seed", type=int)
+    evolve.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys, e.g. search.population=8")
+    evolve.set_defaults(run=cmd_evolve)
+
+    resume = sub.add_parser("resume", help="continue a run from its last checkpoint")
+    resume.add_argument("run")
+    resume.add_argument("--backend", choices=["local", "ray"])
+    resume.add_argument("--address")
+    resume.set_defaults(run=cmd_resume)
+
+    runs = sub.add_parser("runs", help="list the runs under a folder with status and best fitness")
+    runs.add_argument("folder", nargs="?", default="runs")
+    runs.set_defaults(run=cmd_runs)
 
     bench = sub.add_parser("bench", help="run a benchmark and print its comparison table")
     bench.add_argument("what", choices=["step", "eval", "fidelity"],

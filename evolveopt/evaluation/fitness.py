@@ -30,7 +30,7 @@ from evolveopt.evaluation.evaluator import Evaluation, evaluate
 from evolveopt.evaluation.results import MemberResult
 from evolveopt.genome import load_genome
 
-ADAM_LR_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+ADAM_LR_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 WORST_SCORE = -5.0
 LOSS_FLOOR = 1e-12  # losses are floored here before the log
 

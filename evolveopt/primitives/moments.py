@@ -55,10 +55,11 @@ def nadam(m: TensorList, x: TensorList, mu_products: TensorList, beta: Scalar, d
     out (1−μ_t)/(1−Πμ)·x + μ_{t+1}/(1−Πμ·μ_{t+1})·m.
 
     Each tensor keeps its own product (torch convention); within one call they are equal, so
-    the first is read: a host float for float genes, a per-member tensor otherwise.
+    the first is read: a host float for one model, a per-member tensor for a population.
     """
     mu, mu_next = nadam_mu(beta, decay, t), nadam_mu(beta, decay, t + 1)
     torch._foreach_mul_(mu_products, mu if tl.is_float(mu) else [mu.to(p) for p in mu_products])
-    product: Scalar = mu_products[0].item() if tl.is_float(mu) else mu_products[0]
+    first = mu_products[0]
+    product: Scalar = first.item() if first.ndim == 0 else first  # a [P] tensor in population runs
     tl.lerp_(m, x, 1.0 - beta)
     return [((1.0 - mu) / (1.0 - product), x), (mu_next / (1.0 - product * mu_next), m)]

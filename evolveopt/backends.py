@@ -1,0 +1,201 @@
+"""Where units of evaluation work run: in this process, or on a Ray cluster.
+
+A backend maps a list of :class:`~evolveopt.evaluation.evaluator.WorkUnit` s (plain data: a
+task, a budget, genome dicts and seeds) to their results, in order. The unit is the same on
+every backend and each member's result depends only on its genome and seed, so a run gives the
+same fitness in-process and on Ray.
+
+Ray: CPU units are Ray tasks (one CPU each, retried when their worker dies, never on an
+exception, which is a bug or a bad genome); GPU units go to long-lived actors holding a share of
+a GPU (``gpus_per_actor``), restarted and retried when they die. A unit that outlives
+``unit_timeout`` is cancelled and its members are reported as failed ("timeout"). A local
+cluster starts with the dashboard off, a small object store and 127.0.0.1 as its address.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from evolveopt.config import BackendConfig
+from evolveopt.errors import EvolveOptError
+from evolveopt.evaluation.evaluator import UnitResult, WorkUnit, execute_unit, run_here
+from evolveopt.evaluation.results import MemberResult
+
+
+class BackendError(EvolveOptError, RuntimeError):
+    """A backend could not start or lost its work beyond the retry budget."""
+
+
+class LocalBackend:
+    """Runs every unit in this process, one after another."""
+
+    name = "local"
+
+    def __init__(self, device: str = "cpu"):
+        self.device = device
+        self.workers = 1
+
+    def map_units(self, units: Sequence[WorkUnit]) -> list[UnitResult]:
+        return run_here(units, self.device)
+
+    def close(self) -> None:
+        pass
+
+
+def split_units(units: Sequence[WorkUnit], workers: int) -> list[WorkUnit]:
+    """Cut units so that at least ``2 × workers`` exist when there are members enough."""
+    total = sum(u.members for u in units)
+    if not units or workers <= 1:
+        return list(units)
+    size = max(1, math.ceil(total / (2 * workers)))
+    out = []
+    for unit in units:
+        for start in range(0, unit.members, size):
+            end = start + size
+            out.append(WorkUnit(unit.task, unit.budget, unit.genomes[start:end], unit.seeds[start:end],
+                                unit.keys[start:end]))
+    return out
+
+
+def timeout_result(unit: WorkUnit, seconds: float) -> UnitResult:
+    failed = MemberResult(math.nan, math.nan, diverged=True, reason=f"timeout: unit ran over {seconds:g} s")
+    return UnitResult(unit.keys, tuple(failed for _ in unit.keys), 0, seconds)
+
+
+@dataclass
+class _Pending:
+    unit: WorkUnit
+    started: float
+    attempts: int
+
+
+class RayBackend:
+    """Runs units on a Ray cluster (a local one unless an address is given)."""
+
+    name = "ray"
+
+    def __init__(self, config: BackendConfig, device: str = "cpu"):
+        import ray
+
+        self.ray, self.config, self.device = ray, config, device
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        address = config.address or os.environ.get("RAY_ADDRESS")
+        self._started_here = not ray.is_initialized()
+        if self._started_here:
+            try:
+                if address:
+                    ray.init(address=address, log_to_driver=False, runtime_env=_runtime_env())
+                else:
+                    ray.init(num_cpus=config.num_cpus, include_dashboard=False, log_to_driver=False,
+                             object_store_memory=config.object_store_mb * 1024 * 1024, _node_ip_address="127.0.0.1",
+                             runtime_env=_runtime_env())
+            except Exception as exc:  # Ray raises many types; all mean "no cluster"
+                raise BackendError(f"could not {'join Ray at ' + address if address else 'start a local Ray cluster'}: "
+                                   f"{str(exc).splitlines()[0]}") from None
+        resources = ray.cluster_resources()
+        self.use_gpus = config.gpus_per_actor > 0
+        if self.use_gpus:
+            self.workers = max(1, int(resources.get("GPU", 0) / config.gpus_per_actor))
+            self._actor_class = ray.remote(num_gpus=config.gpus_per_actor, max_restarts=config.max_retries,
+                                           max_task_retries=0)(UnitActor)
+            self._actors = [self._actor_class.remote(device) for _ in range(self.workers)]
+        else:
+            self.workers = max(1, int(resources.get("CPU", 1)))
+            self._task = ray.remote(num_cpus=1, max_retries=config.max_retries, retry_exceptions=False)(_execute)
+
+    def map_units(self, units: Sequence[WorkUnit]) -> list[UnitResult]:
+        units = split_units(units, self.workers)
+        results: dict[int, UnitResult] = {}
+        if self.use_gpus:
+            self._run_on_actors(units, results)
+        else:
+            self._run_as_tasks(units, results)
+        merged = [results[i] for i in range(len(units))]
+        return merged
+
+    def _run_as_tasks(self, units: Sequence[WorkUnit], results: dict[int, UnitResult]) -> None:
+        ray = self.ray
+        refs = {self._task.remote(unit, self.device): (i, time.monotonic()) for i, unit in enumerate(units)}
+        while refs:
+            done, _ = ray.wait(list(refs), num_returns=1, timeout=1.0)
+            for ref in done:
+                index, _ = refs.pop(ref)
+                results[index] = self._get(ref, units[index])
+            now = time.monotonic()
+            for ref, (index, started) in list(refs.items()):
+                if now - started > self.config.unit_timeout:
+                    ray.cancel(ref, force=True)
+                    refs.pop(ref)
+                    results[index] = timeout_result(units[index], self.config.unit_timeout)
+
+    def _run_on_actors(self, units: Sequence[WorkUnit], results: dict[int, UnitResult]) -> None:
+        ray = self.ray
+        queue = list(enumerate(units))
+        running: dict[Any, tuple[int, int, float, int]] = {}  # ref -> (unit index, actor index, start, attempts)
+        idle = list(range(len(self._actors)))
+        attempts = {i: 0 for i, _ in queue}
+        while queue or running:
+            while queue and idle:
+                index, unit = queue.pop(0)
+                actor = idle.pop()
+                running[self._actors[actor].run.remote(unit)] = (index, actor, time.monotonic(), attempts[index])
+            done, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
+            for ref in done:
+                index, actor, _, _ = running.pop(ref)
+                idle.append(actor)
+                try:
+                    results[index] = ray.get(ref)
+                except ray.exceptions.RayActorError:
+                    attempts[index] += 1
+                    if attempts[index] > self.config.max_retries:
+                        raise BackendError(f"unit {index} lost its actor {attempts[index]} times") from None
+                    self._actors[actor] = self._actor_class.remote(self.device)
+                    queue.insert(0, (index, units[index]))
+            now = time.monotonic()
+            for ref, (index, actor, started, _) in list(running.items()):
+                if now - started > self.config.unit_timeout:
+                    ray.kill(self._actors[actor])
+                    running.pop(ref)
+                    self._actors[actor] = self._actor_class.remote(self.device)
+                    idle.append(actor)
+                    results[index] = timeout_result(units[index], self.config.unit_timeout)
+
+    def _get(self, ref: Any, unit: WorkUnit) -> UnitResult:
+        try:
+            return self.ray.get(ref)
+        except self.ray.exceptions.WorkerCrashedError as exc:
+            raise BackendError(f"a worker died {self.config.max_retries + 1} times running one unit: {exc}") from None
+        except self.ray.exceptions.RayTaskError as exc:
+            raise exc.as_instanceof_cause() from None
+
+    def close(self) -> None:
+        if self._started_here and self.ray.is_initialized():
+            self.ray.shutdown()
+
+
+def _execute(unit: WorkUnit, device: str) -> UnitResult:
+    return execute_unit(unit, device, threads=1)  # one CPU per task, as Ray reserved
+
+
+class UnitActor:
+    """A long-lived evaluator on one GPU share: torch and CUDA start once, not per unit."""
+
+    def __init__(self, device: str):
+        self.device = device
+
+    def run(self, unit: WorkUnit) -> UnitResult:
+        return execute_unit(unit, self.device)
+
+
+def _runtime_env() -> dict[str, Any]:
+    return {"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}}
+
+
+def make_backend(config: BackendConfig, device: str = "cpu") -> LocalBackend | RayBackend:
+    if config.kind == "ray":
+        return RayBackend(config, device)
+    return LocalBackend(device)

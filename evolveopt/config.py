@@ -1,0 +1,246 @@
+"""Run configurations (``experiments/*.yaml``): strict parsing into frozen dataclasses.
+
+Every section is a dataclass; an unknown key, a wrong type or an out-of-range value is a
+:class:`ConfigError` naming the file, the dotted key and what is allowed. ``--set a.b=value``
+overrides apply to the raw mapping before validation, so they are checked the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from evolveopt.errors import EvolveOptError
+from evolveopt.genome.io import resolve_genome_path
+from evolveopt.search.algorithm import GAConfig
+from evolveopt.search.space import SearchSpace
+
+
+class ConfigError(EvolveOptError, ValueError):
+    """A run configuration is malformed."""
+
+
+@dataclass(frozen=True)
+class FitnessConfig:
+    tasks: tuple[dict[str, Any], ...] = ({"name": "digits_mlp"},)
+    budget: int = 300
+    seeds: tuple[int, ...] = (0, 1)
+    eta: int = 3
+    rungs: int = 3
+    max_members: int = 256
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    kind: str = "local"  # local | ray
+    address: str | None = None  # Ray cluster to join; None starts a local one (or uses RAY_ADDRESS)
+    num_cpus: int | None = None  # CPUs of a local Ray cluster (default: all)
+    gpus_per_actor: float = 0.0  # > 0: long-lived GPU actors with this share of a GPU each
+    unit_timeout: float = 1800.0  # seconds before a unit of work is abandoned
+    max_retries: int = 3  # retries of a unit whose worker died
+    object_store_mb: int = 128
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "run"
+    seed: int = 0
+    device: str = "cpu"
+    search: GAConfig = field(default_factory=GAConfig)
+    space: SearchSpace = field(default_factory=SearchSpace)
+    fitness: FitnessConfig = field(default_factory=FitnessConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+
+
+# (low, high) for numbers; a tuple of strings for choices
+RULES: dict[str, Any] = {
+    "seed": (0, 2**63 - 1),
+    "device": lambda v: v == "cpu" or v.startswith("cuda"),
+    "search.population": (2, 100_000),
+    "search.generations": (0, 100_000),
+    "search.elites": (0, 100_000),
+    "search.tournament": (1, 1000),
+    "search.crossover_rate": (0.0, 1.0),
+    "search.mutation_rate": (0.0, 1.0),
+    "search.gene_mutation_rate": (0.0, 1.0),
+    "search.gene_probability": (0.0, 1.0),
+    "search.gene_sigma": (0.0, 10.0),
+    "search.hall_of_fame": (1, 10_000),
+    "search.seed_variants": (0, 100),
+    "search.dedupe_tries": (0, 1000),
+    "space.max_terms": (1, 6),
+    "fitness.budget": (1, 10_000_000),
+    "fitness.eta": (2, 100),
+    "fitness.rungs": (1, 10),
+    "fitness.max_members": (1, 1_000_000),
+    "backend.kind": ("local", "ray"),
+    "backend.num_cpus": (1, 100_000),
+    "backend.gpus_per_actor": (0.0, 64.0),
+    "backend.unit_timeout": (1.0, 7 * 24 * 3600.0),
+    "backend.max_retries": (0, 100),
+    "backend.object_store_mb": (64, 1_000_000),
+}
+
+
+def parse_config(data: Any, source: str = "config") -> RunConfig:
+    """Validate a mapping into a :class:`RunConfig`."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a run config must be a mapping, got {type(data).__name__}")
+    config = _build(RunConfig, data, "", source)
+    _check_cross_fields(config, source)
+    return config
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a YAML run config and apply ``key.sub=value`` overrides."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        raise ConfigError(f"{path}: {where}not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    data = {} if data is None else data
+    for item in overrides:
+        data = apply_override(data, item, str(path))
+    return parse_config(data, str(path))
+
+
+def apply_override(data: Any, item: str, source: str) -> dict[str, Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set expects key=value, got '{item}'")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a run config must be a mapping")
+    value = yaml.safe_load(raw) if raw else ""
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {key}: '{part}' is not a section")
+    node[parts[-1]] = value
+    return data
+
+
+def to_plain(config: Any) -> Any:
+    """A config as plain YAML-able data (the resolved config written into a run directory)."""
+    if dataclasses.is_dataclass(config):
+        return {f.name: to_plain(getattr(config, f.name)) for f in fields(config)}
+    if isinstance(config, (list, tuple)):
+        return [to_plain(v) for v in config]
+    if isinstance(config, dict):
+        return {k: to_plain(v) for k, v in config.items()}
+    return config
+
+
+# ----------------------------------------------------------------------------- internals
+
+
+def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
+    where = prefix.rstrip(".") or "top level"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {where}: expected a mapping, got {type(data).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"{source}: {prefix}{key}: unknown key (allowed: {', '.join(known)})")
+    values = {}
+    for name, value in data.items():
+        f = known[name]
+        default = getattr(cls(), name)
+        dotted = f"{prefix}{name}"
+        values[name] = _value(default, value, dotted, source)
+    return cls(**values)
+
+
+def _value(default: Any, value: Any, key: str, source: str) -> Any:
+    if dataclasses.is_dataclass(default):
+        return _build(type(default), value, f"{key}.", source)
+    rule = RULES.get(key)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: {key}: expected true or false, got {value!r}")
+        return value
+    if isinstance(default, (int, float)) or (default is None and isinstance(rule, tuple) and
+                                               isinstance(rule[0], (int, float))):
+        return _number(default, value, key, source, rule)
+    if isinstance(default, tuple):
+        if not isinstance(value, list) or (not value and key not in ("search.seed_genomes",)):
+            raise ConfigError(f"{source}: {key}: expected a non-empty list, got {value!r}")
+        return _list(key, value, source)
+    if isinstance(default, dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {key}: expected a mapping, got {value!r}")
+        return value
+    if value is None and default is None:
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"{source}: {key}: expected a string, got {value!r}")
+    if isinstance(rule, tuple) and value not in rule:
+        raise ConfigError(f"{source}: {key}: '{value}' is not allowed (allowed: {', '.join(rule)})")
+    if callable(rule) and not rule(value):
+        raise ConfigError(f"{source}: {key}: '{value}' is not allowed")
+    return value
+
+
+def _number(default: Any, value: Any, key: str, source: str, rule: Any) -> Any:
+    if value is None and default is None:
+        return None
+    integer = isinstance(default, int) or (default is None and isinstance(rule[0], int))
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+        kind = "an integer" if integer else "a number"
+        raise ConfigError(f"{source}: {key}: expected {kind}, got {value!r}")
+    if rule is not None and not rule[0] <= value <= rule[1]:
+        raise ConfigError(f"{source}: {key}: {value!r} is out of range [{rule[0]}, {rule[1]}]")
+    return int(value) if integer else float(value)
+
+
+def _list(key: str, value: list, source: str) -> tuple:
+    if key == "fitness.tasks":
+        from evolveopt.tasks import make_task  # validates names and options
+
+        specs = []
+        for i, item in enumerate(value):
+            spec = {"name": item} if isinstance(item, str) else item
+            try:
+                make_task(spec)
+            except EvolveOptError as exc:
+                raise ConfigError(f"{source}: {key}[{i}]: {exc}") from None
+            specs.append(dict(spec))
+        return tuple(specs)
+    if key == "fitness.seeds":
+        if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value):
+            raise ConfigError(f"{source}: {key}: expected non-negative integers, got {value!r}")
+        return tuple(value)
+    if key == "search.seed_genomes":
+        for i, name in enumerate(value):
+            try:
+                resolve_genome_path(str(name))
+            except EvolveOptError as exc:
+                raise ConfigError(f"{source}: {key}[{i}]: {exc}") from None
+        return tuple(str(v) for v in value)
+    if not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{source}: {key}: expected a list of strings, got {value!r}")
+    if key.startswith("space."):
+        allowed = set(getattr(SearchSpace(), key.split(".", 1)[1]))
+        for v in value:
+            if v not in allowed:
+                raise ConfigError(f"{source}: {key}: '{v}' is not allowed (allowed: {', '.join(sorted(allowed))})")
+    return tuple(value)
+
+
+def _check_cross_fields(config: RunConfig, source: str) -> None:
+    if config.search.elites >= config.search.population:
+        raise ConfigError(f"{source}: search.elites: {config.search.elites} must be below search.population "
+                          f"({config.search.population})")
+    if config.search.tournament > config.search.population:
+        raise ConfigError(f"{source}: search.tournament: {config.search.tournament} exceeds search.population")

@@ -1,0 +1,303 @@
+"""An evolution run: the one module that wires search, evaluation, backends and the run directory.
+
+    config ─► GeneticSearch (DEAP) ─► FitnessScorer (successive halving, cache) ─► backend
+                    ▲                                                                  │
+                    └──────── fitness ◄────────────────────────────────────────────────┘
+                                  │
+                                  ▼
+                 run directory: generations, population, lineage, checkpoints
+
+Each generation is evaluated, recorded and checkpointed before the next begins. Everything that
+draws random numbers draws from the run's numpy Generator or from Python's ``random`` (DEAP's
+selection), both seeded from the config and saved in every checkpoint, so a resumed run makes
+the same choices as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.metadata
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from deap import tools
+
+from evolveopt.backends import make_backend
+from evolveopt.config import RunConfig, load_config, parse_config, to_plain
+from evolveopt.evaluation.cache import ResultCache
+from evolveopt.evaluation.scorer import FitnessScorer, FitnessSettings
+from evolveopt.progress import Progress
+from evolveopt.rundir import RunDir, RunDirError
+from evolveopt.search.algorithm import GeneticSearch, hall_of_fame, statistics, structures
+from evolveopt.search.individual import Individual
+
+
+@dataclass
+class RunSummary:
+    path: Path
+    generations: int
+    best: Individual | None
+    interrupted: bool = False
+
+
+class Evolution:
+    """Runs generations of one run directory, from scratch or from its checkpoint."""
+
+    def __init__(self, config: RunConfig, rundir: RunDir, progress: Progress | None = None):
+        self.config, self.rundir = config, rundir
+        self.progress = progress
+        self.backend = make_backend(config.backend, config.device)
+        fit = config.fitness
+        settings = FitnessSettings(tasks=list(fit.tasks), budget=fit.budget, seeds=list(fit.seeds), eta=fit.eta,
+                                   rungs=fit.rungs, max_members=fit.max_members, device=config.device)
+        self.scorer = FitnessScorer(settings, ResultCache(rundir.file("cache.sqlite")), self.backend.map_units)
+        self.rng = np.random.default_rng(config.seed)
+        random.seed(config.seed)
+        _seed_torch(config.seed)
+        self.search = GeneticSearch(config.search, config.space, self.rng)
+        self.hof = hall_of_fame(config.search.hall_of_fame)
+        self.logbook = tools.Logbook()
+        self.stats = statistics()
+        self.population: list[Individual] = []
+        self.generation = -1  # the last completed generation
+
+    # ------------------------------------------------------------------ state
+    def restore(self, checkpoint: dict[str, Any]) -> None:
+        self.generation = checkpoint["generation"]
+        self.search.next_id = checkpoint["next_id"]
+        self.population = [Individual.from_json(d) for d in checkpoint["population"]]
+        for data in checkpoint["hall_of_fame"]:
+            self.hof.insert(Individual.from_json(data))
+        for row in checkpoint["logbook"]:
+            self.logbook.record(**row)
+        rng = checkpoint["rng"]
+        self.rng.bit_generator.state = rng["numpy"]
+        version, internal, gauss = rng["python"]
+        random.setstate((version, tuple(internal), gauss))
+        _set_torch_state(rng["torch"])
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        version, internal, gauss = random.getstate()
+        return {
+            "generation": self.generation, "next_id": self.search.next_id,
+            "population": [ind.to_json() for ind in self.population],
+            "hall_of_fame": [ind.to_json() for ind in self.hof],
+            "logbook": list(self.logbook),
+            "rng": {"numpy": self.rng.bit_generator.state, "python": [version, list(internal), gauss],
+                    "torch": _torch_state()},
+        }
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> RunSummary:
+        total = self.config.search.generations
+        try:
+            for generation in range(self.generation + 1, total):
+                self._run_generation(generation)
+        except KeyboardInterrupt:
+            return RunSummary(self.rundir.path, self.generation + 1, self.best(), interrupted=True)
+        finally:
+            self.backend.close()
+        return RunSummary(self.rundir.path, self.generation + 1, self.best())
+
+    def _run_generation(self, generation: int) -> None:
+        started = time.monotonic()
+        steps, hits, misses = (self.scorer.stats.member_steps, self.scorer.stats.cache_hits,
+                               self.scorer.stats.cache_misses)
+        if generation == 0:
+            population = self.search.initial_population()
+        else:
+            population = self.search.next_generation(self.population, generation)
+        new = [ind for ind in population if not ind.fitness.valid]
+        if self.progress:
+            self.progress.phase(f"generation {generation}: evaluating {len(new)} genomes")
+        self._evaluate(new)
+        self.hof.update(population)
+        record = {
+            "generation": generation, **self.stats.compile(population),
+            "best": self._best_full_fitness(), "best_id": self.hof[0].id if len(self.hof) else None,
+            "diversity": structures(population), "evaluations": len(new),
+            "member_steps": self.scorer.stats.member_steps - steps,
+            "cache_hits": self.scorer.stats.cache_hits - hits, "cache_misses": self.scorer.stats.cache_misses - misses,
+            "wall_time": time.monotonic() - started,
+        }
+        self.logbook.record(**{k: v for k, v in record.items() if k != "wall_time"})
+        self.population, self.generation = population, generation
+        self._commit(generation, population, new, record)
+        if self.progress:
+            self.progress.generation(record)
+
+    def _evaluate(self, individuals: list[Individual]) -> None:
+        if not individuals:
+            return
+        outcomes = self.scorer.score_with_halving([ind.genome for ind in individuals])
+        for ind, outcome in zip(individuals, outcomes):
+            score = outcome.score
+            ind.fitness.values = (float(outcome.rung), float(score.fitness))
+            ind.result = {
+                "rung": outcome.rung, "budget": outcome.budget, "fitness": score.fitness,
+                "task_scores": score.task_scores, "heldout": score.heldout, "failures": score.failures,
+                "fitness_by_rung": [s.fitness for s in outcome.scores_by_rung],
+            }
+
+    def _best_full_fitness(self) -> float | None:
+        last = self.config.fitness.rungs - 1
+        full = [ind.score for ind in self.hof if ind.rung == last]
+        return max(full) if full else None
+
+    def best(self) -> Individual | None:
+        return self.hof[0] if len(self.hof) else None
+
+    def _commit(self, generation: int, population: list[Individual], new: list[Individual],
+                record: dict[str, Any]) -> None:
+        rd = self.rundir
+        rd.write_json(f"population/gen_{generation:04d}.json",
+                      {"generation": generation, "individuals": [ind.to_json() for ind in population]})
+        rd.append_lines("lineage.jsonl", [lineage_record(ind) for ind in new])
+        rd.append_lines("generations.jsonl", [record])
+        rd.write_json("hall_of_fame.json", [ind.to_json() for ind in self.hof])
+        rd.write_checkpoint(self.checkpoint_state())
+
+
+def lineage_record(ind: Individual) -> dict[str, Any]:
+    return {
+        "id": ind.id, "parents": list(ind.parents), "operators": list(ind.operators), "details": ind.details,
+        "generation": ind.generation, "hash": ind.hash, "structure": ind.structure,
+        "fitness": ind.result.get("fitness"), "rung": ind.result.get("rung"), "budget": ind.result.get("budget"),
+    }
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+def start_run(config: RunConfig, out: str | Path, argv: list[str] | None = None,
+              progress: bool | None = None) -> RunSummary:
+    """Create ``out`` and run the config there."""
+    rundir = RunDir(out)
+    config_yaml = yaml.safe_dump(to_plain(config), sort_keys=False)
+    rundir.create(config_yaml, manifest(config, argv))
+    return _execute(config, rundir, progress)
+
+
+def resume_run(path: str | Path, progress: bool | None = None, backend: str | None = None,
+               address: str | None = None) -> RunSummary:
+    """Continue a run from its newest intact checkpoint (or from the start if it has none)."""
+    rundir = RunDir(path)
+    rundir.check_exists()
+    config = load_config(rundir.file("config.yaml"))
+    if backend or address:
+        config = replace(config, backend=replace(config.backend, kind=backend or config.backend.kind,
+                                                 address=address or config.backend.address))
+    return _execute(config, rundir, progress, resume=True)
+
+
+def _execute(config: RunConfig, rundir: RunDir, progress: bool | None, resume: bool = False) -> RunSummary:
+    if rundir.is_running():
+        raise RunDirError(f"{rundir.path}: another process is running this run (run.lock)")
+    checkpoint, warnings = None, []
+    if resume:
+        try:
+            checkpoint, warnings = rundir.read_checkpoint()
+        except RunDirError as exc:
+            if "no completed generation" not in str(exc):
+                raise
+    done = checkpoint["generation"] + 1 if checkpoint else 0
+    display = Progress(config.search.generations, done, label=config.name, live=progress)
+    for warning in warnings:
+        display.message(f"warning: {warning}; resuming from the previous checkpoint")
+    rundir.lock()
+    try:
+        evolution = Evolution(config, rundir, display)
+        if checkpoint:
+            rundir.truncate_logs(checkpoint["files"])
+            evolution.restore(checkpoint)
+        else:
+            rundir.truncate_logs({name: 0 for name in ("generations.jsonl", "lineage.jsonl")})
+        return evolution.run()
+    finally:
+        display.close()
+        rundir.unlock()
+
+
+def manifest(config: RunConfig, argv: list[str] | None) -> dict[str, Any]:
+    """Versions, commit, seed and hardware: what is needed to reproduce the run."""
+    versions = {}
+    for package in ("evolveopt", "torch", "deap", "ray", "numpy", "pyyaml", "scikit-learn"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "seed": config.seed, "versions": versions, "python": platform.python_version(),
+        "git_commit": _git_commit(), "command": argv or sys.argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "hardware": _hardware(),
+    }
+
+
+def _git_commit() -> str | None:
+    source = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def _hardware() -> dict[str, Any]:
+    info: dict[str, Any] = {"platform": platform.platform(), "machine": platform.machine(),
+                            "cpus": os.cpu_count()}
+    try:
+        import torch
+
+        info["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except ImportError:
+        pass
+    return info
+
+
+def _seed_torch(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)
+
+
+def _torch_state() -> str:
+    import torch
+
+    return base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()
+
+
+def _set_torch_state(encoded: str) -> None:
+    import torch
+
+    state = np.frombuffer(base64.b64decode(encoded), dtype=np.uint8).copy()
+    torch.set_rng_state(torch.from_numpy(state))
+
+
+def run_config_file(path: str | Path, out: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                    backend: str | None = None, address: str | None = None, seed: int | None = None,
+                    progress: bool | None = None) -> RunSummary:
+    """``evolveopt evolve``: load, override, validate, run."""
+    extra = list(overrides)
+    if backend:
+        extra.append(f"backend.kind={backend}")
+    if address:
+        extra.append(f"backend.address={address}")
+    if seed is not None:
+        extra.append(f"seed={seed}")
+    config = load_config(path, extra)
+    out = Path(out) if out else Path("runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return start_run(config, out, progress=progress)
+
+
+__all__ = ["Evolution", "RunSummary", "parse_config", "resume_run", "run_config_file", "start_run"]

@@ -1,0 +1,209 @@
+"""The run directory: everything a run leaves behind, as plain files.
+
+    config.yaml              the resolved configuration
+    manifest.json            package versions, git commit, seed, hardware, command
+    generations.jsonl        one line per completed generation (best, median, diversity, ...)
+    population/gen_NNNN.json each generation's individuals with genomes and fitness
+    lineage.jsonl            one line per individual ever born: id, parents, operators, fitness
+    hall_of_fame.json        the best distinct genomes so far
+    checkpoint.json          the state after the last completed generation, RNG states included
+    checkpoint.prev.json     the one before (a fallback when the latest is damaged)
+    cache.sqlite             the run's evaluation cache
+
+Each generation is committed at its end: population file, lineage and generation lines, hall of
+fame, then the checkpoint, each written atomically. The checkpoint records the byte sizes of the
+JSONL files, so a resumed run cuts away anything written after it and continues from there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from evolveopt.errors import EvolveOptError
+
+CHECKPOINT_FORMAT = 1
+LOG_FILES = ("generations.jsonl", "lineage.jsonl")
+
+
+class RunDirError(EvolveOptError, ValueError):
+    """A run directory is missing, incomplete or damaged."""
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so readers see the old or the new file, never a torn one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def dumps(data: Any) -> str:
+    """Stable JSON (sorted keys), so equal states write equal bytes; NaN and ±inf become null."""
+    return json.dumps(_finite(data), sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def _finite(data: Any) -> Any:
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(v) for v in data]
+    return data
+
+
+class RunDir:
+    """Reads and writes one run directory."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    # ------------------------------------------------------------------ files
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def create(self, config_yaml: str, manifest: dict[str, Any]) -> None:
+        if self.file("checkpoint.json").exists() or self.file("config.yaml").exists():
+            raise RunDirError(f"{self.path}: already holds a run (use 'evolveopt resume {self.path}' or another --out)")
+        (self.path / "population").mkdir(parents=True, exist_ok=True)
+        atomic_write(self.file("config.yaml"), config_yaml)
+        atomic_write(self.file("manifest.json"), json.dumps(manifest, indent=2, sort_keys=True))
+        for name in LOG_FILES:
+            self.file(name).touch()
+
+    def check_exists(self) -> None:
+        if not self.path.is_dir():
+            raise RunDirError(f"{self.path}: no such run directory")
+        if not self.file("config.yaml").is_file():
+            raise RunDirError(f"{self.path}: not a run directory (config.yaml is missing)")
+
+    def append_lines(self, name: str, records: list[dict[str, Any]]) -> None:
+        with open(self.file(name), "a", encoding="utf-8") as f:
+            for record in records:
+                f.write(dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read_lines(self, name: str) -> list[dict[str, Any]]:
+        path = self.file(name)
+        if not path.exists():
+            return []
+        out = []
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if line.strip():
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    raise RunDirError(f"{path}: line {number} is not valid JSON") from None
+        return out
+
+    def write_json(self, name: str, data: Any) -> None:
+        atomic_write(self.file(name), dumps(data) + "\n")
+
+    def read_json(self, name: str) -> Any:
+        path = self.file(name)
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise RunDirError(f"{path}: missing") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise RunDirError(f"{path}: damaged ({exc})") from None
+
+    def log_sizes(self) -> dict[str, int]:
+        return {name: self.file(name).stat().st_size for name in LOG_FILES}
+
+    # ------------------------------------------------------------------ checkpoints
+    def write_checkpoint(self, state: dict[str, Any]) -> None:
+        """Keep the previous checkpoint as ``checkpoint.prev.json``, then write the new one."""
+        body = {**state, "format": CHECKPOINT_FORMAT, "files": self.log_sizes(), "written": time.time()}
+        text = dumps({**body, "sha256": _digest(body)}) + "\n"
+        latest = self.file("checkpoint.json")
+        if latest.exists():
+            os.replace(latest, self.file("checkpoint.prev.json"))
+        atomic_write(latest, text)
+
+    def read_checkpoint(self) -> tuple[dict[str, Any], list[str]]:
+        """The newest intact checkpoint and warnings about any damaged one skipped."""
+        warnings = []
+        for name in ("checkpoint.json", "checkpoint.prev.json"):
+            path = self.file(name)
+            if not path.exists():
+                continue
+            try:
+                return _verified(path), warnings
+            except RunDirError as exc:
+                warnings.append(str(exc))
+        if warnings:
+            raise RunDirError("; ".join(warnings) + "; no intact checkpoint to resume from")
+        raise RunDirError(f"{self.path}: no completed generation yet (checkpoint.json is missing)")
+
+    def truncate_logs(self, sizes: dict[str, int]) -> None:
+        """Cut the JSONL files back to what the checkpoint saw."""
+        for name, size in sizes.items():
+            path = self.file(name)
+            if path.exists() and path.stat().st_size > size:
+                with open(path, "r+b") as f:
+                    f.truncate(size)
+
+    def lock(self) -> None:
+        atomic_write(self.file("run.lock"), str(os.getpid()))
+
+    def unlock(self) -> None:
+        try:
+            self.file("run.lock").unlink()
+        except FileNotFoundError:
+            pass
+
+    def is_running(self) -> bool:
+        try:
+            pid = int(self.file("run.lock").read_text())
+        except (FileNotFoundError, ValueError):
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+def _digest(body: dict[str, Any]) -> str:
+    return hashlib.sha256(dumps(body).encode()).hexdigest()
+
+
+def _verified(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise RunDirError(f"{path}: damaged (not valid JSON; truncated?)") from None
+    if not isinstance(data, dict) or "sha256" not in data:
+        raise RunDirError(f"{path}: damaged (no checksum)")
+    digest = data.pop("sha256")
+    if digest != _digest(data):
+        raise RunDirError(f"{path}: damaged (checksum mismatch)")
+    if data.get("format") != CHECKPOINT_FORMAT:
+        raise RunDirError(f"{path}: checkpoint format {data.get('format')!r} is not supported")
+    return data

@@ -1,0 +1,71 @@
+"""An individual of the GA: a genome with its identity, ancestry and fitness.
+
+The fitness is a DEAP ``Fitness`` with two maximized values, compared lexicographically:
+(the successive-halving rung the genome reached, its fitness at that rung). A genome stopped at
+an early rung therefore ranks below every genome that went further. Individuals are plain
+module-level classes (no ``deap.creator``), so they pickle anywhere, and they are stored as JSON.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from deap import base
+
+from evolveopt.genome.canonical import genome_hash, structure_key
+from evolveopt.genome.schema import Genome, parse_genome, to_dict
+
+
+class RankFitness(base.Fitness):
+    """(rung reached, fitness at that rung), both maximized."""
+
+    weights = (1.0, 1.0)
+
+
+@dataclass
+class Individual:
+    id: int
+    genome: Genome
+    generation: int  # the generation it was born in
+    parents: tuple[int, ...] = ()
+    operators: tuple[str, ...] = ()  # e.g. ("crossover", "mutate:add_term", "mutate:genes")
+    details: dict[str, Any] = field(default_factory=dict)  # operator arguments
+    result: dict[str, Any] = field(default_factory=dict)  # fitness details (rung, budget, task scores, failures)
+    fitness: RankFitness = field(default_factory=RankFitness)
+
+    @property
+    def hash(self) -> str:
+        return genome_hash(self.genome)
+
+    @property
+    def structure(self) -> str:
+        return structure_key(self.genome)
+
+    @property
+    def score(self) -> float:
+        """Fitness at the rung reached (−inf before evaluation)."""
+        return self.fitness.values[1] if self.fitness.valid else -math.inf
+
+    @property
+    def rung(self) -> int:
+        return int(self.fitness.values[0]) if self.fitness.valid else -1
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "hash": self.hash, "generation": self.generation, "parents": list(self.parents),
+            "operators": list(self.operators), "details": self.details,
+            "fitness": list(self.fitness.values), "result": self.result, "genome": to_dict(self.genome),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Individual":
+        ind = cls(
+            id=data["id"], genome=parse_genome(data["genome"], source=f"individual {data['id']}"),
+            generation=data["generation"], parents=tuple(data["parents"]), operators=tuple(data["operators"]),
+            details=data.get("details", {}), result=data.get("result", {}),
+        )
+        if data.get("fitness"):
+            ind.fitness.values = tuple(data["fitness"])
+        return ind

@@ -1,0 +1,299 @@
+"""Variation operators over genomes: typed mutations and crossover.
+
+Every operator is a pure function of (numpy Generator, genome(s), search space) that returns a
+new, validated genome in canonical form plus a description of what it did (for lineage):
+
+* structural mutations change one slot: add, remove or replace a term; change a term's signal,
+  momentum, preconditioner, eps placement or sign; toggle bias correction or rectification;
+  flip a term weight's sign; change the layer-wise scaling, friction, weight-decay mode,
+  schedule or clipping; toggle the ALTO adaptor;
+* gene mutation takes Gaussian steps on each gene's own scale (log for learning rates and
+  decays, log(1 − β) for rates, linear for weights), kept inside the gene's valid range;
+* crossover exchanges whole terms and whole loci (layer-wise, friction, decay, schedule, clip,
+  adaptor) between two parents; genes travel with the parts that use them.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Callable
+
+import numpy as np
+
+from evolveopt.errors import GenomeError
+from evolveopt.genome.canonical import canonical_form
+from evolveopt.genome.genes import WEIGHT_GENE, gene_spec
+from evolveopt.genome.schema import EPS_MODES, Genome, to_dict
+from evolveopt.search.space import SearchSpace, _random_term, draw_gene, random_genome, structure_genes
+
+Change = tuple[Genome, dict[str, Any]]
+LOCI = ("layerwise", "friction", "weight_decay", "schedule", "clip", "adaptor", "loss_feedback")
+
+
+# ----------------------------------------------------------------------------- genes
+
+
+def mutate_genes(rng: np.random.Generator, genome: Genome, space: SearchSpace, probability: float = 0.3,
+                 sigma: float = 0.3, redraw: float = 0.05) -> Change:
+    """Each gene moves with ``probability``: x·e^{σz} (log), 1 − (1 − x)e^{σz} (rates), or
+    x + σz·(search width)/2 (linear); with ``redraw`` it is drawn afresh instead."""
+    genes = dict(genome.genes)
+    changed = []
+    for name, value in genes.items():
+        if rng.random() >= probability:
+            continue
+        changed.append(name)
+        if rng.random() < redraw:
+            genes[name] = draw_gene(rng, name, space)
+        else:
+            genes[name] = _gaussian_step(rng, name, value, sigma, space)
+    if not changed:  # always change something
+        name = list(genes)[int(rng.integers(len(genes)))]
+        genes[name] = _gaussian_step(rng, name, genes[name], sigma, space)
+        changed.append(name)
+    return _finish({**to_dict(genome), "genes": genes}), {"genes": changed}
+
+
+def _gaussian_step(rng: np.random.Generator, name: str, value: float, sigma: float, space: SearchSpace) -> float:
+    spec = gene_spec(name)
+    z = float(rng.normal())
+    if spec.scale == "log":
+        new = value * math.exp(sigma * z) if value > 0 else draw_gene(rng, name, space)
+    elif spec.scale == "beta":
+        new = 1.0 - (1.0 - value) * math.exp(sigma * z)
+    else:
+        low, high = space.search_range(name)
+        new = value + sigma * z * (high - low) / 2
+    return _clamp(name, new)
+
+
+def _clamp(name: str, value: float) -> float:
+    spec = gene_spec(name)
+    low = spec.low if not spec.low_open else spec.low + 1e-12
+    high = spec.high if not spec.high_open else spec.high - 1e-6
+    return float(min(max(value, low), high))
+
+
+# ----------------------------------------------------------------------------- structure
+
+
+def _term_index(rng: np.random.Generator, data: dict[str, Any]) -> int:
+    return int(rng.integers(len(data["terms"])))
+
+
+def _add_term(rng, data, space):
+    if len(data["terms"]) >= space.max_terms:
+        return None
+    data["terms"].append(_random_term(rng, space, len(data["terms"])))
+    return {"term": len(data["terms"]) - 1}
+
+
+def _remove_term(rng, data, space):
+    if len(data["terms"]) < 2:
+        return None
+    k = _term_index(rng, data)
+    del data["terms"][k]
+    return {"term": k}
+
+
+def _replace_term(rng, data, space):
+    k = _term_index(rng, data)
+    data["terms"][k] = {**_random_term(rng, space, k), "weight": data["terms"][k].get("weight", f"w{k + 1}")}
+    return {"term": k}
+
+
+def _term_part(slot: str) -> Callable:
+    """Redraw one part (signal, momentum, precondition) of one term from the search space."""
+    def change(rng, data, space):
+        k = _term_index(rng, data)
+        fresh = _random_term(rng, space, k)
+        term = data["terms"][k]
+        before = term.get(slot)
+        if fresh.get(slot) == before:
+            return None
+        if fresh.get(slot) is None:
+            term.pop(slot, None)
+        else:
+            term[slot] = fresh[slot]
+        if slot == "momentum" and "momentum" not in term:
+            _drop_residual(term)
+        return {"term": k, "to": _describe(term.get(slot))}
+    return change
+
+
+def _drop_residual(term: dict[str, Any]) -> None:
+    pre = term.get("precondition")
+    if pre and pre.get("signal") == "residual":
+        pre["signal"] = "grad"
+
+
+def _toggle_sign(rng, data, space):
+    k = _term_index(rng, data)
+    term = data["terms"][k]
+    term["sign"] = not term.get("sign", False)
+    return {"term": k, "sign": term["sign"]}
+
+
+def _toggle_bias_correction(rng, data, space):
+    k = _term_index(rng, data)
+    term = data["terms"][k]
+    options = []
+    if term.get("momentum", {}).get("kind") in ("ema", "nesterov") and term["momentum"].get("dampening", True):
+        options.append("momentum")
+    if term.get("precondition", {}).get("kind") in ("ema", "max", "belief"):
+        options.append("precondition")
+    if not options:
+        return None
+    part = options[int(rng.integers(len(options)))]
+    term[part]["bias_correction"] = not term[part].get("bias_correction", False)
+    return {"term": k, "part": part, "bias_correction": term[part]["bias_correction"]}
+
+
+def _toggle_rectify(rng, data, space):
+    k = _term_index(rng, data)
+    pre = data["terms"][k].get("precondition")
+    if not pre or pre["kind"] == "sum":
+        return None
+    pre["rectify"] = not pre.get("rectify", False)
+    return {"term": k, "rectify": pre["rectify"]}
+
+
+def _change_eps_mode(rng, data, space):
+    k = _term_index(rng, data)
+    pre = data["terms"][k].get("precondition")
+    if not pre:
+        return None
+    options = [m for m in EPS_MODES if m != pre.get("eps_mode", "outside")]
+    pre["eps_mode"] = options[int(rng.integers(len(options)))]
+    return {"term": k, "eps_mode": pre["eps_mode"]}
+
+
+def _flip_weight(rng, data, space):
+    k = _term_index(rng, data)
+    weight = data["terms"][k].get("weight")
+    if weight is None or not WEIGHT_GENE.match(weight):
+        return None
+    data["genes"][weight] = -data["genes"][weight]
+    return {"term": k, "weight": weight}
+
+
+def _locus(name: str) -> Callable:
+    """Redraw one whole-genome locus from the search space."""
+    def change(rng, data, space):
+        fresh = to_dict(random_genome(rng, space))
+        before, after = data.get(name), fresh.get(name)
+        if before == after or (before in (None, "none") and after in (None, "none")):
+            return None
+        if after is None:
+            data.pop(name, None)
+        else:
+            data[name] = after
+        return {"to": _describe(after)}
+    return change
+
+
+def _describe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return value.get("kind") or value.get("mode") or "present"
+    return value if value is not None else "none"
+
+
+STRUCTURAL: dict[str, Callable] = {
+    "add_term": _add_term,
+    "remove_term": _remove_term,
+    "replace_term": _replace_term,
+    "change_signal": _term_part("signal"),
+    "change_momentum": _term_part("momentum"),
+    "change_precondition": _term_part("precondition"),
+    "toggle_sign": _toggle_sign,
+    "toggle_bias_correction": _toggle_bias_correction,
+    "toggle_rectify": _toggle_rectify,
+    "change_eps_mode": _change_eps_mode,
+    "flip_weight_sign": _flip_weight,
+    "change_layerwise": _locus("layerwise"),
+    "change_friction": _locus("friction"),
+    "change_weight_decay": _locus("weight_decay"),
+    "change_schedule": _locus("schedule"),
+    "change_clip": _locus("clip"),
+    "toggle_adaptor": _locus("adaptor"),
+}
+
+
+def mutate_structure(rng: np.random.Generator, genome: Genome, space: SearchSpace, tries: int = 20) -> Change:
+    """One structural mutation, chosen uniformly among those that apply and yield a valid genome."""
+    names = list(STRUCTURAL)
+    for _ in range(tries):
+        name = names[int(rng.integers(len(names)))]
+        data = copy.deepcopy(to_dict(genome))
+        data.pop("name", None)
+        data.pop("description", None)
+        args = STRUCTURAL[name](rng, data, space)
+        if args is None:
+            continue
+        try:
+            child = _with_genes_for(rng, data, space, data["genes"])
+        except GenomeError:
+            continue
+        if canonical_form(child) != canonical_form(genome):
+            return child, {"mutation": name, **args}
+    return mutate_genes(rng, genome, space)[0], {"mutation": "genes", "fallback": True}
+
+
+def _with_genes_for(rng: np.random.Generator, data: dict[str, Any], space: SearchSpace,
+                    known: dict[str, float]) -> Genome:
+    """Keep known gene values, draw the ones the new structure adds, drop the rest."""
+    genes = {n: known[n] if n in known else draw_gene(rng, n, space) for n in structure_genes(data)}
+    data = {**data, "genes": genes}
+    return _finish(data)
+
+
+def _finish(data: dict[str, Any]) -> Genome:
+    from evolveopt.genome.schema import parse_genome
+
+    return canonical_form(parse_genome(data, source="offspring"))
+
+
+# ----------------------------------------------------------------------------- crossover
+
+
+def crossover(rng: np.random.Generator, a: Genome, b: Genome, space: SearchSpace, tries: int = 10) -> Change:
+    """A child with terms taken from either parent (each with probability ½, at least one) and
+    each locus from one parent; genes come with the part that uses them."""
+    da, db = to_dict(a), to_dict(b)
+    for _ in range(tries):
+        picks = [("a", i) for i in range(len(da["terms"])) if rng.random() < 0.5]
+        picks += [("b", i) for i in range(len(db["terms"])) if rng.random() < 0.5]
+        if not picks:
+            picks = [("a", int(rng.integers(len(da["terms"]))))]
+        rng.shuffle(picks)
+        picks = picks[: space.max_terms]
+        child: dict[str, Any] = {"schema_version": 1, "terms": []}
+        genes: dict[str, float] = {}
+        for index, (side, i) in enumerate(picks):
+            parent = da if side == "a" else db
+            term = copy.deepcopy(parent["terms"][i])
+            weight = term.get("weight")
+            if weight is not None and WEIGHT_GENE.match(weight):
+                term["weight"] = f"w{index + 1}"
+                genes[term["weight"]] = parent["genes"][weight]
+            child["terms"].append(term)
+        loci = {}
+        for locus in LOCI:
+            side = "a" if rng.random() < 0.5 else "b"
+            parent = da if side == "a" else db
+            if locus in parent:
+                child[locus] = copy.deepcopy(parent[locus])
+            loci[locus] = side
+        first, second = (da, db) if rng.random() < 0.5 else (db, da)
+        for name in structure_genes(child):
+            if name not in genes:
+                source = first if name in first["genes"] else second
+                if name in source["genes"]:
+                    genes[name] = source["genes"][name]
+        try:
+            offspring = _with_genes_for(rng, child, space, genes)
+        except GenomeError:
+            continue
+        return offspring, {"terms": [f"{s}{i}" for s, i in picks], "loci": loci}
+    return a, {"terms": "copy", "fallback": True}

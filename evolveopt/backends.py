@@ -46,21 +46,6 @@ class LocalBackend:
         pass
 
 
-def split_units(units: Sequence[WorkUnit], workers: int) -> list[WorkUnit]:
-    """Cut units so that at least ``2 × workers`` exist when there are members enough."""
-    total = sum(u.members for u in units)
-    if not units or workers <= 1:
-        return list(units)
-    size = max(1, math.ceil(total / (2 * workers)))
-    out = []
-    for unit in units:
-        for start in range(0, unit.members, size):
-            end = start + size
-            out.append(WorkUnit(unit.task, unit.budget, unit.genomes[start:end], unit.seeds[start:end],
-                                unit.keys[start:end]))
-    return out
-
-
 def timeout_result(unit: WorkUnit, seconds: float) -> UnitResult:
     failed = MemberResult(math.nan, math.nan, diverged=True, reason=f"timeout: unit ran over {seconds:g} s")
     return UnitResult(unit.keys, tuple(failed for _ in unit.keys), 0, seconds)
@@ -108,14 +93,15 @@ class RayBackend:
             self._task = ray.remote(num_cpus=1, max_retries=config.max_retries, retry_exceptions=False)(_execute)
 
     def map_units(self, units: Sequence[WorkUnit]) -> list[UnitResult]:
-        units = split_units(units, self.workers)
+        """Results in the order of ``units``. Units run as planned, never re-cut: a member's result
+        depends on its neighbours' count through kernel rounding, so re-cutting would break
+        "same fitness as in-process" (``max_members`` sets the grain on every backend)."""
         results: dict[int, UnitResult] = {}
         if self.use_gpus:
             self._run_on_actors(units, results)
         else:
             self._run_as_tasks(units, results)
-        merged = [results[i] for i in range(len(units))]
-        return merged
+        return [results[i] for i in range(len(units))]
 
     def _run_as_tasks(self, units: Sequence[WorkUnit], results: dict[int, UnitResult]) -> None:
         ray = self.ray

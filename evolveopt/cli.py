@@ -141,7 +141,7 @@ def cmd_evolve(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     from evolveopt.run import resume_run
 
-    return _report_run(resume_run(args.run, backend=args.backend, address=args.address))
+    return _report_run(resume_run(args.run_dir, backend=args.backend, address=args.address))
 
 
 def _report_run(summary) -> int:  # noqa: ANN001 - RunSummary
@@ -197,10 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("genome", help="a genome name (genomes/NAME.yaml) or a YAML file")
     show.add_argument("--canonical", action="store_true", help="show the canonical form")
     show.add_argument("--yaml", action="store_true", help="print YAML instead of equations")
-    show.set_defaults(run=cmd_show)
+    show.set_defaults(command_function=cmd_show)
 
     genomes = sub.add_parser("genomes", help="list the named genomes")
-    genomes.set_defaults(run=cmd_genomes)
+    genomes.set_defaults(command_function=cmd_genomes)
 
     try_ = sub.add_parser("try", help="train a small digits MLP with a genome, next to Adam")
     try_.add_argument("genome")
@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     try_.add_argument("--seed", type=int, default=0)
     try_.add_argument("--against", nargs="*", default=["adam"], help="genomes to compare with (default: adam)")
     try_.add_argument("--set", nargs="*", default=[], metavar="GENE=VALUE", help="override genes of GENOME")
-    try_.set_defaults(run=cmd_try)
+    try_.set_defaults(command_function=cmd_try)
 
     ev = sub.add_parser("eval", help="fitness of genomes against tuned Adam on proxy tasks")
     ev.add_argument("genomes", nargs="+", help="genome names or YAML files")
@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--cache", default=default_cache_path(), help="SQLite result cache")
     ev.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
     ev.add_argument("--json", action="store_true")
-    ev.set_defaults(run=cmd_eval)
+    ev.set_defaults(command_function=cmd_eval)
 
     evolve = sub.add_parser("evolve", help="run an evolution from a config (experiments/*.yaml)")
     evolve.add_argument("config")
@@ -229,17 +229,17 @@ def build_parser() -> argparse.ArgumentParser:
     evolve.add_argument("--address", help="Ray cluster to join (else RAY_ADDRESS, else a local cluster)")
     evolve.add_argument("--seed", type=int)
     evolve.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys, e.g. search.population=8")
-    evolve.set_defaults(run=cmd_evolve)
+    evolve.set_defaults(command_function=cmd_evolve)
 
     resume = sub.add_parser("resume", help="continue a run from its last checkpoint")
-    resume.add_argument("run")
+    resume.add_argument("run_dir", metavar="RUN")
     resume.add_argument("--backend", choices=["local", "ray"])
     resume.add_argument("--address")
-    resume.set_defaults(run=cmd_resume)
+    resume.set_defaults(command_function=cmd_resume)
 
     runs = sub.add_parser("runs", help="list the runs under a folder with status and best fitness")
     runs.add_argument("folder", nargs="?", default="runs")
-    runs.set_defaults(run=cmd_runs)
+    runs.set_defaults(command_function=cmd_runs)
 
     bench = sub.add_parser("bench", help="run a benchmark and print its comparison table")
     bench.add_argument("what", choices=["step", "eval", "fidelity"],
@@ -249,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
     bench.add_argument("--repeats", type=int, default=50)
     bench.add_argument("--device", default="cpu")
-    bench.set_defaults(run=cmd_bench)
+    bench.set_defaults(command_function=cmd_bench)
     return parser
 
 
@@ -257,9 +257,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if hasattr(signal, "SIGPIPE"):  # `evolveopt show adan | head` ends quietly
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     args = build_parser().parse_args(argv)
-    run: Callable[[argparse.Namespace], int] = args.run
+    command: Callable[[argparse.Namespace], int] = args.command_function
     try:
-        return run(args)
+        return command(args)
     except EvolveOptError as exc:
         print(f"evolveopt: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -9,8 +9,8 @@
 
 Each generation is evaluated, recorded and checkpointed before the next begins. Everything that
 draws random numbers draws from the run's numpy Generator or from Python's ``random`` (DEAP's
-selection), both seeded from the config and saved in every checkpoint, so a resumed run makes
-the same choices as one that never stopped.
+selection, on a state of the search's own), both seeded from the config and saved in every
+checkpoint, so a resumed run makes the same choices as one that never stopped.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import base64
 import importlib.metadata
 import os
 import platform
-import random
 import subprocess
 import sys
 import time
@@ -61,7 +60,6 @@ class Evolution:
                                    rungs=fit.rungs, max_members=fit.max_members, device=config.device)
         self.scorer = FitnessScorer(settings, ResultCache(rundir.file("cache.sqlite")), self.backend.map_units)
         self.rng = np.random.default_rng(config.seed)
-        random.seed(config.seed)
         _seed_torch(config.seed)
         self.search = GeneticSearch(config.search, config.space, self.rng)
         self.hof = hall_of_fame(config.search.hall_of_fame)
@@ -82,11 +80,11 @@ class Evolution:
         rng = checkpoint["rng"]
         self.rng.bit_generator.state = rng["numpy"]
         version, internal, gauss = rng["python"]
-        random.setstate((version, tuple(internal), gauss))
+        self.search.python_random = (version, tuple(internal), gauss)
         _set_torch_state(rng["torch"])
 
     def checkpoint_state(self) -> dict[str, Any]:
-        version, internal, gauss = random.getstate()
+        version, internal, gauss = self.search.python_random
         return {
             "generation": self.generation, "next_id": self.search.next_id,
             "population": [ind.to_json() for ind in self.population],

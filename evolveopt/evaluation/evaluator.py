@@ -120,17 +120,24 @@ class Evaluation:
 
 def plan_units(genomes: Sequence[Genome], tasks: Sequence[dict[str, Any]], budget: int, seeds: Sequence[int],
                skip: set[str], max_members: int) -> list[WorkUnit]:
-    """Per task, the uncached (genome, seed) members sorted by structure, cut into units."""
+    """Per task, every (genome, seed) member sorted by structure, cut into units of ``max_members``;
+    units whose members are all in ``skip`` are dropped.
+
+    Units are cut before cached members are left out, so a member always trains beside the same
+    members at the same position: vectorized kernels round the tail of a tensor differently from
+    its body, and this keeps every result bit-for-bit the same however much was cached before.
+    """
     unique: dict[str, Genome] = {}
     for genome in genomes:
         unique.setdefault(genome_hash(genome), canonical_form(genome))
     ordered = sorted(unique.items(), key=lambda item: (structure_key(item[1]), item[0]))
     units = []
     for task in tasks:
-        todo = [(to_dict(g), s, result_key(h, task, budget, s)) for h, g in ordered for s in seeds]
-        todo = [item for item in todo if item[2] not in skip]
-        for start in range(0, len(todo), max_members):
-            chunk = todo[start:start + max_members]
+        members = [(to_dict(g), s, result_key(h, task, budget, s)) for h, g in ordered for s in seeds]
+        for start in range(0, len(members), max_members):
+            chunk = members[start:start + max_members]
+            if all(key in skip for _, _, key in chunk):
+                continue
             units.append(WorkUnit(task=task, budget=budget, genomes=tuple(g for g, _, _ in chunk),
                                   seeds=tuple(s for _, s, _ in chunk), keys=tuple(k for _, _, k in chunk)))
     return units

@@ -10,14 +10,18 @@ and random genomes up to the population size.
 
 The loop around it (evaluation, records, checkpoints) lives in ``evolveopt.run``; this module
 only turns one population into the next and imports no torch. Randomness comes from the
-numpy Generator passed in and from Python's ``random`` (which DEAP's selection uses); the run
-seeds and checkpoints both.
+numpy Generator passed in and, for DEAP's selection (which calls the ``random`` module), from a
+Python ``random`` state of the search's own that is swapped in around each DEAP call: other
+libraries that touch ``random`` (some draw at import time) cannot shift the run's choices, and
+the run checkpoints both states.
 """
 
 from __future__ import annotations
 
+import random
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from deap import tools
@@ -52,6 +56,18 @@ class GeneticSearch:
 
     def __init__(self, config: GAConfig, space: SearchSpace, rng: np.random.Generator, next_id: int = 0):
         self.config, self.space, self.rng, self.next_id = config, space, rng, next_id
+        self.python_random = random.Random(int(rng.integers(2**63))).getstate()
+
+    @contextmanager
+    def _deap_random(self) -> Iterator[None]:
+        """Run DEAP code on this search's own ``random`` state, leaving the global one as it was."""
+        outside = random.getstate()
+        random.setstate(self.python_random)
+        try:
+            yield
+        finally:
+            self.python_random = random.getstate()
+            random.setstate(outside)
 
     def _new(self, genome, generation: int, parents: tuple[int, ...] = (), operators: tuple[str, ...] = (),
              details: dict[str, Any] | None = None) -> Individual:
@@ -95,7 +111,8 @@ class GeneticSearch:
 
     def _offspring(self, population: Sequence[Individual], generation: int, seen: set[str]) -> Individual:
         cfg, rng, space = self.config, self.rng, self.space
-        first, second = tools.selTournament(list(population), 2, tournsize=cfg.tournament)
+        with self._deap_random():
+            first, second = tools.selTournament(list(population), 2, tournsize=cfg.tournament)
         operators, details = [], {}
         if rng.random() < cfg.crossover_rate:
             genome, details["crossover"] = crossover(rng, first.genome, second.genome, space)

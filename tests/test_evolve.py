@@ -1,0 +1,240 @@
+"""Evolution runs: the GA, run directories, exact resume, bad configs, robustness."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+import evolveopt
+from evolveopt.cli import main
+from evolveopt.config import ConfigError, load_config
+from evolveopt.genome import genome_hash
+from evolveopt.run import resume_run, start_run
+from evolveopt.rundir import RunDir, RunDirError
+from evolveopt.search.algorithm import GAConfig, GeneticSearch
+from evolveopt.search.operators import crossover, mutate_genes, mutate_structure
+from evolveopt.search.space import SearchSpace, random_genome
+
+TINY = {
+    "name": "tiny",
+    "seed": 3,
+    "search": {"population": 6, "generations": 3, "elites": 1, "tournament": 2,
+               "seed_genomes": ["adam", "lion", "sgd"], "seed_variants": 0, "hall_of_fame": 4},
+    "space": {"max_terms": 2},
+    "fitness": {"tasks": [{"name": "digits_mlp", "hidden": 32}], "budget": 27, "seeds": [0]},
+}
+
+
+def tiny_config(tmp_path: Path, **changes) -> Path:
+    data = json.loads(json.dumps(TINY))
+    for key, value in changes.items():
+        node = data
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def run_files(run: Path) -> dict[str, bytes]:
+    names = ["hall_of_fame.json", "lineage.jsonl"] + [f"population/{p.name}" for p in sorted((run / "population").iterdir())]
+    return {name: (run / name).read_bytes() for name in names}
+
+
+# ----------------------------------------------------------------------------- operators
+
+
+def test_operators_always_return_valid_canonical_genomes():
+    rng, space = np.random.default_rng(0), SearchSpace(max_terms=3)
+    parents = [evolveopt.load_genome(n) for n in ("adam", "lion", "adan", "ga2025")] + \
+              [random_genome(rng, space) for _ in range(6)]
+    for _ in range(150):
+        a, b = (parents[i] for i in rng.integers(len(parents), size=2))
+        child, _ = crossover(rng, a, b, space)
+        child, info = mutate_structure(rng, child, space)
+        child, _ = mutate_genes(rng, child, space)
+        assert len(child.terms) <= 3
+        assert evolveopt.genome.canonical_form(child) == child
+
+
+def test_gene_mutation_stays_in_range_and_flips_no_structure():
+    rng, space = np.random.default_rng(1), SearchSpace()
+    adam = evolveopt.genome.canonical_form(evolveopt.load_genome("adam"))
+    for _ in range(200):
+        child, info = mutate_genes(rng, adam, space, probability=1.0, sigma=3.0)
+        assert evolveopt.structure_key(child) == evolveopt.structure_key(adam)
+        assert 0 <= child.genes["beta1"] < 1 and 0 <= child.genes["beta2"] < 1
+
+
+def test_a_generation_has_no_duplicate_genomes():
+    search = GeneticSearch(GAConfig(population=12, seed_genomes=("adam", "lion")), SearchSpace(), np.random.default_rng(0))
+    population = search.initial_population()
+    for i, ind in enumerate(population):
+        ind.fitness.values = (0.0, float(i))
+    offspring = search.next_generation(population, 1)
+    assert len({ind.hash for ind in offspring}) == len(offspring) == 12
+    assert offspring[0] is population[-1]  # the elite carries over
+    assert all(ind.parents for ind in offspring[2:])
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def test_run_writes_every_record(tmp_path):
+    summary = start_run(load_config(tiny_config(tmp_path)), tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    assert summary.generations == 3 and summary.best is not None
+    for name in ("config.yaml", "manifest.json", "generations.jsonl", "lineage.jsonl", "hall_of_fame.json",
+                 "checkpoint.json", "population/gen_0000.json", "population/gen_0002.json"):
+        assert (run / name).exists(), name
+    rows = [json.loads(line) for line in (run / "generations.jsonl").read_text().splitlines()]
+    assert [r["generation"] for r in rows] == [0, 1, 2]
+    assert all({"best", "median", "diversity", "evaluations", "cache_hits", "wall_time"} <= set(r) for r in rows)
+    lineage = [json.loads(line) for line in (run / "lineage.jsonl").read_text().splitlines()]
+    ids = {r["id"] for r in lineage}
+    assert all(set(r["parents"]) <= ids for r in lineage)
+    assert all(r["operators"] and r["hash"] and r["fitness"] is not None for r in lineage)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["seed"] == 3 and manifest["versions"]["torch"]
+
+
+def test_same_seed_same_run(tmp_path):
+    start_run(load_config(tiny_config(tmp_path)), tmp_path / "a", progress=False)
+    start_run(load_config(tiny_config(tmp_path)), tmp_path / "b", progress=False)
+    assert run_files(tmp_path / "a") == run_files(tmp_path / "b")
+
+
+def test_sigkill_mid_generation_then_resume_equals_an_uninterrupted_run(tmp_path):
+    config = tiny_config(tmp_path, **{"search.generations": 4, "fitness.budget": 900})
+    start_run(load_config(config), tmp_path / "whole", progress=False)
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-m", "evolveopt.cli", "evolve", str(config), "--out", str(killed)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait for generation 0 and 1 to be committed, then kill inside the next
+        if (killed / "generations.jsonl").exists() and (killed / "generations.jsonl").read_text().count("\n") >= 2:
+            break
+        time.sleep(0.05)
+    time.sleep(0.3)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = (killed / "generations.jsonl").read_text().count("\n")
+    assert 2 <= done < 4, "the kill should land before the run ends"
+    resume_run(killed, progress=False)
+    assert run_files(killed) == run_files(tmp_path / "whole")
+
+
+def test_damaged_checkpoint_names_the_file_and_falls_back(tmp_path, capsys):
+    run = tmp_path / "run"
+    start_run(load_config(tiny_config(tmp_path)), run, progress=False)
+    (run / "checkpoint.json").write_text((run / "checkpoint.json").read_text()[:500])
+    with pytest.raises(RunDirError, match="checkpoint.json: damaged"):
+        _read_latest_only(run)
+    checkpoint, warnings = RunDir(run).read_checkpoint()
+    assert checkpoint["generation"] == 1 and "checkpoint.json: damaged" in warnings[0]
+    before = run_files(run)
+    summary = resume_run(run, progress=False)  # redoes generation 2 from the previous checkpoint
+    assert summary.generations == 3 and run_files(run) == before
+
+
+def _read_latest_only(run: Path) -> None:
+    from evolveopt.rundir import _verified
+
+    _verified(run / "checkpoint.json")
+
+
+def test_no_intact_checkpoint_is_a_clear_error(tmp_path, capsys):
+    run = tmp_path / "run"
+    start_run(load_config(tiny_config(tmp_path)), run, progress=False)
+    for name in ("checkpoint.json", "checkpoint.prev.json"):
+        (run / name).write_text("{}")
+    assert main(["resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint.json: damaged" in err and "no intact checkpoint" in err
+
+
+def test_a_genome_that_diverges_or_raises_never_stops_a_run(tmp_path, monkeypatch):
+    from evolveopt.compile import rule
+
+    original = rule.Rule.step
+
+    def flaky(self, params, grads, state, ctx):
+        if any(term.sign for term in self.genome.terms):
+            raise RuntimeError("boom")  # every sign-taking structure (lion's) fails
+        return original(self, params, grads, state, ctx)
+
+    monkeypatch.setattr(rule.Rule, "step", flaky)
+    config = tiny_config(tmp_path, **{"search.seed_genomes": ["adam", "lion", "sgd"], "search.generations": 2})
+    summary = start_run(load_config(config), tmp_path / "run", progress=False)
+    assert summary.generations == 2
+    lineage = [json.loads(line) for line in (tmp_path / "run" / "lineage.jsonl").read_text().splitlines()]
+    assert lineage[1]["fitness"] == -5.0  # lion raised: worst fitness, and the run went on
+    population = json.loads((tmp_path / "run" / "population" / "gen_0000.json").read_text())["individuals"]
+    assert any("error: RuntimeError: boom" in f for ind in population for f in ind["result"]["failures"])
+
+
+def test_runs_lists_status_and_best(tmp_path, capsys):
+    start_run(load_config(tiny_config(tmp_path)), tmp_path / "runs" / "one", progress=False)
+    (tmp_path / "runs" / "empty").mkdir()
+    assert main(["runs", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert "complete" in out and "3/3" in out
+
+
+# ----------------------------------------------------------------------------- bad configs
+
+
+BAD_CONFIGS = {
+    "unknown key": ({"search": {"populaton": 4}}, r"search\.populaton: unknown key \(allowed: population"),
+    "population 0": ({"search": {"population": 0}}, r"search\.population: 0 is out of range \[2, 100000\]"),
+    "missing genome": ({"search": {"seed_genomes": ["adamx"]}}, r"search\.seed_genomes\[0\]: no genome named 'adamx'"),
+    "negative budget": ({"fitness": {"budget": -5}}, r"fitness\.budget: -5 is out of range"),
+    "unknown task": ({"fitness": {"tasks": ["digitz"]}}, r"fitness\.tasks\[0\]: unknown task 'digitz'"),
+    "bad backend": ({"backend": {"kind": "slurm"}}, r"backend\.kind: 'slurm' is not allowed \(allowed: local, ray\)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+def test_bad_config_gives_one_line_and_exit_code_2(case, tmp_path, capsys):
+    data, pattern = BAD_CONFIGS[case]
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(path)
+    assert main(["evolve", str(path), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(path) in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_set_overrides_are_validated(tmp_path, capsys):
+    assert main(["evolve", str(tiny_config(tmp_path)), "--set", "search.population=1", "--out", str(tmp_path / "r")]) == 2
+    assert "search.population: 1 is out of range" in capsys.readouterr().err
+
+
+def test_missing_config_and_run_dir(tmp_path, capsys):
+    assert main(["evolve", str(tmp_path / "nope.yaml")]) == 2
+    assert "no such config file" in capsys.readouterr().err
+    assert main(["resume", str(tmp_path / "nothing")]) == 2
+    assert "no such run directory" in capsys.readouterr().err
+
+
+def test_quickstart_config_is_valid():
+    config = load_config(Path(__file__).resolve().parent.parent / "experiments" / "quickstart.yaml")
+    assert config.search.population >= 8
+
+
+@pytest.mark.parametrize("name", ["quickstart", "paper", "large_batch", "gpu"])
+def test_shipped_experiments_are_valid(name):
+    load_config(Path(__file__).resolve().parent.parent / "experiments" / f"{name}.yaml")

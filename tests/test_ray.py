@@ -1,0 +1,95 @@
+"""The Ray backend on a real local cluster (2 CPUs): same fitness as in-process, worker death retried."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+import evolveopt  # noqa: E402
+from evolveopt.backends import LocalBackend, RayBackend  # noqa: E402
+from evolveopt.config import BackendConfig, load_config  # noqa: E402
+from evolveopt.evaluation import ResultCache, evaluate  # noqa: E402
+from evolveopt.evaluation.evaluator import plan_units  # noqa: E402
+
+pytestmark = pytest.mark.ray
+
+GENOMES = ["adam", "lion", "adan", "ga2025", "sgd"]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=100 * 1024 * 1024,
+             _node_ip_address="127.0.0.1")
+    backend = RayBackend(BackendConfig(kind="ray", max_retries=3, unit_timeout=300))
+    yield backend
+    ray.shutdown()
+
+
+def plain(results) -> str:
+    """Results as JSON (NaN of diverged members becomes null, so equal results compare equal)."""
+    return json.dumps([[[r.to_json() for r in seeds] for seeds in tasks] for tasks in results], sort_keys=True)
+
+
+def test_ray_gives_the_same_results_as_in_process(cluster):
+    local = evaluate(GENOMES, ["digits_mlp", "nqm"], 40, [0, 1], cache=ResultCache())
+    remote = evaluate(GENOMES, ["digits_mlp", "nqm"], 40, [0, 1], cache=ResultCache(), map_units=cluster.map_units)
+    assert plain(remote.results) == plain(local.results)
+
+
+def _worker_pids() -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            if cmdline.startswith(b"ray::_execute"):
+                pids.append(int(entry.name))
+    return pids
+
+
+def test_a_killed_worker_is_retried_and_nothing_is_lost(cluster):
+    genomes = [evolveopt.load_genome("adam").with_genes(lr=1e-3 * (i + 1)) for i in range(4)] + ["lion", "adan"]
+    units = plan_units([evolveopt.load_genome(g) if isinstance(g, str) else g for g in genomes],
+                       [{"name": "digits_mlp"}], 600, [0, 1], skip=set(), max_members=64)
+    outcome: dict = {}
+    worker = threading.Thread(target=lambda: outcome.update(results=cluster.map_units(units)))
+    worker.start()
+    killed = None
+    deadline = time.monotonic() + 60
+    while killed is None and time.monotonic() < deadline:
+        pids = _worker_pids()
+        if pids:
+            time.sleep(0.5)  # let it get into training
+            os.kill(pids[0], signal.SIGKILL)
+            killed = pids[0]
+        time.sleep(0.05)
+    worker.join(timeout=300)
+    assert killed is not None, "no running worker was found to kill"
+    results = outcome["results"]
+    got = {key: r for unit in results for key, r in zip(unit.keys, unit.results)}
+    assert set(got) == {key for unit in units for key in unit.keys}
+    assert not any(r.diverged for r in got.values())
+    expected = {k: r for u in LocalBackend().map_units(units) for k, r in zip(u.keys, u.results)}
+    assert {k: r.to_json() for k, r in expected.items()} == {k: r.to_json() for k, r in got.items()}
+
+
+def test_an_evolution_run_on_ray_equals_the_local_run(cluster, tmp_path):
+    from test_evolve import TINY, run_files, tiny_config  # noqa: F401
+
+    from evolveopt.run import start_run
+
+    config = tiny_config(tmp_path)
+    start_run(load_config(config), tmp_path / "local", progress=False)
+    start_run(load_config(config, ["backend.kind=ray"]), tmp_path / "ray", progress=False)
+    assert run_files(tmp_path / "ray") == run_files(tmp_path / "local")

@@ -238,3 +238,21 @@ def test_quickstart_config_is_valid():
 @pytest.mark.parametrize("name", ["quickstart", "paper", "large_batch", "gpu"])
 def test_shipped_experiments_are_valid(name):
     load_config(Path(__file__).resolve().parent.parent / "experiments" / f"{name}.yaml")
+
+
+def test_ctrl_c_keeps_the_checkpoint_and_says_how_to_resume(tmp_path):
+    config = tiny_config(tmp_path, **{"search.generations": 6, "fitness.budget": 900})
+    run = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "evolveopt.cli", "evolve", str(config), "--out", str(run)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (run / "checkpoint.json").exists():
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert f"resume with: evolveopt resume {run}" in err and "Traceback" not in err
+    checkpoint, _ = RunDir(run).read_checkpoint()
+    assert checkpoint["generation"] >= 0
+    summary = resume_run(run, progress=False)
+    assert summary.generations == 6

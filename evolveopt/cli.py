@@ -186,7 +186,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         report = run_fidelity_benchmark()
         print(json.dumps(report, indent=2) if args.json else format_fidelity(report))
         return 0
-    raise EvolveOptError(f"unknown benchmark '{args.what}' (available: step, eval, fidelity)")
+    if args.what == "backends":
+        from evolveopt.bench.backends import format_backends, run_backend_benchmark
+
+        rows = run_backend_benchmark()
+        print(json.dumps({"rows": rows}, indent=2) if args.json else format_backends(rows))
+        return 0
+    raise EvolveOptError(f"unknown benchmark '{args.what}' (available: step, eval, fidelity, backends)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -242,9 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     runs.set_defaults(command_function=cmd_runs)
 
     bench = sub.add_parser("bench", help="run a benchmark and print its comparison table")
-    bench.add_argument("what", choices=["step", "eval", "fidelity"],
+    bench.add_argument("what", choices=["step", "eval", "fidelity", "backends"],
                        help="step: optimizer step() vs torch.optim; eval: batched vs one-at-a-time training; "
-                            "fidelity: rank quality of successive halving's first rung")
+                            "fidelity: rank quality of successive halving's first rung; backends: one "
+                            "generation in-process and on Ray")
     bench.add_argument("--sizes", type=int, nargs="*", help="population sizes for 'eval'")
     bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
     bench.add_argument("--repeats", type=int, default=50)

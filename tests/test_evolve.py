@@ -256,3 +256,19 @@ def test_ctrl_c_keeps_the_checkpoint_and_says_how_to_resume(tmp_path):
     assert checkpoint["generation"] >= 0
     summary = resume_run(run, progress=False)
     assert summary.generations == 6
+
+
+def test_mutations_stay_inside_a_restricted_search_space():
+    config = load_config(Path(__file__).resolve().parent.parent / "experiments" / "paper.yaml")
+    rng, space = np.random.default_rng(5), config.space
+    population = [random_genome(rng, space) for _ in range(10)]
+    for _ in range(300):
+        a, b = (population[i] for i in rng.integers(len(population), size=2))
+        child, _ = mutate_structure(rng, crossover(rng, a, b, space)[0], space)
+        population[int(rng.integers(len(population)))] = child
+        for term in child.terms:
+            assert term.signal.kind == "grad"
+            if term.precondition is not None:
+                assert not term.precondition.rectify and term.precondition.eps_mode == "outside"
+        assert child.layerwise is None and child.friction == "none" and child.adaptor is None
+        assert child.weight_decay is not None and child.weight_decay.mode == "decoupled"

@@ -131,6 +131,8 @@ def _drop_residual(term: dict[str, Any]) -> None:
 def _toggle_sign(rng, data, space):
     k = _term_index(rng, data)
     term = data["terms"][k]
+    if not term.get("sign", False) and space.sign_probability == 0:
+        return None
     term["sign"] = not term.get("sign", False)
     return {"term": k, "sign": term["sign"]}
 
@@ -143,6 +145,8 @@ def _toggle_bias_correction(rng, data, space):
         options.append("momentum")
     if term.get("precondition", {}).get("kind") in ("ema", "max", "belief"):
         options.append("precondition")
+    allowed = {"momentum": "ema_bc" in space.momenta, "precondition": "ema_bc" in space.preconditions}
+    options = [p for p in options if allowed[p] or term[p].get("bias_correction", False)]
     if not options:
         return None
     part = options[int(rng.integers(len(options)))]
@@ -153,7 +157,7 @@ def _toggle_bias_correction(rng, data, space):
 def _toggle_rectify(rng, data, space):
     k = _term_index(rng, data)
     pre = data["terms"][k].get("precondition")
-    if not pre or pre["kind"] == "sum":
+    if not pre or pre["kind"] == "sum" or (not pre.get("rectify") and space.rectify_probability == 0):
         return None
     pre["rectify"] = not pre.get("rectify", False)
     return {"term": k, "rectify": pre["rectify"]}
@@ -164,7 +168,9 @@ def _change_eps_mode(rng, data, space):
     pre = data["terms"][k].get("precondition")
     if not pre:
         return None
-    options = [m for m in EPS_MODES if m != pre.get("eps_mode", "outside")]
+    options = [m for m in EPS_MODES if m != pre.get("eps_mode", "outside") and m in space.eps_modes]
+    if not options:
+        return None
     pre["eps_mode"] = options[int(rng.integers(len(options)))]
     return {"term": k, "eps_mode": pre["eps_mode"]}
 

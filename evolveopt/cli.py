@@ -32,10 +32,11 @@ def _parse_assignments(items: Sequence[str]) -> dict[str, float]:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from evolveopt.genome import canonical_form, dump_genome, genome_hash, load_genome, structure_key
+    from evolveopt.genome import canonical_form, dump_genome, genome_hash, structure_key
     from evolveopt.genome.equations import render_genome
+    from evolveopt.runs import resolve_genome
 
-    genome = load_genome(args.genome)
+    genome, _, provenance = resolve_genome(args.genome)
     if args.canonical:
         genome = canonical_form(genome)
     if args.yaml:
@@ -43,6 +44,60 @@ def cmd_show(args: argparse.Namespace) -> int:
         return 0
     print(render_genome(genome))
     print(f"hash: {genome_hash(genome)}  structure: {structure_key(genome)}")
+    if "run" in provenance:
+        print("provenance: " + ", ".join(f"{k} {v}" for k, v in provenance.items() if k != "run"))
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from evolveopt.genome.diff import diff_genomes
+    from evolveopt.runs import resolve_genome
+
+    a, b = resolve_genome(args.a)[0], resolve_genome(args.b)[0]
+    lines = diff_genomes(a, b, (args.a, args.b))
+    print("\n".join(lines) if lines else "same rule (equal canonical forms)")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from evolveopt.export import export_text, write_export
+    from evolveopt.runs import resolve_genome
+
+    genome, label, provenance = resolve_genome(args.source, args.rank, args.id)
+    fmt = args.format or ("yaml" if args.output.endswith((".yaml", ".yml")) else "py")
+    path = write_export(export_text(genome, fmt, label, provenance), args.output)
+    print(f"wrote {path} ({fmt})", file=sys.stderr)
+    return 0
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from evolveopt.lineage import FILE_FORMATS, Lineage, champion_id, render
+    from evolveopt.runs import run_name
+
+    lineage = Lineage.from_run(args.run_dir)
+    ident = args.id if args.id is not None else champion_id(args.run_dir)
+    out = Path(args.output) if args.output else None
+    if out is not None and not out.parent.is_dir():
+        raise EvolveOptError(f"{out}: cannot write (no folder {out.parent})")
+    text = render(lineage, ident, args.format, args.depth, out, title=f"{run_name(args.run_dir)}: lineage of #{ident}")
+    if text is not None:
+        if out is None:
+            sys.stdout.write(text)
+        else:
+            from evolveopt.export import write_export
+
+            write_export(text, out)
+    if args.format in FILE_FORMATS or out is not None:
+        print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from evolveopt.report import write_report
+
+    print(write_report(args.run_dir))
     return 0
 
 
@@ -200,10 +255,38 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     show = sub.add_parser("show", help="print a genome's update rule as equations")
-    show.add_argument("genome", help="a genome name (genomes/NAME.yaml) or a YAML file")
+    show.add_argument("genome", help="a genome name (genomes/NAME.yaml), a YAML file, a run (its champion) or RUN#ID")
     show.add_argument("--canonical", action="store_true", help="show the canonical form")
     show.add_argument("--yaml", action="store_true", help="print YAML instead of equations")
     show.set_defaults(command_function=cmd_show)
+
+    diff = sub.add_parser("diff", help="which terms, loci and genes differ between two genomes")
+    diff.add_argument("a", help="genome name, YAML file, run or RUN#ID")
+    diff.add_argument("b")
+    diff.set_defaults(command_function=cmd_diff)
+
+    export = sub.add_parser("export", help="write a genome as a standalone optimizer (.py) or a genome file (.yaml)")
+    export.add_argument("source", help="a run directory (its champion by default), RUN#ID, a genome name or file")
+    pick = export.add_mutually_exclusive_group()
+    pick.add_argument("--rank", type=int, help="hall-of-fame rank in the run (1 = champion)")
+    pick.add_argument("--id", type=int, help="individual id in the run")
+    export.add_argument("--format", choices=["py", "yaml"], help="default: from the file name (.yaml) else py")
+    export.add_argument("-o", "--output", required=True, help="file to write")
+    export.set_defaults(command_function=cmd_export)
+
+    lineage = sub.add_parser("lineage", help="the ancestry of an individual: text, dot, csv, json, png, svg, html")
+    lineage.add_argument("run_dir", metavar="RUN")
+    who = lineage.add_mutually_exclusive_group()
+    who.add_argument("--id", type=int, help="individual id (default: the champion)")
+    who.add_argument("--champion", action="store_true", help="the champion (the default)")
+    lineage.add_argument("--depth", type=int, help="generations of descent to follow back")
+    lineage.add_argument("--format", default="text", choices=["text", "dot", "csv", "json", "png", "svg", "html"])
+    lineage.add_argument("-o", "--output", help="file to write (required for png, svg, html)")
+    lineage.set_defaults(command_function=cmd_lineage)
+
+    report = sub.add_parser("report", help="a markdown report of a run, with pictures, in RUN/report/")
+    report.add_argument("run_dir", metavar="RUN")
+    report.set_defaults(command_function=cmd_report)
 
     genomes = sub.add_parser("genomes", help="list the named genomes")
     genomes.set_defaults(command_function=cmd_genomes)

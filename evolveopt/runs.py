@@ -1,12 +1,14 @@
-"""``evolveopt runs``: the runs under a folder, with status and best fitness."""
+"""Reading finished runs: their status (``evolveopt runs``), individuals and genomes by reference."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
 
+from evolveopt.genome.io import load_genome
+from evolveopt.genome.schema import Genome, parse_genome
 from evolveopt.rundir import RunDir, RunDirError
 
 
@@ -62,3 +64,82 @@ def format_runs(statuses: list[RunStatus]) -> str:
         best = "n/a" if s.best is None else f"{s.best:+.4f}"
         lines.append(f"{str(s.path)[-40:]:<40} {s.status:<18} {f'{s.generations}/{s.total}':>11} {best:>9}")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- individuals of a run
+
+
+def read_individuals(path: str | Path) -> dict[int, dict]:
+    """Every individual stored in a run's population files (the latest record of each id)."""
+    rundir = RunDir(path)
+    rundir.check_exists()
+    files = sorted((rundir.path / "population").glob("gen_*.json"))
+    if not files:
+        raise RunDirError(f"{rundir.path}: no completed generation yet (population/ is empty)")
+    individuals: dict[int, dict] = {}
+    for file in files:
+        data = rundir.read_json(f"population/{file.name}")
+        for ind in data.get("individuals", []):
+            individuals[ind["id"]] = ind
+    return individuals
+
+
+def hall_of_fame(path: str | Path) -> list[dict]:
+    rundir = RunDir(path)
+    rundir.check_exists()
+    if not rundir.file("hall_of_fame.json").exists():
+        raise RunDirError(f"{rundir.path}: no completed generation yet (hall_of_fame.json is missing)")
+    return rundir.read_json("hall_of_fame.json")
+
+
+def select_individual(path: str | Path, rank: int | None = None, ident: int | None = None) -> dict:
+    """An individual of a run: by hall-of-fame rank (1 = champion) or by id."""
+    if ident is not None:
+        individuals = read_individuals(path)
+        if ident not in individuals:
+            known = f"{min(individuals)}..{max(individuals)}" if individuals else "none"
+            raise RunDirError(f"{path}: no individual #{ident} (ids run {known})")
+        return individuals[ident]
+    fame = hall_of_fame(path)
+    rank = rank or 1
+    if not 1 <= rank <= len(fame):
+        raise RunDirError(f"{path}: rank {rank} is out of range (hall of fame holds {len(fame)})")
+    return fame[rank - 1]
+
+
+def run_name(path: str | Path) -> str:
+    try:
+        return str(yaml.safe_load(RunDir(path).file("config.yaml").read_text()).get("name") or Path(path).name)
+    except (OSError, yaml.YAMLError, AttributeError):
+        return Path(path).name
+
+
+def provenance(path: str | Path, individual: dict) -> dict:
+    result = individual.get("result", {})
+    return {
+        "run": str(Path(path).resolve()), "run name": run_name(path), "generation": individual.get("generation"),
+        "individual": f"#{individual['id']}", "fitness": result.get("fitness"),
+        "rung": result.get("rung"), "budget (steps)": result.get("budget"),
+        "task scores": result.get("task_scores"),
+    }
+
+
+def resolve_genome(ref: str, rank: int | None = None, ident: int | None = None) -> tuple[Genome, str, dict]:
+    """(genome, label, provenance) for a genome name, a YAML file, a run (its champion, or
+    ``--rank``/``--id``) or ``RUN#ID``."""
+    run_part, hash_sign, id_part = ref.rpartition("#")
+    if hash_sign and run_part and (Path(run_part) / "config.yaml").exists():
+        if not id_part.isdigit():
+            raise RunDirError(f"{ref}: expected RUN#ID with a numeric id")
+        ref, ident = run_part, int(id_part)
+    if (Path(ref) / "config.yaml").exists():
+        individual = select_individual(ref, rank, ident)
+        genome = parse_genome(individual["genome"], source=f"{ref}#{individual['id']}")
+        label = f"{run_name(ref)} {individual['id']}"
+        return replace(genome, name=genome.name or f"{run_name(ref)}-{individual['id']}",
+                       description=genome.description or f"Discovered by evolveopt run '{run_name(ref)}', "
+                                                         f"individual #{individual['id']}."), label, provenance(ref, individual)
+    if rank is not None or ident is not None:
+        raise RunDirError(f"{ref}: --rank and --id need a run directory")
+    genome = load_genome(ref)
+    return genome, genome.name or Path(ref).stem, {"source": str(ref)}

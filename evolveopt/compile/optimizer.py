@@ -29,25 +29,19 @@ from evolveopt.primitives import gradient, tensorlist
 FOREACH_MAX_MEAN_NUMEL = 65_536
 
 
-class GenomeOptimizer(torch.optim.Optimizer):
-    """The update rule of a genome. Build it with :func:`evolveopt.build_optimizer`.
+class RuleOptimizer(torch.optim.Optimizer):
+    """Runs a genome's rule as a ``torch.optim.Optimizer`` (the genome is already validated).
 
-    Args:
-        params: parameters or param-group dicts (each group may override any gene).
-        genome: a :class:`~evolveopt.genome.schema.Genome`, a genome name or a file path.
-        total_steps: training horizon T for schedules that need one (cosine, linear decay,
-            warmup); accepted and ignored by genomes without such a schedule.
-        maximize: ascend the objective instead of descending.
-        foreach: use multi-tensor ops per group (True), one tensor at a time (False), or
-            choose by device and tensor size (None).
-        **genes: overrides of the genome's genes by name (``lr``, ``beta1``, ``weight_decay``, ...).
+    :class:`GenomeOptimizer` builds it from a genome name or file with gene overrides; an
+    exported optimizer (``evolveopt export``) is this class, renamed, with its genome inside.
     """
 
-    def __init__(self, params: Iterable[Any], genome: Genome | str | os.PathLike[str], *,
-                 total_steps: int | None = None, maximize: bool = False, foreach: bool | None = None,
-                 **genes: float):
-        genome = load_genome(genome)
-        genome = genome.with_genes(**genes) if genes else genome
+    def __init__(self, params: Iterable[Any], genome: Genome, *, total_steps: int | None = None,
+                 maximize: bool = False, foreach: bool | None = None):
+        self._setup(params, genome, total_steps, maximize, foreach)
+
+    def _setup(self, params: Iterable[Any], genome: Genome, total_steps: int | None, maximize: bool,
+               foreach: bool | None) -> None:
         if genome.schedule.needs_horizon:
             _check_total_steps(genome, total_steps)
         self.genome = genome
@@ -58,7 +52,7 @@ class GenomeOptimizer(torch.optim.Optimizer):
 
     def __repr__(self) -> str:
         name = self.genome.name or "genome"
-        return f"GenomeOptimizer({name}, groups={len(self.param_groups)})"
+        return f"{type(self).__name__}({name}, groups={len(self.param_groups)})"
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -140,6 +134,28 @@ class GenomeOptimizer(torch.optim.Optimizer):
             group.setdefault("maximize", False)
             group.setdefault("foreach", None)
             group.setdefault("schema_version", SCHEMA_VERSION)
+
+
+class GenomeOptimizer(RuleOptimizer):
+    """The update rule of a genome. Build it with :func:`evolveopt.build_optimizer`.
+
+    Args:
+        params: parameters or param-group dicts (each group may override any gene).
+        genome: a :class:`~evolveopt.genome.schema.Genome`, a genome name or a file path.
+        total_steps: training horizon T for schedules that need one (cosine, linear decay,
+            warmup); accepted and ignored by genomes without such a schedule.
+        maximize: ascend the objective instead of descending.
+        foreach: use multi-tensor ops per group (True), one tensor at a time (False), or
+            choose by device and tensor size (None).
+        **genes: overrides of the genome's genes by name (``lr``, ``beta1``, ``weight_decay``, ...).
+    """
+
+    def __init__(self, params: Iterable[Any], genome: Genome | str | os.PathLike[str], *,
+                 total_steps: int | None = None, maximize: bool = False, foreach: bool | None = None,
+                 **genes: float):
+        genome = load_genome(genome)
+        genome = genome.with_genes(**genes) if genes else genome
+        self._setup(params, genome, total_steps, maximize, foreach)
 
 
 def _use_foreach(choice: bool | None, params: list[Tensor]) -> bool:

@@ -1,0 +1,85 @@
+"""``evolveopt report RUN``: a markdown report of a run with its pictures.
+
+Writes ``RUN/report/report.md``, ``fitness.png`` (best and median fitness per generation) and
+``lineage.png`` (the champion's ancestry), with the config, the champion's equations and its
+scores next to the seeded baselines of generation 0.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from evolveopt.genome.equations import render_equations
+from evolveopt.genome.schema import parse_genome
+from evolveopt.lineage import Lineage, draw, lineage_summary
+from evolveopt.rundir import RunDir
+from evolveopt.runs import read_individuals, run_name, select_individual
+
+
+def plot_fitness(rows: list[dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    generations = [r["generation"] for r in rows]
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
+    ax.plot(generations, [r.get("max") for r in rows], label="best this generation (rung reached)")
+    ax.plot(generations, [r.get("median") for r in rows], label="median this generation")
+    best = [r.get("best") for r in rows]
+    if any(b is not None for b in best):
+        ax.plot(generations, [float("nan") if b is None else b for b in best], "k--", label="best so far, full budget")
+    ax.axhline(0.0, color="#888", lw=0.8)
+    ax.set_xlabel("generation")
+    ax.set_ylabel("fitness vs tuned Adam")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_report(path: str | Path) -> Path:
+    run = RunDir(path)
+    run.check_exists()
+    rows = run.read_lines("generations.jsonl")
+    champion = select_individual(path)
+    out = run.path / "report"
+    out.mkdir(exist_ok=True)
+    plot_fitness(rows, out / "fitness.png")
+    lineage = Lineage.from_run(path)
+    draw(lineage, champion["id"], out / "lineage.png", title=f"ancestry of #{champion['id']}")
+    genome = parse_genome(champion["genome"], source=f"{path}#{champion['id']}")
+    config = yaml.safe_load(run.file("config.yaml").read_text())
+    seeds = [ind for ind in read_individuals(path).values() if "seed" in ind.get("operators", [])]
+    tasks = list(champion["result"].get("task_scores", {}))
+    table = ["| genome | rung | fitness | " + " | ".join(tasks) + " |",
+             "|---|---:|---:|" + "---:|" * len(tasks)]
+    for label, ind in [(f"**champion #{champion['id']}**", champion)] + [
+            (f"{ind['details'].get('seed')} (seed)", ind) for ind in sorted(seeds, key=lambda i: -i["fitness"][1])]:
+        result = ind["result"]
+        cells = " | ".join(f"{result.get('task_scores', {}).get(t, float('nan')):+.3f}" for t in tasks)
+        table.append(f"| {label} | {result.get('rung')} | {result.get('fitness'):+.4f} | {cells} |")
+    summary = lineage_summary(lineage, champion["id"])
+    text = "\n".join([
+        f"# Run report: {run_name(path)}", "",
+        f"{len(rows)} generation(s) of population {config['search']['population']}, "
+        f"budget {config['fitness']['budget']} steps, seeds {config['fitness']['seeds']}, "
+        f"tasks {', '.join(t['name'] for t in config['fitness']['tasks'])}.", "",
+        "## Fitness", "", "![fitness over generations](fitness.png)", "",
+        f"## Champion #{champion['id']} (generation {champion['generation']})", "",
+        "```", *render_equations(genome), "```", "",
+        "Genes: " + ", ".join(f"`{k}` = {v:g}" for k, v in genome.genes.items()), "",
+        "## Scores against the seeded baselines (generation 0)", "",
+        "Fitness is relative to Adam tuned per task (0 = as good; see docs/fitness.md). Seeds stopped at an "
+        "early rung of successive halving carry that rung's fitness.", "", *table, "",
+        "## Lineage", "", "![champion ancestry](lineage.png)", "",
+        f"{summary['ancestors']} ancestors back to generation {summary['first_generation']}; operators along "
+        "the way: " + ", ".join(f"{k} ×{v}" for k, v in sorted(summary['operators'].items())) + ".", "",
+        "## Configuration", "", "```yaml", yaml.safe_dump(config, sort_keys=False).rstrip(), "```", "",
+    ])
+    (out / "report.md").write_text(text, encoding="utf-8")
+    return out / "report.md"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -139,7 +140,11 @@ def resolve_genome(ref: str, rank: int | None = None, ident: int | None = None) 
         return replace(genome, name=genome.name or f"{run_name(ref)}-{individual['id']}",
                        description=genome.description or f"Discovered by evolveopt run '{run_name(ref)}', "
                                                          f"individual #{individual['id']}."), label, provenance(ref, individual)
+    if Path(ref).is_dir():
+        raise RunDirError(f"{ref}: not a run directory (config.yaml is missing)")
     if rank is not None or ident is not None:
         raise RunDirError(f"{ref}: --rank and --id need a run directory")
+    if os.sep in ref and not Path(ref).exists():
+        raise RunDirError(f"{ref}: no such run directory or genome file")
     genome = load_genome(ref)
     return genome, genome.name or Path(ref).stem, {"source": str(ref)}

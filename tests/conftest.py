@@ -65,3 +65,30 @@ def float64():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(previous)
+
+
+_EXPORTED: dict[str, type] = {}
+
+
+def exported_class(name: str) -> type:
+    """The optimizer class of ``evolveopt export NAME`` (written once per test session, imported)."""
+    if name not in _EXPORTED:
+        import importlib.util
+        import re
+        import tempfile
+
+        import evolveopt
+        from evolveopt.export import export_text
+
+        text = export_text(evolveopt.load_genome(name), "py", name, {"source": f"genomes/{name}.yaml"})
+        folder = Path(tempfile.mkdtemp(prefix="evolveopt-export-"))
+        module_name = f"exported_{name}"
+        path = folder / f"{module_name}.py"
+        path.write_text(text)
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+        class_name = re.search(r"^class (\w+)\(torch\.optim\.Optimizer\)", text, re.M).group(1)
+        _EXPORTED[name] = getattr(module, class_name)
+    return _EXPORTED[name]

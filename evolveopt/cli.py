@@ -247,7 +247,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         rows = run_backend_benchmark()
         print(json.dumps({"rows": rows}, indent=2) if args.json else format_backends(rows))
         return 0
-    raise EvolveOptError(f"unknown benchmark '{args.what}' (available: step, eval, fidelity, backends)")
+    if args.what == "lineage":
+        from evolveopt.bench.lineage import format_lineage_bench, run_lineage_benchmark
+
+        rows = run_lineage_benchmark()
+        print(json.dumps({"rows": rows}, indent=2) if args.json else format_lineage_bench(rows))
+        return 0
+    raise EvolveOptError(f"unknown benchmark '{args.what}' (available: step, eval, fidelity, backends, lineage)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -331,10 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
     runs.set_defaults(command_function=cmd_runs)
 
     bench = sub.add_parser("bench", help="run a benchmark and print its comparison table")
-    bench.add_argument("what", choices=["step", "eval", "fidelity", "backends"],
+    bench.add_argument("what", choices=["step", "eval", "fidelity", "backends", "lineage"],
                        help="step: optimizer step() vs torch.optim; eval: batched vs one-at-a-time training; "
                             "fidelity: rank quality of successive halving's first rung; backends: one "
-                            "generation in-process and on Ray")
+                            "generation in-process and on Ray; lineage: rendering a 20,000-individual run")
     bench.add_argument("--sizes", type=int, nargs="*", help="population sizes for 'eval'")
     bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
     bench.add_argument("--repeats", type=int, default=50)

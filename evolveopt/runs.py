@@ -144,7 +144,7 @@ def resolve_genome(ref: str, rank: int | None = None, ident: int | None = None) 
         raise RunDirError(f"{ref}: not a run directory (config.yaml is missing)")
     if rank is not None or ident is not None:
         raise RunDirError(f"{ref}: --rank and --id need a run directory")
-    if os.sep in ref and not Path(ref).exists():
+    if os.sep in ref and not Path(ref).exists() and not ref.endswith((".yaml", ".yml")):
         raise RunDirError(f"{ref}: no such run directory or genome file")
     genome = load_genome(ref)
     return genome, genome.name or Path(ref).stem, {"source": str(ref)}

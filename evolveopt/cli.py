@@ -162,7 +162,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         os.makedirs(os.path.dirname(args.cache), exist_ok=True)
         cache = ResultCache(args.cache)
     scorer = FitnessScorer(FitnessSettings(tasks=list(tasks), budget=args.budget, seeds=args.seeds, rungs=1,
-                                           device=args.device))
+                                           device=args.device), cache=cache)
     print(f"evaluating {len(genomes)} genome(s) on {len(tasks)} task(s), {args.budget} steps, seeds {args.seeds} "
           f"(Adam baselines tuned on a 9-point lr grid first)", file=sys.stderr)
     scores = scorer.score(genomes)

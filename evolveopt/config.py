@@ -153,12 +153,8 @@ def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
     for key in data:
         if key not in known:
             raise ConfigError(f"{source}: {prefix}{key}: unknown key (allowed: {', '.join(known)})")
-    values = {}
-    for name, value in data.items():
-        f = known[name]
-        default = getattr(cls(), name)
-        dotted = f"{prefix}{name}"
-        values[name] = _value(default, value, dotted, source)
+    defaults = cls()
+    values = {name: _value(getattr(defaults, name), value, f"{prefix}{name}", source) for name, value in data.items()}
     return cls(**values)
 
 

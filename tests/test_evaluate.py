@@ -130,3 +130,19 @@ def test_successive_halving_promotes_the_best_third():
     assert [len(c) for c, _ in calls] == [9, 3, 1]
     assert [o.rung for o in outcomes] == [0] * 6 + [1] * 2 + [2]
     assert outcomes[8].budget == 90 and outcomes[8].scores_by_rung == [80, 240, 720]
+
+
+def test_eval_command_reports_fitness_and_reuses_its_cache(tmp_path, capsys):
+    import json
+
+    from evolveopt.cli import main
+
+    argv = ["eval", "adam", "lion", "--task", "digits_mlp:hidden=32", "--budget", "20", "--seeds", "0",
+            "--cache", str(tmp_path / "cache.sqlite"), "--json"]
+    assert main(argv) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert [set(f["task_scores"]) for f in first["fitness"]] == [{"digits_mlp[hidden=32]"}] * 2
+    assert main(argv) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["member_steps"] == 0 and again["cache_hits"] == 2
+    assert [f["fitness"] for f in again["fitness"]] == [f["fitness"] for f in first["fitness"]]

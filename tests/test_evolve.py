@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,7 +16,6 @@ import yaml
 import evolveopt
 from evolveopt.cli import main
 from evolveopt.config import ConfigError, load_config
-from evolveopt.genome import genome_hash
 from evolveopt.run import resume_run, start_run
 from evolveopt.rundir import RunDir, RunDirError
 from evolveopt.search.algorithm import GAConfig, GeneticSearch

@@ -69,16 +69,18 @@ def test_exported_module_needs_only_torch_and_runs_nothing_from_strings(run, tmp
     assert "Tiny" in result.stdout
 
 
+def trained(make_optimizer) -> list[torch.Tensor]:
+    """Parameters of the tiny net after 100 steps with ``make_optimizer(params)``."""
+    model = tiny_net(torch.float32)
+    train(model, make_optimizer(model.parameters()), tiny_batches(100, torch.float32))
+    return [p.detach().clone() for p in model.parameters()]
+
+
 @pytest.mark.parametrize("name", ["adam", "ga2025", "lamb", "eve", "alto"])
 def test_exported_optimizer_trains_bit_identically_to_the_compiled_genome(name):
-    batches = tiny_batches(100, torch.float32)
-    results = []
-    for make in (lambda p: evolveopt.build_optimizer(name, p, total_steps=100),
-                 lambda p: exported_class(name)(p, total_steps=100)):
-        model = tiny_net(torch.float32)
-        train(model, make(model.parameters()), batches)
-        results.append([p.detach().clone() for p in model.parameters()])
-    assert all(torch.equal(a, b) for a, b in zip(*results))
+    compiled = trained(lambda p: evolveopt.build_optimizer(name, p, total_steps=100))
+    exported = trained(lambda p: exported_class(name)(p, total_steps=100))
+    assert all(torch.equal(a, b) for a, b in zip(compiled, exported))
 
 
 def test_exported_champion_trains_bit_identically(run, tmp_path):
@@ -93,13 +95,9 @@ def test_exported_champion_trains_bit_identically(run, tmp_path):
     cls = next(c for c in vars(module).values() if isinstance(c, type) and issubclass(c, torch.optim.Optimizer)
                and c is not torch.optim.Optimizer)
     genome = evolveopt.genome.parse_genome(champion(run)["genome"])
-    batches = tiny_batches(100, torch.float32)
-    results = []
-    for make in (lambda p: evolveopt.build_optimizer(genome, p, total_steps=100), lambda p: cls(p, total_steps=100)):
-        model = tiny_net(torch.float32)
-        train(model, make(model.parameters()), batches)
-        results.append([p.detach().clone() for p in model.parameters()])
-    assert all(torch.equal(a, b) for a, b in zip(*results))
+    compiled = trained(lambda p: evolveopt.build_optimizer(genome, p, total_steps=100))
+    exported = trained(lambda p: cls(p, total_steps=100))
+    assert all(torch.equal(a, b) for a, b in zip(compiled, exported))
 
 
 def test_yaml_export_reads_back_to_the_same_canonical_hash(run, tmp_path):

@@ -7,7 +7,6 @@ output, so a bias correction stays a scalar factor instead of a pass over memory
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 
 from evolveopt.primitives import tensorlist as tl
 from evolveopt.primitives.tensorlist import Factor, Scalar, TensorList

@@ -220,6 +220,41 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from evolveopt.backends import make_backend
+    from evolveopt.benchmark.protocol import BenchmarkSettings, run_benchmark
+    from evolveopt.benchmark.report import REFERENCE, build_report, write_report
+    from evolveopt.config import BackendConfig
+    from evolveopt.genome import load_genome
+    from evolveopt.runs import resolve_genome
+    from evolveopt.tasks import HELDOUT_SUITE, SEARCH_SUITE
+
+    genomes = {}
+    for ref in args.genomes:
+        genome, label, _ = resolve_genome(ref)
+        genomes[label.replace(" ", "#")] = genome
+    if REFERENCE not in genomes:
+        genomes = {REFERENCE: load_genome(REFERENCE), **genomes}
+    suites = {"search": SEARCH_SUITE, "heldout": HELDOUT_SUITE, "all": SEARCH_SUITE + HELDOUT_SUITE}
+    tasks = [parse_task_arg(t) for t in args.task] if args.task else suites[args.suite]
+    settings = BenchmarkSettings(tasks=tuple(tasks), budget=args.budget, trials=args.trials, seeds=args.seeds,
+                                 tuning_seeds=args.tuning_seeds, device=args.device)
+    backend = make_backend(BackendConfig(kind=args.backend, address=args.address), args.device)
+    out = Path(args.out or f"runs/benchmark-{time.strftime('%Y%m%d-%H%M%S')}")
+    print(f"benchmarking {', '.join(genomes)} on {len(tasks)} task(s): {args.trials} tuning trials each, "
+          f"then {args.seeds} fresh seeds", file=sys.stderr)
+    try:
+        runs = run_benchmark(genomes, settings, map_units=backend.map_units,
+                             on_task=lambda t: print(f"  {t.label}: {t.seconds:.1f} s", file=sys.stderr))
+    finally:
+        backend.close()
+    print(write_report(build_report(runs, genomes, settings), out))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "step":
         from evolveopt.bench.step import format_table, run_step_benchmark
@@ -289,6 +324,21 @@ def build_parser() -> argparse.ArgumentParser:
     lineage.add_argument("--format", default="text", choices=["text", "dot", "csv", "json", "png", "svg", "html"])
     lineage.add_argument("-o", "--output", help="file to write (required for png, svg, html)")
     lineage.set_defaults(command_function=cmd_lineage)
+
+    benchmark = sub.add_parser("benchmark", help="compare optimizers under one tuning protocol on search or held-out tasks")
+    benchmark.add_argument("genomes", nargs="+", help="genome names, files, runs (their champion) or RUN#ID; "
+                                                     "adamw (the target-setter) is always added")
+    benchmark.add_argument("--suite", choices=["search", "heldout", "all"], default="heldout")
+    benchmark.add_argument("--task", action="append", help="a task instead of a suite (repeatable), e.g. nqm:batch_size=8")
+    benchmark.add_argument("--trials", type=int, default=8, help="shared quasi-random tuning trials per optimizer")
+    benchmark.add_argument("--seeds", type=int, default=5, help="fresh seeds at the best setting")
+    benchmark.add_argument("--tuning-seeds", type=int, default=1)
+    benchmark.add_argument("--budget", type=int, default=500, help="training steps per run")
+    benchmark.add_argument("--out", help="output folder (default: runs/benchmark-TIMESTAMP)")
+    benchmark.add_argument("--backend", choices=["local", "ray"], default="local")
+    benchmark.add_argument("--address", help="Ray cluster to join")
+    benchmark.add_argument("--device", default="cpu")
+    benchmark.set_defaults(command_function=cmd_benchmark)
 
     report = sub.add_parser("report", help="a markdown report of a run, with pictures, in RUN/report/")
     report.add_argument("run_dir", metavar="RUN")

@@ -93,3 +93,16 @@ def test_an_evolution_run_on_ray_equals_the_local_run(cluster, tmp_path):
     start_run(load_config(config), tmp_path / "local", progress=False)
     start_run(load_config(config, ["backend.kind=ray"]), tmp_path / "ray", progress=False)
     assert run_files(tmp_path / "ray") == run_files(tmp_path / "local")
+
+
+def test_the_benchmark_runs_on_ray_with_the_same_results(cluster):
+    from evolveopt.benchmark.protocol import BenchmarkSettings, run_benchmark
+
+    genomes = {n: evolveopt.load_genome(n) for n in ("adamw", "lion")}
+    settings = BenchmarkSettings(tasks=({"name": "digits_mlp", "hidden": 16},), budget=20, trials=2, seeds=2)
+    local = run_benchmark(genomes, settings, cache=ResultCache())
+    remote = run_benchmark(genomes, settings, cache=ResultCache(), map_units=cluster.map_units)
+    for name in genomes:
+        a, b = local[0].optimizers[name], remote[0].optimizers[name]
+        assert a.setting == b.setting
+        assert [r.to_json() for r in a.results] == [r.to_json() for r in b.results]

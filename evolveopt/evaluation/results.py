@@ -12,7 +12,7 @@ class MemberResult:
     """One genome trained on one task at one budget from one seed.
 
     ``ema_loss`` is the bias-corrected EMA (β = 0.9) of the training loss at the last step, the
-    selection metric. A diverged member is frozen at the step it failed; ``reason`` says why.
+    selection metric; ``curve`` is the same EMA at 32 evenly spaced steps (for steps-to-target). A diverged member is frozen at the step it failed; ``reason`` says why.
     """
 
     final_loss: float
@@ -23,6 +23,7 @@ class MemberResult:
     reason: str = ""
     steps: int = 0  # steps trained before the end or the freeze
     moved: bool = True  # False when the parameters never changed (an all-zero update)
+    curve: list[float] = field(default_factory=list)  # the EMA loss at runner.curve_steps(budget)
 
     @property
     def stalled(self) -> bool:
@@ -34,6 +35,7 @@ class MemberResult:
         for key in ("final_loss", "ema_loss", "initial_loss"):
             data[key] = _finite_or_none(data[key])
         data["heldout"] = {k: _finite_or_none(v) for k, v in self.heldout.items()}
+        data["curve"] = [_finite_or_none(v) for v in self.curve]
         return data
 
     @classmethod
@@ -42,6 +44,7 @@ class MemberResult:
         for key in ("final_loss", "ema_loss", "initial_loss"):
             values[key] = math.nan if values.get(key) is None else values[key]
         values["heldout"] = {k: math.nan if v is None else v for k, v in values.get("heldout", {}).items()}
+        values["curve"] = [math.nan if v is None else v for v in values.get("curve", [])]
         return cls(**values)
 
 

@@ -24,6 +24,13 @@ from evolveopt.genome.schema import Genome
 from evolveopt.tasks import Task, TaskRun
 
 EMA_BETA = 0.9
+CURVE_POINTS = 32
+
+
+def curve_steps(budget: int, points: int = CURVE_POINTS) -> list[int]:
+    """The steps at which the loss curve is recorded: evenly spaced, ending at the budget."""
+    count = min(points, budget)
+    return sorted({max(1, round(budget * (i + 1) / count)) for i in range(count)})
 
 
 @dataclass(frozen=True)
@@ -109,6 +116,8 @@ class _Tracker:
         self.reasons = [""] * members
         self.steps_run = 0
         self.any_frozen = self.all_frozen = False
+        self.checkpoints = set(curve_steps(budget))
+        self.curve: list[torch.Tensor] = []
 
     def observe(self, step: int, losses: torch.Tensor) -> None:
         losses = losses.to(torch.float64)
@@ -118,6 +127,8 @@ class _Tracker:
             self.first = losses.clone()
         self.ema = torch.where(alive, EMA_BETA * self.ema + (1 - EMA_BETA) * losses, self.ema)
         self.last = torch.where(alive, losses, self.last)
+        if step in self.checkpoints:
+            self.curve.append(self.ema / (1 - EMA_BETA**step))
         bad = alive & ~torch.isfinite(losses)
         exploded = alive & torch.isfinite(losses) & (losses > self.policy.explode_factor * self.first)
         if step > self.policy.warmup_steps(self.budget):
@@ -151,6 +162,7 @@ class _Tracker:
         ema = (self.ema / correction).cpu().tolist()
         last = self.last.cpu().tolist()
         first = self.first.cpu().tolist()
+        curves = torch.stack(self.curve, 1).cpu().tolist() if self.curve else [[] for _ in ema]
         out = []
         for i in range(len(ema)):
             diverged = bool(self.frozen[i])
@@ -162,5 +174,6 @@ class _Tracker:
                 diverged=diverged, reason=self.reasons[i],
                 steps=self.frozen_at[i] if diverged else self.steps_run,
                 moved=True if moved is None else moved[i],
+                curve=[] if diverged else curves[i],
             ))
         return out

@@ -1,0 +1,81 @@
+"""The benchmark protocol, its statistics and its outputs, on a tiny suite."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+import evolveopt
+from evolveopt.benchmark.protocol import BenchmarkSettings, halton, run_benchmark, trial_points
+from evolveopt.benchmark.report import build_report
+from evolveopt.benchmark.stats import bootstrap_median_ratio, performance_profile, steps_to_target
+from evolveopt.cli import main
+
+TINY_TASKS = ({"name": "digits_mlp", "hidden": 16}, {"name": "nqm", "dim": 20})
+
+
+def test_steps_to_target_interpolates_the_first_crossing():
+    assert steps_to_target([4.0, 2.0, 1.0], [10, 20, 30], 3.0) == pytest.approx(15.0)
+    assert steps_to_target([4.0, 2.0, 1.0], [10, 20, 30], 5.0) == 10.0
+    assert steps_to_target([4.0, 2.0, 1.5], [10, 20, 30], 1.0) == math.inf
+
+
+def test_halton_points_fill_the_space_and_are_shared():
+    assert [halton(i, 2) for i in range(1, 5)] == [0.5, 0.25, 0.75, 0.125]
+    points = trial_points(BenchmarkSettings(tasks=TINY_TASKS, trials=8))
+    assert len({p["lr"] for p in points}) == 8
+    assert all(1e-5 <= p["lr"] <= 1.0 and 1e-6 <= p["weight_decay"] <= 0.1 for p in points)
+
+
+def test_performance_profile_and_score():
+    taus, rho, scores = performance_profile({"a": [10.0, 20.0], "b": [20.0, math.inf]}, taus=[1.0, 2.0, 4.0])
+    assert rho["a"] == [1.0, 1.0, 1.0] and rho["b"] == [0.0, 0.5, 0.5]
+    assert scores["a"] == 1.0 and scores["b"] == pytest.approx(1 / 3)
+
+
+def test_bootstrap_interval_excludes_one_for_a_clearly_faster_optimizer():
+    per_task = [([50.0, 52.0, 48.0, 51.0, 49.0], [100.0, 98.0, 103.0, 101.0, 99.0])] * 4
+    point, low, high = bootstrap_median_ratio(per_task)
+    assert low <= point <= high < 1.0 and point == pytest.approx(0.5, abs=0.02)
+
+
+def test_every_optimizer_gets_the_same_trials_then_fresh_seeds():
+    genomes = {n: evolveopt.load_genome(n) for n in ("adamw", "lion", "eve")}
+    settings = BenchmarkSettings(tasks=TINY_TASKS[:1], budget=20, trials=3, seeds=2)
+    (run,) = run_benchmark(genomes, settings)
+    points = trial_points(settings)
+    for name, result in run.optimizers.items():
+        assert len(result.tuning_losses) == 3 and len(result.results) == 2
+        assert result.setting["lr"] in {p["lr"] for p in points}
+    assert "weight_decay" not in run.optimizers["eve"].setting  # eve has no weight decay gene
+    assert min(settings.fresh_seeds) >= 10_000 and not set(settings.fresh_seeds) & set(settings.tuning_seed_list)
+    report = build_report([run], genomes, settings)
+    adamw = report["tasks"][0]["optimizers"]["adamw"]
+    assert adamw["speed_ratio_vs_adamw"] == 1.0 and report["summary"]["optimizers"]["adamw"]["ci95"] == [1.0, 1.0]
+    assert report["tasks"][0]["optimizers"]["lion"]["state_bytes_per_param"] == 4
+
+
+def test_benchmark_command_writes_json_markdown_and_pictures(tmp_path, capsys):
+    out = tmp_path / "bench"
+    argv = ["benchmark", "lion", "ga2025", "--task", "digits_mlp:hidden=16", "--task", "nqm:dim=20",
+            "--trials", "2", "--seeds", "2", "--budget", "20", "--out", str(out)]
+    assert main(argv) == 0
+    report = json.loads((out / "benchmark.json").read_text())
+    assert report["optimizers"] == ["adamw", "lion", "ga2025"]
+    assert [t["task"] for t in report["tasks"]] == ["digits_mlp[hidden=16]", "nqm[dim=20]"]
+    for task in report["tasks"]:
+        for o in task["optimizers"].values():
+            assert {"final_loss_median", "steps_to_target_median", "speed_ratio_vs_adamw", "step_ms",
+                    "state_bytes_per_param", "heldout_median"} <= set(o)
+    assert "## Summary" in (out / "benchmark.md").read_text()
+    for picture in ("curves.png", "profile.png"):
+        assert (out / picture).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_benchmark_bad_input(tmp_path, capsys):
+    assert main(["benchmark", "adamx", "--task", "nqm", "--out", str(tmp_path / "b")]) == 2
+    assert "no genome named 'adamx'" in capsys.readouterr().err
+    assert main(["benchmark", "adam", "--task", "nqmx", "--out", str(tmp_path / "b")]) == 2
+    assert "unknown task 'nqmx'" in capsys.readouterr().err

@@ -3,6 +3,8 @@
 Two genomes that describe the same rule get the same canonical form, hence the same hash:
 
 1. gene values are rounded to the canonical grid (4 significant digits; on 1 − β for rates);
+   a term that takes the sign of a preconditioned value drops the preconditioner, since
+   sign(y/(√v + ε)) = sign(y) for a positive denominator (its buffers would be wasted memory);
 2. every term gets an explicit weight gene (a missing weight is a gene of value 1);
 3. terms of weight 0 are dropped, and terms equal up to their (untied) weight are merged
    into one term whose weight is the sum;
@@ -30,7 +32,7 @@ def canonical_form(genome: Genome) -> Genome:
     entries: list[list[Any]] = []  # [term without weight, weight value, tied gene or None]
     untied_index: dict[str, int] = {}
     for term in genome.terms:
-        bare = replace(term, weight=None)
+        bare = replace(term, weight=None, precondition=None if term.sign else term.precondition)
         value = 1.0 if term.weight is None else genes[term.weight]
         tied = term.weight is not None and not WEIGHT_GENE.match(term.weight)
         key = _sort_key(bare)

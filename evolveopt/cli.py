@@ -224,6 +224,17 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
+    if args.summarize:
+        from evolveopt.benchmark.report import resummarize
+
+        folder = Path(args.summarize)
+        if not (folder / "benchmark.json").is_file():
+            raise EvolveOptError(f"{folder}: no benchmark.json to summarize")
+        print(resummarize(folder))
+        return 0
+    if not args.genomes:
+        raise EvolveOptError("benchmark needs at least one genome (or --summarize DIR)")
+
     from evolveopt.backends import make_backend
     from evolveopt.benchmark.protocol import BenchmarkSettings, run_benchmark
     from evolveopt.benchmark.report import REFERENCE, build_report, write_report
@@ -326,8 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     lineage.set_defaults(command_function=cmd_lineage)
 
     benchmark = sub.add_parser("benchmark", help="compare optimizers under one tuning protocol on search or held-out tasks")
-    benchmark.add_argument("genomes", nargs="+", help="genome names, files, runs (their champion) or RUN#ID; "
+    benchmark.add_argument("genomes", nargs="*", help="genome names, files, runs (their champion) or RUN#ID; "
                                                      "adamw (the target-setter) is always added")
+    benchmark.add_argument("--summarize", metavar="DIR", help="only recompute DIR's summary, tables and pictures")
     benchmark.add_argument("--suite", choices=["search", "heldout", "all"], default="heldout")
     benchmark.add_argument("--task", action="append", help="a task instead of a suite (repeatable), e.g. nqm:batch_size=8")
     benchmark.add_argument("--trials", type=int, default=8, help="shared quasi-random tuning trials per optimizer")

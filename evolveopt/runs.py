@@ -8,6 +8,8 @@ from pathlib import Path
 
 import yaml
 
+from evolveopt.errors import GenomeError
+from evolveopt.genome.canonical import canonical_form
 from evolveopt.genome.io import load_genome
 from evolveopt.genome.schema import Genome, parse_genome
 from evolveopt.rundir import RunDir, RunDirError
@@ -118,7 +120,7 @@ def run_name(path: str | Path) -> str:
 def provenance(path: str | Path, individual: dict) -> dict:
     result = individual.get("result", {})
     return {
-        "run": str(Path(path).resolve()), "run name": run_name(path), "generation": individual.get("generation"),
+        "run": str(path), "run name": run_name(path), "generation": individual.get("generation"),
         "individual": f"#{individual['id']}", "fitness": result.get("fitness"),
         "rung": result.get("rung"), "budget (steps)": result.get("budget"),
         "task scores": result.get("task_scores"),
@@ -135,7 +137,7 @@ def resolve_genome(ref: str, rank: int | None = None, ident: int | None = None) 
         ref, ident = run_part, int(id_part)
     if (Path(ref) / "config.yaml").exists():
         individual = select_individual(ref, rank, ident)
-        genome = parse_genome(individual["genome"], source=f"{ref}#{individual['id']}")
+        genome = canonical_form(parse_genome(individual["genome"], source=f"{ref}#{individual['id']}"))
         label = f"{run_name(ref)} {individual['id']}"
         return replace(genome, name=genome.name or f"{run_name(ref)}-{individual['id']}",
                        description=genome.description or f"Discovered by evolveopt run '{run_name(ref)}', "
@@ -144,7 +146,10 @@ def resolve_genome(ref: str, rank: int | None = None, ident: int | None = None) 
         raise RunDirError(f"{ref}: not a run directory (config.yaml is missing)")
     if rank is not None or ident is not None:
         raise RunDirError(f"{ref}: --rank and --id need a run directory")
-    if os.sep in ref and not Path(ref).exists() and not ref.endswith((".yaml", ".yml")):
-        raise RunDirError(f"{ref}: no such run directory or genome file")
-    genome = load_genome(ref)
+    try:
+        genome = load_genome(ref)
+    except GenomeError:
+        if os.sep in ref and not Path(ref).exists() and not ref.endswith((".yaml", ".yml")):
+            raise RunDirError(f"{ref}: no such run directory or genome file") from None
+        raise
     return genome, genome.name or Path(ref).stem, {"source": str(ref)}

@@ -82,7 +82,7 @@ def exported_class(name: str) -> type:
 
         text = export_text(evolveopt.load_genome(name), "py", name, {"source": f"genomes/{name}.yaml"})
         folder = Path(tempfile.mkdtemp(prefix="evolveopt-export-"))
-        module_name = f"exported_{name}"
+        module_name = "exported_" + re.sub(r"\W", "_", name)
         path = folder / f"{module_name}.py"
         path.write_text(text)
         spec = importlib.util.spec_from_file_location(module_name, path)

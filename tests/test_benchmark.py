@@ -72,6 +72,10 @@ def test_benchmark_command_writes_json_markdown_and_pictures(tmp_path, capsys):
     assert "## Summary" in (out / "benchmark.md").read_text()
     for picture in ("curves.png", "profile.png"):
         assert (out / picture).read_bytes()[:4] == b"\x89PNG"
+    (out / "benchmark.md").unlink()
+    assert main(["benchmark", "--summarize", str(out)]) == 0  # from the JSON alone, no training
+    assert json.loads((out / "benchmark.json").read_text())["summary"] == report["summary"]
+    assert "## Summary" in (out / "benchmark.md").read_text()
 
 
 def test_benchmark_bad_input(tmp_path, capsys):

@@ -22,7 +22,7 @@ def test_named_genome_round_trips_through_yaml(name):
     again = parse_genome_text(dump_genome(genome), source="dumped")
     assert again == genome
     assert genome_hash(again) == genome_hash(genome)
-    assert genome.name == name and genome.description
+    assert genome.description and (genome.name == name or name.startswith("discovered/"))
 
 
 @pytest.mark.parametrize("name", GENOMES)

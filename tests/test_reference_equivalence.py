@@ -113,7 +113,8 @@ def _run(make_optimizer) -> list[torch.Tensor]:
 
 
 def test_every_named_genome_has_a_reference_case():
-    assert set(evolveopt.genome.named_genomes()) - set(CASES) == set()
+    published = {name for name in evolveopt.genome.named_genomes() if "/" not in name}  # not genomes/discovered/
+    assert published - set(CASES) == set()
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -68,24 +68,42 @@ def task_metrics(bench: TaskBenchmark, genomes: dict[str, Genome]) -> dict[str, 
     return out
 
 
+def _never_as_inf(values: list[float | None]) -> list[float]:
+    """Steps to target read back from JSON: null (never reached) is ∞."""
+    return [math.inf if v is None else float(v) for v in values]
+
+
 def summarize(tasks: list[dict[str, Any]]) -> dict[str, Any]:
     names = list(tasks[0]["optimizers"]) if tasks else []
+    budgets = [t["budget"] for t in tasks]
+    reference = [_never_as_inf(t["optimizers"][REFERENCE]["steps_to_target"]) for t in tasks]
     summary: dict[str, Any] = {}
     for name in names:
-        pairs = [(t["optimizers"][name]["steps_to_target"], t["optimizers"][REFERENCE]["steps_to_target"])
-                 for t in tasks]
-        point, low, high = bootstrap_median_ratio(pairs)
+        if name == REFERENCE:
+            point, low, high = 1.0, 1.0, 1.0
+        else:
+            pairs = [(_never_as_inf(t["optimizers"][name]["steps_to_target"]), ref) for t, ref in zip(tasks, reference)]
+            point, low, high = bootstrap_median_ratio(pairs, budgets=budgets)
         summary[name] = {"median_speed_ratio_vs_adamw": point, "ci95": [low, high],
                          "state_bytes_per_param": tasks[0]["optimizers"][name]["state_bytes_per_param"]}
-    taus, rho, scores = performance_profile({n: [t["optimizers"][n]["steps_to_target_median"] for t in tasks]
-                                             for n in names})
+    medians = {n: [median(_never_as_inf(t["optimizers"][n]["steps_to_target"])) for t in tasks] for n in names}
+    taus, rho, scores = performance_profile(medians)
     for name in names:
         summary[name]["profile_score"] = scores[name]
     return {"optimizers": summary, "profile": {"taus": taus, "rho": rho}}
 
 
-def _fmt(x: float, spec: str = ".3g") -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
+def resummarize(folder: Path) -> Path:
+    """Recompute the summary, markdown and pictures of a finished benchmark from its JSON."""
+    report = json.loads((folder / "benchmark.json").read_text())
+    report["summary"] = summarize(report["tasks"])
+    return write_report(report, folder)
+
+
+def _fmt(x: float | None, spec: str = ".3g", none: str = "n/a") -> str:
+    if x is None:
+        return none
+    if isinstance(x, float) and math.isnan(x):
         return "n/a"
     if isinstance(x, float) and math.isinf(x):
         return "∞"
@@ -102,23 +120,26 @@ def markdown(report: dict[str, Any]) -> str:
              "## Summary", "",
              "| optimizer | median speed ratio vs AdamW (95% CI) | profile score | state bytes/param |",
              "|---|---|---:|---:|"]
-    for name, s in report["summary"]["optimizers"].items():
+    for name in report["optimizers"]:
+        s = report["summary"]["optimizers"][name]
         low, high = s["ci95"]
-        lines.append(f"| {name} | {_fmt(s['median_speed_ratio_vs_adamw'])} ({_fmt(low)}–{_fmt(high)}) | "
+        lines.append(f"| {name} | {_fmt(s['median_speed_ratio_vs_adamw'], '.3g', '∞')} ({_fmt(low, '.3g', '∞')}–"
+                     f"{_fmt(high, '.3g', '∞')}) | "
                      f"{s['profile_score']:.3f} | {s['state_bytes_per_param']} |")
     lines += ["", "Speed ratio: steps to reach the target over AdamW's (< 1 is faster); ∞: never reached it.", ""]
     for task in report["tasks"]:
         lines += [f"## {task['task']}", "", f"Target loss {task['target_loss']:.4g}.", "",
                   "| optimizer | lr | wd | final loss, median [IQR] | held-out | steps to target | vs AdamW | "
                   "log-loss diff vs AdamW (95% CI) | step ms |", "|---|---:|---:|---|---|---:|---:|---|---:|"]
-        for name, o in task["optimizers"].items():
+        for name in report["optimizers"]:
+            o = task["optimizers"][name]
             low, high = o["final_loss_iqr"]
             held = ", ".join(f"{k} {_fmt(v, '.4g')}" for k, v in o["heldout_median"].items())
             diff, dlo, dhi = o["log_loss_vs_adamw"]
             lines.append(
                 f"| {name} | {_fmt(o['setting'].get('lr'))} | {_fmt(o['setting'].get('weight_decay', math.nan))} | "
                 f"{_fmt(o['final_loss_median'], '.4g')} [{_fmt(low, '.3g')}, {_fmt(high, '.3g')}] | {held} | "
-                f"{_fmt(o['steps_to_target_median'], '.0f')} | {_fmt(o['speed_ratio_vs_adamw'], '.2f')} | "
+                f"{_fmt(o['steps_to_target_median'], '.0f', '∞')} | {_fmt(o['speed_ratio_vs_adamw'], '.2f', '∞')} | "
                 f"{_fmt(diff, '+.3f')} ({_fmt(dlo, '+.3f')}, {_fmt(dhi, '+.3f')}) | {o['step_ms']:.3f} |")
         lines.append("")
     lines += ["![loss curves](curves.png)", "", "![performance profile](profile.png)", ""]

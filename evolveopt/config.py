@@ -73,6 +73,7 @@ RULES: dict[str, Any] = {
     "search.seed_variants": (0, 100),
     "search.dedupe_tries": (0, 1000),
     "space.max_terms": (1, 6),
+    "space.max_buffers": (1, 64),
     "fitness.budget": (1, 10_000_000),
     "fitness.eta": (2, 100),
     "fitness.rungs": (1, 10),

@@ -20,6 +20,7 @@ from evolveopt.run import resume_run, start_run
 from evolveopt.rundir import RunDir, RunDirError
 from evolveopt.search.algorithm import GAConfig, GeneticSearch
 from evolveopt.search.operators import crossover, mutate_genes, mutate_structure
+from evolveopt.genome.slots import buffers_per_param
 from evolveopt.search.space import SearchSpace, random_genome
 
 TINY = {
@@ -270,3 +271,4 @@ def test_mutations_stay_inside_a_restricted_search_space():
                 assert not term.precondition.rectify and term.precondition.eps_mode == "outside"
         assert child.layerwise is None and child.friction == "none" and child.adaptor is None
         assert child.weight_decay is not None and child.weight_decay.mode == "decoupled"
+        assert buffers_per_param(child) <= config.space.max_buffers == 2

@@ -82,6 +82,8 @@ class GeneticSearch:
 
         def add(genome, operators: tuple[str, ...], details: dict[str, Any]) -> None:
             genome = canonical_form(genome)
+            if not self.space.allows(genome):
+                return  # a seed above the space's memory cap
             if len(population) < self.config.population and genome_hash(genome) not in seen:
                 seen.add(genome_hash(genome))
                 population.append(self._new(genome, 0, operators=operators, details=details))

@@ -241,7 +241,7 @@ def mutate_structure(rng: np.random.Generator, genome: Genome, space: SearchSpac
             child = _with_genes_for(rng, data, space, data["genes"])
         except GenomeError:
             continue
-        if canonical_form(child) != canonical_form(genome):
+        if canonical_form(child) != canonical_form(genome) and space.allows(child):
             return child, {"mutation": name, **args}
     return mutate_genes(rng, genome, space)[0], {"mutation": "genes", "fallback": True}
 
@@ -301,5 +301,6 @@ def crossover(rng: np.random.Generator, a: Genome, b: Genome, space: SearchSpace
             offspring = _with_genes_for(rng, child, space, genes)
         except GenomeError:
             continue
-        return offspring, {"terms": [f"{s}{i}" for s, i in picks], "loci": loci}
+        if space.allows(offspring):
+            return offspring, {"terms": [f"{s}{i}" for s, i in picks], "loci": loci}
     return a, {"terms": "copy", "fallback": True}

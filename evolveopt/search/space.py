@@ -16,7 +16,9 @@ from typing import Any
 import numpy as np
 
 from evolveopt.genome.genes import GENES, gene_spec
+from evolveopt.genome.canonical import canonical_form
 from evolveopt.genome.schema import Genome, parse_genome, referenced_genes
+from evolveopt.genome.slots import buffers_per_param
 
 RATES = ("beta1", "beta2", "beta3")
 
@@ -40,6 +42,11 @@ class SearchSpace:
     adaptor_probability: float = 0.15
     loss_feedback_probability: float = 0.0  # needs the loss every step: off unless a config turns it on
     gene_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)  # overrides of search ranges
+    max_buffers: int | None = None  # cap on parameter-sized state buffers (Adam keeps 2); None: no cap
+
+    def allows(self, genome: Genome) -> bool:
+        """Whether a genome fits the space's memory cap (after canonicalization)."""
+        return self.max_buffers is None or buffers_per_param(canonical_form(genome)) <= self.max_buffers
 
     def search_range(self, gene: str) -> tuple[float, float]:
         return self.gene_ranges.get(gene) or gene_spec(gene).search
@@ -97,8 +104,17 @@ def _random_term(rng: np.random.Generator, space: SearchSpace, index: int) -> di
     return term
 
 
-def random_genome(rng: np.random.Generator, space: SearchSpace = SearchSpace()) -> Genome:
-    """A valid genome drawn from ``space`` (structure first, then a value for every gene it uses)."""
+def random_genome(rng: np.random.Generator, space: SearchSpace = SearchSpace(), tries: int = 1000) -> Genome:
+    """A valid genome drawn from ``space`` (structure first, then a value for every gene it uses),
+    redrawn until it fits the space's memory cap."""
+    for _ in range(tries):
+        genome = _draw_genome(rng, space)
+        if space.allows(genome):
+            return genome
+    raise ValueError(f"no genome within max_buffers={space.max_buffers} after {tries} draws")
+
+
+def _draw_genome(rng: np.random.Generator, space: SearchSpace) -> Genome:
     terms = [_random_term(rng, space, i) for i in range(int(rng.integers(1, space.max_terms + 1)))]
     data: dict[str, Any] = {"schema_version": 1, "terms": terms}
     layerwise = _pick(rng, space.layerwise)

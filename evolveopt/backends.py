@@ -9,7 +9,9 @@ Ray: CPU units are Ray tasks (one CPU each, retried when their worker dies, neve
 exception, which is a bug or a bad genome); GPU units go to long-lived actors holding a share of
 a GPU (``gpus_per_actor``), restarted and retried when they die. A unit that outlives
 ``unit_timeout`` is cancelled and its members are reported as failed ("timeout"). A local
-cluster starts with the dashboard off, a small object store and 127.0.0.1 as its address.
+cluster starts with the dashboard off and a small object store; Ray's own servers listen on the
+machine's interfaces behind Ray's token authentication (on by default since Ray 2.60), which
+evolveopt leaves on. The default backend (in-process) listens on nothing.
 """
 
 from __future__ import annotations
@@ -76,8 +78,7 @@ class RayBackend:
                     ray.init(address=address, log_to_driver=False, runtime_env=_runtime_env())
                 else:
                     ray.init(num_cpus=config.num_cpus, include_dashboard=False, log_to_driver=False,
-                             object_store_memory=config.object_store_mb * 1024 * 1024, _node_ip_address="127.0.0.1",
-                             runtime_env=_runtime_env())
+                             object_store_memory=config.object_store_mb * 1024 * 1024, runtime_env=_runtime_env())
             except Exception as exc:  # Ray raises many types; all mean "no cluster"
                 raise BackendError(f"could not {'join Ray at ' + address if address else 'start a local Ray cluster'}: "
                                    f"{str(exc).splitlines()[0]}") from None

@@ -27,8 +27,8 @@ GENOMES = ["adam", "lion", "adan", "ga2025", "sgd"]
 @pytest.fixture(scope="module")
 def cluster():
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=100 * 1024 * 1024,
-             _node_ip_address="127.0.0.1")
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False,  # the GPU is logical: actors
+             object_store_memory=100 * 1024 * 1024)                               # hold shares of it, run on CPU
     backend = RayBackend(BackendConfig(kind="ray", max_retries=3, unit_timeout=300))
     yield backend
     ray.shutdown()
@@ -43,6 +43,16 @@ def test_ray_gives_the_same_results_as_in_process(cluster):
     local = evaluate(GENOMES, ["digits_mlp", "nqm"], 40, [0, 1], cache=ResultCache())
     remote = evaluate(GENOMES, ["digits_mlp", "nqm"], 40, [0, 1], cache=ResultCache(), map_units=cluster.map_units)
     assert plain(remote.results) == plain(local.results)
+
+
+def test_gpu_actor_path_gives_the_same_results(cluster):
+    actors = RayBackend(BackendConfig(kind="ray", gpus_per_actor=0.5, max_retries=2, unit_timeout=300), device="cpu")
+    assert actors.use_gpus and actors.workers == 2
+    local = evaluate(GENOMES, ["digits_mlp", "nqm"], 30, [0, 1], cache=ResultCache())
+    remote = evaluate(GENOMES, ["digits_mlp", "nqm"], 30, [0, 1], cache=ResultCache(), map_units=actors.map_units)
+    assert plain(remote.results) == plain(local.results)
+    for actor in actors._actors:
+        ray.kill(actor)
 
 
 def _worker_pids() -> list[int]:

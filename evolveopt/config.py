@@ -31,7 +31,7 @@ class FitnessConfig:
     seeds: tuple[int, ...] = (0, 1)
     eta: int = 3
     rungs: int = 3
-    max_members: int = 256
+    max_members: int | None = None  # None: 256 on CPU, what fits in half the free memory on CUDA
 
 
 @dataclass(frozen=True)

@@ -146,3 +146,14 @@ def test_eval_command_reports_fitness_and_reuses_its_cache(tmp_path, capsys):
     again = json.loads(capsys.readouterr().out)
     assert again["member_steps"] == 0 and again["cache_hits"] == 2
     assert [f["fitness"] for f in again["fitness"]] == [f["fitness"] for f in first["fitness"]]
+
+
+def test_member_memory_is_known_and_sizes_the_runs():
+    from evolveopt.evaluation.sizing import CPU_MEMBERS, default_max_members, member_bytes
+
+    task = make_task("digits_mlp")
+    adam, adan = ADAM, evolveopt.load_genome("adan")
+    params = 64 * 128 + 128 + 128 * 10 + 10
+    assert member_bytes(task, [adam]) >= 4 * params * (3 + 2)
+    assert member_bytes(task, [adan]) > member_bytes(task, [adam])  # 4 buffers against 2
+    assert default_max_members(task, [adam], "cpu") == CPU_MEMBERS

@@ -113,9 +113,6 @@ class Evaluation:
         total = self.cache_hits + self.cache_misses
         return self.cache_hits / total if total else 0.0
 
-    @property
-    def member_steps_per_second(self) -> float:
-        return self.member_steps / self.seconds if self.seconds else 0.0
 
 
 def plan_units(genomes: Sequence[Genome], tasks: Sequence[dict[str, Any]], budget: int, seeds: Sequence[int],
@@ -144,7 +141,7 @@ def plan_units(genomes: Sequence[Genome], tasks: Sequence[dict[str, Any]], budge
 
 
 def evaluate(genomes: Sequence[Genome | str], tasks: Sequence[Any], budget: int, seeds: Sequence[int], *,
-             cache: ResultCache | None = None, device: str = "cpu", max_members: int = 256,
+             cache: ResultCache | None = None, device: str = "cpu", max_members: int | None = None,
              map_units: Callable[[list[WorkUnit]], list[UnitResult]] | None = None) -> Evaluation:
     """Train each genome on each task for ``budget`` steps from each seed; see the module docstring."""
     from evolveopt.tasks import make_task
@@ -162,6 +159,10 @@ def evaluate(genomes: Sequence[Genome | str], tasks: Sequence[Any], budget: int,
     wanted = {k for per_genome in keys for per_task in per_genome for k in per_task}
     hits_before, misses_before = cache.hits, cache.misses
     known = cache.get_many(wanted)
+    if max_members is None:
+        from evolveopt.evaluation.sizing import default_max_members
+
+        max_members = min(default_max_members(make_task(spec), genomes, device) for spec in specs) if specs else 1
     units = plan_units(genomes, specs, budget, seeds, skip=set(known), max_members=max_members)
     run = map_units or (lambda us: run_here(us, device))
     member_steps = 0

@@ -19,7 +19,7 @@ class FitnessSettings:
     seeds: list[int]
     eta: int = 3
     rungs: int = 3  # 1 turns successive halving off
-    max_members: int = 256
+    max_members: int | None = None  # None: evaluation.sizing.default_max_members
     device: str = "cpu"
 
 

@@ -56,6 +56,17 @@ def configure_host(threads: int | None = None) -> None:
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters from glibc's malloc.h
 
 
+CPU_MEMBERS = 256  # members per stacked run on CPU: past this, throughput stops rising (docs/performance.md)
+
+
+def default_max_members(task: Task, genomes: Sequence[Genome], device: str = "cpu") -> int:
+    """Members per stacked run: a fixed 256 on CPU (so runs chunk the same on every machine and
+    stay bit-for-bit reproducible) unless memory allows fewer; on CUDA, what fits in half the
+    free memory."""
+    fit = max_members(task, genomes, device)
+    return fit if device.startswith("cuda") else min(CPU_MEMBERS, fit)
+
+
 def cpu_threads() -> int:
     """The CPUs this process may run on (its affinity set, which containers and Ray restrict)."""
     try:

@@ -69,29 +69,6 @@ def sqrt(s: Scalar) -> Scalar:
     return math.sqrt(s) if is_float(s) else torch.sqrt(s)
 
 
-def power(base: Scalar, exponent: float) -> Scalar:
-    return base**exponent
-
-
-def where(cond: bool | Tensor, a: Scalar, b: Scalar) -> Scalar:
-    if isinstance(cond, bool):
-        return a if cond else b
-    return torch.where(cond, torch.as_tensor(a, dtype=_dtype(a, b)), torch.as_tensor(b, dtype=_dtype(a, b)))
-
-
-def minimum(a: Scalar, b: Scalar) -> Scalar:
-    if is_float(a) and is_float(b):
-        return min(a, b)
-    return torch.minimum(torch.as_tensor(a, dtype=_dtype(a, b)), torch.as_tensor(b, dtype=_dtype(a, b)))
-
-
-def _dtype(*values: Scalar) -> torch.dtype:
-    for v in values:
-        if isinstance(v, Tensor):
-            return v.dtype
-    return torch.get_default_dtype()
-
-
 def mul(f: Factor, g: Factor) -> Factor:
     """Product of two factors (either may be per-tensor)."""
     if is_one(f):

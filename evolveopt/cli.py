@@ -97,7 +97,7 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from evolveopt.report import write_report
 
-    print(write_report(args.run_dir))
+    print(write_report(args.run_dir, checkup_seeds=args.checkup_seeds))
     return 0
 
 
@@ -354,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="a markdown report of a run, with pictures, in RUN/report/")
     report.add_argument("run_dir", metavar="RUN")
+    report.add_argument("--checkup-seeds", type=int, default=5, metavar="N",
+                        help="fresh seeds for the champion-vs-AdamW checkup on fresh seeds and held-out tasks (0: skip)")
     report.set_defaults(command_function=cmd_report)
 
     genomes = sub.add_parser("genomes", help="list the named genomes")

@@ -2,7 +2,8 @@
 
 Writes ``RUN/report/report.md``, ``fitness.png`` (best and median fitness per generation) and
 ``lineage.png`` (the champion's ancestry), with the config, the champion's equations and its
-scores next to the seeded baselines of generation 0.
+scores next to the seeded baselines of generation 0, and ``checkup.json``: the champion against
+tuned AdamW on fresh seeds of the search tasks and on the held-out suite (``benchmark/checkup.py``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import yaml
 from evolveopt.genome.equations import render_equations
 from evolveopt.genome.schema import parse_genome
 from evolveopt.lineage import Lineage, draw, lineage_summary
-from evolveopt.rundir import RunDir
+from evolveopt.rundir import RunDir, dumps
 from evolveopt.runs import read_individuals, run_name, select_individual
 
 
@@ -64,7 +65,25 @@ def _baseline_table(path: str | Path, run: RunDir, config: dict, champion: dict,
     return rows
 
 
-def write_report(path: str | Path) -> Path:
+def _checkup_section(run: RunDir, config: dict, genome, out: Path, seeds: int) -> list[str]:
+    """The champion against tuned AdamW on fresh seeds and the held-out suite (``benchmark/checkup.py``)."""
+    from evolveopt.benchmark.checkup import CheckupSettings, markdown_rows, run_checkup, summary_line
+    from evolveopt.evaluation.cache import ResultCache
+
+    if seeds <= 0:
+        return ["Skipped (`--checkup-seeds 0`)."]
+    fit = config["fitness"]
+    settings = CheckupSettings(seeds=seeds, device=config.get("device", "cpu"))
+    checkup = run_checkup(genome, list(fit["tasks"]), fit["budget"], settings,
+                          cache=ResultCache(run.file("cache.sqlite")))
+    (out / "checkup.json").write_text(dumps(checkup) + "\n")
+    return [f"The champion and AdamW, each tuned with the same {settings.trials} quasi-random (lr, weight decay) "
+            f"trials, then trained from {seeds} fresh seeds at {fit['budget']} steps. Wins/ties/losses against "
+            f"AdamW (a win: the 95% interval of the log-loss difference is below 0): **{summary_line(checkup)}**.",
+            "", *markdown_rows(checkup)]
+
+
+def write_report(path: str | Path, checkup_seeds: int = 5) -> Path:
     run = RunDir(path)
     run.check_exists()
     rows = run.read_lines("generations.jsonl")
@@ -77,6 +96,7 @@ def write_report(path: str | Path) -> Path:
     genome = parse_genome(champion["genome"], source=f"{path}#{champion['id']}")
     config = yaml.safe_load(run.file("config.yaml").read_text())
     table = _baseline_table(path, run, config, champion, genome)
+    checkup = _checkup_section(run, config, genome, out, checkup_seeds)
     summary = lineage_summary(lineage, champion["id"])
     text = "\n".join([
         f"# Run report: {run_name(path)}", "",
@@ -91,6 +111,7 @@ def write_report(path: str | Path) -> Path:
         "Every seed genome of generation 0 scored at the full budget on the search tasks (the run's cache "
         "answers what the run already trained). Fitness is relative to Adam tuned per task: 0 = as good, "
         "> 0 = better (see docs/fitness.md).", "", *table, "",
+        "## Does it generalize?", "", *checkup, "",
         "## Lineage", "", "![champion ancestry](lineage.png)", "",
         f"{summary['ancestors']} ancestors back to generation {summary['first_generation']}; operators along "
         "the way: " + ", ".join(f"{k} ×{v}" for k, v in sorted(summary['operators'].items())) + ".", "",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,6 +24,7 @@ class RunStatus:
     generations: int
     total: int
     best: float | None
+    checkup: str | None = None  # wins/ties/losses against AdamW, once ``evolveopt report`` has run
 
 
 def run_status(path: Path) -> RunStatus:
@@ -48,7 +50,17 @@ def run_status(path: Path) -> RunStatus:
         status = "no generation yet"
     else:
         status = "stopped"
-    return RunStatus(path, name, status, done, total, max(bests) if bests else None)
+    return RunStatus(path, name, status, done, total, max(bests) if bests else None, _checkup(rundir))
+
+
+def _checkup(rundir: RunDir) -> str | None:
+    """The report's champion checkup in one line (``benchmark/checkup.py``), or None if absent or unreadable."""
+    from evolveopt.benchmark.checkup import summary_line
+
+    try:
+        return summary_line(json.loads(rundir.file("report/checkup.json").read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def list_runs(folder: str | Path) -> list[RunStatus]:
@@ -62,10 +74,11 @@ def list_runs(folder: str | Path) -> list[RunStatus]:
 def format_runs(statuses: list[RunStatus]) -> str:
     if not statuses:
         return "no runs"
-    lines = [f"{'run':<40} {'status':<18} {'generations':>11} {'best':>9}"]
+    lines = [f"{'run':<40} {'status':<18} {'generations':>11} {'best':>9}  champion vs AdamW (win/tie/loss)"]
     for s in statuses:
         best = "n/a" if s.best is None else f"{s.best:+.4f}"
-        lines.append(f"{str(s.path)[-40:]:<40} {s.status:<18} {f'{s.generations}/{s.total}':>11} {best:>9}")
+        checkup = s.checkup or "run `evolveopt report` to check"
+        lines.append(f"{str(s.path)[-40:]:<40} {s.status:<18} {f'{s.generations}/{s.total}':>11} {best:>9}  {checkup}")
     return "\n".join(lines)
 
 

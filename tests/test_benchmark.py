@@ -83,3 +83,29 @@ def test_benchmark_bad_input(tmp_path, capsys):
     assert "no genome named 'adamx'" in capsys.readouterr().err
     assert main(["benchmark", "adam", "--task", "nqmx", "--out", str(tmp_path / "b")]) == 2
     assert "unknown task 'nqmx'" in capsys.readouterr().err
+
+
+def _bench(champion_losses, adamw_losses):
+    from evolveopt.benchmark.protocol import OptimizerOnTask, TaskBenchmark
+    from evolveopt.evaluation.results import MemberResult
+
+    def side(losses):
+        return OptimizerOnTask({"lr": 1e-3}, [], [MemberResult(x, x, diverged=math.isnan(x)) for x in losses])
+
+    return TaskBenchmark({"name": "nqm"}, "nqm", 10, {"champion": side(champion_losses), "adamw": side(adamw_losses)})
+
+
+def test_checkup_verdicts_follow_the_interval_and_divergence():
+    from evolveopt.benchmark.checkup import summarize, summary_line, task_row
+
+    lower = task_row(_bench([0.10, 0.11, 0.12, 0.10, 0.11], [0.20, 0.21, 0.22, 0.20, 0.21]), "heldout")
+    assert lower["verdict"] == "win" and lower["log_loss_vs_adamw"][2] < 0
+    higher = task_row(_bench([0.20, 0.21, 0.22, 0.20, 0.21], [0.10, 0.11, 0.12, 0.10, 0.11]), "heldout")
+    assert higher["verdict"] == "loss"
+    mixed = task_row(_bench([0.10, 0.30, 0.10, 0.30, 0.20], [0.20, 0.20, 0.20, 0.20, 0.20]), "search")
+    assert mixed["verdict"] == "tie"
+    diverged = task_row(_bench([math.nan, 0.10, 0.10, 0.10, 0.10], [0.20] * 5), "search")
+    assert diverged["verdict"] == "loss" and diverged["optimizers"]["champion"]["diverged_seeds"] == 1
+    rows = [lower, higher, mixed, diverged]
+    assert summarize(rows) == {"heldout": {"win": 1, "tie": 0, "loss": 1}, "search": {"win": 0, "tie": 1, "loss": 1}}
+    assert summary_line({"summary": summarize(rows)}) == "held-out 1/0/1, search 0/1/1"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import re
 import subprocess
 import sys
@@ -174,11 +175,26 @@ def test_diff_and_show_of_a_run_individual(run, capsys):
     assert "same rule" in capsys.readouterr().out
 
 
-def test_report_writes_markdown_and_pictures(run):
-    assert main(["report", str(run)]) == 0
+def test_report_writes_markdown_and_pictures(run, capsys):
+    assert main(["report", str(run), "--checkup-seeds", "2"]) == 0
     report = (run / "report" / "report.md").read_text()
     assert "## Scores against the seeded baselines" in report and "(seed)" in report
     assert (run / "report" / "fitness.png").exists() and (run / "report" / "lineage.png").exists()
+    checkup = json.loads((run / "report" / "checkup.json").read_text())
+    from evolveopt.tasks import HELDOUT_SUITE
+
+    assert [t["suite"] for t in checkup["tasks"]] == ["search"] + ["heldout"] * len(HELDOUT_SUITE)
+    for task in checkup["tasks"]:
+        for side in task["optimizers"].values():
+            assert math.isfinite(side["final_loss"]["median"])
+        assert task["verdict"] in {"win", "tie", "loss"}
+    digits = checkup["tasks"][0]["optimizers"]["champion"]["heldout"]
+    assert 0.0 < digits["accuracy"]["median"] <= 1.0
+    assert "## Does it generalize?" in report and "| heldout | digits_cnn |" in report
+    capsys.readouterr()
+    assert main(["runs", str(run)]) == 0
+    wins = sum(t["verdict"] == "win" for t in checkup["tasks"] if t["suite"] == "heldout")
+    assert f"held-out {wins}/" in capsys.readouterr().out
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -6,7 +6,9 @@ Each test runs over ``IMPLEMENTATIONS``: ``compiled:NAME`` (``evolveopt.build_op
 
 from __future__ import annotations
 
+import copy
 import io
+import pickle
 
 import pytest
 import torch
@@ -243,3 +245,18 @@ def test_cuda_matches_cpu(name):
         results.append([p.detach().cpu() for p in model.parameters()])
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("copier", ["deepcopy", "pickle"])
+@pytest.mark.parametrize("name", GENOMES)
+def test_copies_keep_the_genome_and_step_identically(name, copier):
+    batches = tiny_batches(6, torch.float32)
+    model = tiny_net(torch.float32)
+    optimizer = build(name, model.parameters(), lr=1e-2)
+    train(model, optimizer, batches[:3])
+    copied_model, copied = copy.deepcopy((model, optimizer)) if copier == "deepcopy" else \
+        pickle.loads(pickle.dumps((model, optimizer)))
+    assert repr(copied) == repr(optimizer) and copied.genome == optimizer.genome
+    train(model, optimizer, batches[3:])
+    train(copied_model, copied, batches[3:])
+    assert all(torch.equal(a, b) for a, b in zip(snapshot(copied_model), snapshot(model)))

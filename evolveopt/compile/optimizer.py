@@ -127,8 +127,14 @@ class RuleOptimizer(torch.optim.Optimizer):
             return self.state[key]["factor"]
         return eve.update_feedback_(self.state[key], value, genes[fb.beta], genes[fb.low], genes[fb.high])
 
+    def __getstate__(self) -> dict[str, Any]:
+        """torch keeps defaults, state and param groups; the genome makes the copy a working optimizer."""
+        return {**super().__getstate__(), "genome": self.genome}
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        if "genome" in state:
+            self.rule = Rule(self.genome)
         for group in self.param_groups:
             group.setdefault("total_steps", None)
             group.setdefault("maximize", False)

@@ -260,3 +260,25 @@ def test_copies_keep_the_genome_and_step_identically(name, copier):
     train(model, optimizer, batches[3:])
     train(copied_model, copied, batches[3:])
     assert all(torch.equal(a, b) for a, b in zip(snapshot(copied_model), snapshot(model)))
+
+
+@pytest.mark.parametrize("name", ["compiled:adam", "compiled:lion", "exported:adam", "exported:nadam"])
+def test_tensor_lr_in_the_constructor_acts_as_in_a_param_group(name):
+    batches = tiny_batches(4, torch.float32)
+    results = []
+    for make in (lambda params: build(name, params, lr=torch.tensor(1e-2)),
+                 lambda params: build(name, [{"params": list(params), "lr": torch.tensor(1e-2)}]),
+                 lambda params: build(name, params, lr=float(torch.tensor(1e-2)))):
+        model = tiny_net(torch.float32)
+        optimizer = make(model.parameters())
+        train(model, optimizer, batches)
+        results.append(snapshot(model))
+    assert isinstance(optimizer.param_groups[0]["lr"], float)
+    for a, b, c in zip(*results):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    optimizer = build(name, tiny_net().parameters(), lr=torch.tensor(1e-2))
+    assert isinstance(optimizer.param_groups[0]["lr"], torch.Tensor)
+    with pytest.raises(ValueError, match="Tensor lr must be 1-element"):
+        build(name, tiny_net().parameters(), lr=torch.tensor([1e-2, 1e-3]))
+    with pytest.raises(ValueError, match="out of range"):
+        build(name, tiny_net().parameters(), lr=torch.tensor(-1.0))

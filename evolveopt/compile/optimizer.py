@@ -41,14 +41,24 @@ class RuleOptimizer(torch.optim.Optimizer):
         self._setup(params, genome, total_steps, maximize, foreach)
 
     def _setup(self, params: Iterable[Any], genome: Genome, total_steps: int | None, maximize: bool,
-               foreach: bool | None) -> None:
+               foreach: bool | None, tensors: dict[str, Tensor] | None = None) -> None:
+        """``tensors``: genes given as 1-element tensors; groups keep them as given (as torch keeps a Tensor lr)."""
         if genome.schedule.needs_horizon:
             _check_total_steps(genome, total_steps)
         self.genome = genome
         self.rule = Rule(genome)
-        defaults: dict[str, Any] = dict(genome.genes)
+        defaults: dict[str, Any] = {**genome.genes, **(tensors or {})}
         defaults.update(total_steps=total_steps, maximize=maximize, foreach=foreach, schema_version=SCHEMA_VERSION)
         super().__init__(params, defaults)
+
+    @staticmethod
+    def _split_overrides(genes: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Tensor]]:
+        """(values to check, as floats where given as tensors; the 1-element tensors themselves)."""
+        tensors = {name: value for name, value in genes.items() if isinstance(value, Tensor)}
+        for name, value in tensors.items():
+            if value.numel() != 1:
+                raise OptimizerUsageError(f"Tensor {name} must be 1-element")
+        return {**genes, **{name: _as_float(value) for name, value in tensors.items()}}, tensors
 
     def __repr__(self) -> str:
         name = self.genome.name or "genome"
@@ -153,15 +163,17 @@ class GenomeOptimizer(RuleOptimizer):
         maximize: ascend the objective instead of descending.
         foreach: use multi-tensor ops per group (True), one tensor at a time (False), or
             choose by device and tensor size (None).
-        **genes: overrides of the genome's genes by name (``lr``, ``beta1``, ``weight_decay``, ...).
+        **genes: overrides of the genome's genes by name (``lr``, ``beta1``, ``weight_decay``, ...);
+            a 1-element tensor (``lr=torch.tensor(1e-3)``) stays a tensor in the param groups.
     """
 
     def __init__(self, params: Iterable[Any], genome: Genome | str | os.PathLike[str], *,
                  total_steps: int | None = None, maximize: bool = False, foreach: bool | None = None,
-                 **genes: float):
+                 **genes: float | Tensor):
         genome = load_genome(genome)
-        genome = genome.with_genes(**genes) if genes else genome
-        self._setup(params, genome, total_steps, maximize, foreach)
+        values, tensors = self._split_overrides(genes)
+        genome = genome.with_genes(**values) if values else genome
+        self._setup(params, genome, total_steps, maximize, foreach, tensors)
 
 
 def _use_foreach(choice: bool | None, params: list[Tensor]) -> bool:

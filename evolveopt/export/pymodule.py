@@ -25,8 +25,9 @@ STRUCTURE_CLASSES = ("Genome", "Term", "Signal", "Momentum", "Precondition", "Cl
 INIT_TEMPLATE = '''
 def __init__(self, params, *, total_steps=None, maximize=False, foreach=None, **genes):
     """params or param groups; total_steps for a schedule's horizon; gene overrides by name (lr=3e-4)."""
-    genome = replace(GENOME, genes=checked_genes(genes))
-    self._setup(params, genome, total_steps, maximize, foreach)
+    values, tensors = self._split_overrides(genes)
+    genome = replace(GENOME, genes=checked_genes(values))
+    self._setup(params, genome, total_steps, maximize, foreach, tensors)
 '''
 
 FOOTER_TEMPLATE = '''

@@ -227,7 +227,7 @@ def test_unknown_override_names_the_genes():
 def test_out_of_range_override_is_rejected():
     with pytest.raises(evolveopt.GenomeError, match="out of range"):
         evolveopt.build_optimizer("adam", tiny_net().parameters(), beta1=1.5)
-    with pytest.raises(ValueError, match="beta1=1.5 is out of range"):
+    with pytest.raises(ValueError, match=r"genes\.beta1: 1\.5 is out of range"):
         exported_class("adam")(tiny_net().parameters(), beta1=1.5)
     with pytest.raises(ValueError, match="has no gene 'beta3'"):
         exported_class("adam")(tiny_net().parameters(), beta3=0.9)
@@ -282,3 +282,39 @@ def test_tensor_lr_in_the_constructor_acts_as_in_a_param_group(name):
         build(name, tiny_net().parameters(), lr=torch.tensor([1e-2, 1e-3]))
     with pytest.raises(ValueError, match="out of range"):
         build(name, tiny_net().parameters(), lr=torch.tensor(-1.0))
+
+
+@pytest.mark.parametrize("name", ["compiled:adam", "compiled:lion", "exported:adam", "exported:lamb"])
+def test_param_group_genes_are_checked_like_the_constructors(name):
+    with pytest.raises(ValueError) as constructor:
+        build(name, tiny_net().parameters(), beta1=1.5)
+    weights, biases = weight_and_bias_groups(tiny_net())
+    with pytest.raises(ValueError, match=r"param_groups\[1\]\.beta1: 1\.5 is out of range \[0, 1\)"):
+        build(name, [{"params": weights}, {"params": biases, "beta1": 1.5}])
+    optimizer = build(name, weights)
+    with pytest.raises(ValueError, match=r"param_groups\[1\]\.weight_decay: -1\.0 is out of range"):
+        optimizer.add_param_group({"params": biases, "weight_decay": -1.0})
+    assert len(optimizer.param_groups) == 1
+    with pytest.raises(ValueError) as in_group:
+        build(name, [{"params": weights}, {"params": biases, "beta1": 1.5}])
+    assert str(in_group.value) == str(constructor.value).replace("genes.", "param_groups[1].")
+    assert type(in_group.value).__name__ == type(constructor.value).__name__ == "GenomeError"
+
+
+@pytest.mark.parametrize("name", ["compiled:adam", "exported:adam"])
+def test_a_param_group_edited_before_a_step_is_checked_at_the_step(name):
+    model = tiny_net(torch.float32)
+    optimizer = build(name, model.parameters())
+    before = snapshot(model)
+    train(model, optimizer, tiny_batches(1, torch.float32))
+    optimizer.param_groups[0]["eps"] = -1.0
+    moved = snapshot(model)
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\.eps: -1\.0 is out of range"):
+        train(model, optimizer, tiny_batches(1, torch.float32))
+    assert all(torch.equal(a, b) for a, b in zip(snapshot(model), moved))
+    optimizer.param_groups[0]["eps"] = "tiny"
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\.eps: expected a number, got a str"):
+        train(model, optimizer, tiny_batches(1, torch.float32))
+    optimizer.param_groups[0]["eps"] = 1e-8
+    train(model, optimizer, tiny_batches(1, torch.float32))
+    assert not torch.equal(snapshot(model)[0], before[0])

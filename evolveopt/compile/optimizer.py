@@ -17,7 +17,8 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import Tensor
 
-from evolveopt.errors import OptimizerUsageError
+from evolveopt.errors import GenomeError, OptimizerUsageError
+from evolveopt.genome.genes import range_problem
 from evolveopt.genome.io import load_genome
 from evolveopt.genome.schema import SCHEMA_VERSION, Genome
 from evolveopt.compile.rule import Rule, StepContext
@@ -47,6 +48,7 @@ class RuleOptimizer(torch.optim.Optimizer):
             _check_total_steps(genome, total_steps)
         self.genome = genome
         self.rule = Rule(genome)
+        self._checked: dict[int, tuple[dict[str, Any], dict[str, float]]] = {}
         defaults: dict[str, Any] = {**genome.genes, **(tensors or {})}
         defaults.update(total_steps=total_steps, maximize=maximize, foreach=foreach, schema_version=SCHEMA_VERSION)
         super().__init__(params, defaults)
@@ -59,6 +61,29 @@ class RuleOptimizer(torch.optim.Optimizer):
             if value.numel() != 1:
                 raise OptimizerUsageError(f"Tensor {name} must be 1-element")
         return {**genes, **{name: _as_float(value) for name, value in tensors.items()}}, tensors
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """torch's add_param_group, after checking the group's genes (the genome's fill the gaps)."""
+        if isinstance(param_group, dict):
+            self._check_genes(len(self.param_groups), {**self.defaults, **param_group})
+        super().add_param_group(param_group)
+
+    def _group_genes(self, index: int, group: dict[str, Any]) -> dict[str, float]:
+        """The group's genes as floats, checked against their ranges when they changed since last read."""
+        genes = self._check_genes(index, group, self._checked.get(id(group), (None, None)))
+        self._checked[id(group)] = (group, genes)
+        return genes
+
+    def _check_genes(self, index: int, group: dict[str, Any], seen: tuple = (None, None)) -> dict[str, float]:
+        values = {name: _number(group[name]) for name in self.genome.genes}
+        if seen[0] is group and seen[1] == values:
+            return values
+        for name, value in values.items():
+            problem = range_problem(name, value) if value is not None else \
+                f"expected a number, got a {type(group[name]).__name__}"
+            if problem:
+                raise GenomeError(f"{self.genome.label}: param_groups[{index}].{name}: {problem}")
+        return values
 
     def __repr__(self) -> str:
         name = self.genome.name or "genome"
@@ -75,13 +100,14 @@ class RuleOptimizer(torch.optim.Optimizer):
             raise OptimizerUsageError(
                 f"{self.genome.label} uses loss feedback: call step(closure) with a closure that returns the loss"
             )
-        groups = [(index, group, *self._collect(group)) for index, group in enumerate(self.param_groups)]
+        groups = [(index, group, self._group_genes(index, group), *self._collect(group))
+                  for index, group in enumerate(self.param_groups)]  # every group is checked before any moves
         norm = None
         if self.rule.clips_global_norm:
             norm = tensorlist.global_norm([g for *_, grads in groups for g in grads], member_dims=0)
-        for index, group, params, grads in groups:
+        for index, group, genes, params, grads in groups:
             if params:
-                self._step_group(index, group, params, grads, loss, norm)
+                self._step_group(index, group, genes, params, grads, loss, norm)
         return loss
 
     def _collect(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor]]:
@@ -98,9 +124,8 @@ class RuleOptimizer(torch.optim.Optimizer):
             grads.append(p.grad)
         return params, grads
 
-    def _step_group(self, index: int, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                    loss: Any, norm: Tensor | None) -> None:
-        genes = {name: _as_float(group[name]) for name in self.genome.genes}
+    def _step_group(self, index: int, group: dict[str, Any], genes: dict[str, float], params: list[Tensor],
+                    grads: list[Tensor], loss: Any, norm: Tensor | None) -> None:
         feedback = self._loss_feedback(index, genes, loss) if self.genome.uses_loss else None
         global_clip = gradient.clip_factor(norm, genes[self.genome.clip.threshold]) if norm is not None else None
         for p in params:
@@ -145,6 +170,7 @@ class RuleOptimizer(torch.optim.Optimizer):
         super().__setstate__(state)
         if "genome" in state:
             self.rule = Rule(self.genome)
+        self._checked = {}
         for group in self.param_groups:
             group.setdefault("total_steps", None)
             group.setdefault("maximize", False)
@@ -182,6 +208,13 @@ def _use_foreach(choice: bool | None, params: list[Tensor]) -> bool:
     if all(p.is_cuda for p in params):
         return True
     return sum(p.numel() for p in params) / len(params) <= FOREACH_MAX_MEAN_NUMEL
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a float if it is a real number or a 1-element tensor, else None."""
+    if isinstance(value, Tensor):
+        return _as_float(value) if value.numel() == 1 and not value.is_complex() else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _as_float(value: Any) -> float:

@@ -318,3 +318,25 @@ def test_a_param_group_edited_before_a_step_is_checked_at_the_step(name):
     optimizer.param_groups[0]["eps"] = 1e-8
     train(model, optimizer, tiny_batches(1, torch.float32))
     assert not torch.equal(snapshot(model)[0], before[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", ["compiled:nadam", "exported:nadam", "compiled:adam"])
+def test_load_state_dict_keeps_every_state_dtype(name, dtype):
+    model = tiny_net(dtype)
+    optimizer = build(name, model.parameters())
+    train(model, optimizer, tiny_batches(3, dtype))
+    saved = optimizer.state_dict()
+    optimizer2 = build(name, model.parameters())
+    optimizer2.load_state_dict(saved)
+    reloaded = optimizer2.state_dict()
+    for i, state in saved["state"].items():
+        for key, value in state.items():
+            again = reloaded["state"][i][key]
+            if isinstance(value, torch.Tensor):
+                assert again.dtype == value.dtype and torch.equal(again, value), key
+            else:
+                assert again == value
+    if "nadam" in name:
+        assert any(v.dtype == torch.float64 for s in reloaded["state"].values() for v in s.values()
+                   if isinstance(v, torch.Tensor))

@@ -21,6 +21,7 @@ from evolveopt.errors import GenomeError, OptimizerUsageError
 from evolveopt.genome.genes import range_problem
 from evolveopt.genome.io import load_genome
 from evolveopt.genome.schema import SCHEMA_VERSION, Genome
+from evolveopt.genome.slots import PARAM_SHAPED
 from evolveopt.compile.rule import Rule, StepContext
 from evolveopt.primitives import feedback as eve
 from evolveopt.primitives import gradient, tensorlist
@@ -161,6 +162,17 @@ class RuleOptimizer(torch.optim.Optimizer):
             self.state[key] = eve.init_feedback(value)
             return self.state[key]["factor"]
         return eve.update_feedback_(self.state[key], value, genes[fb.beta], genes[fb.low], genes[fb.high])
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's, but scalar state (NAdam's μ product) keeps its saved dtype: torch casts every
+        floating tensor except ``step`` to its parameter's dtype."""
+        super().load_state_dict(state_dict)
+        scalars = {name for name, kind in self.rule.slots.items() if kind != PARAM_SHAPED}
+        saved = [i for group in state_dict["param_groups"] for i in group["params"]]
+        params = [p for group in self.param_groups for p in group["params"]]
+        for i, p in zip(saved, params):
+            for key in scalars & state_dict["state"].get(i, {}).keys():
+                self.state[p][key] = state_dict["state"][i][key].clone()
 
     def __getstate__(self) -> dict[str, Any]:
         """torch keeps defaults, state and param groups; the genome makes the copy a working optimizer."""

@@ -340,3 +340,50 @@ def test_load_state_dict_keeps_every_state_dtype(name, dtype):
     if "nadam" in name:
         assert any(v.dtype == torch.float64 for s in reloaded["state"].values() for v in s.values()
                    if isinstance(v, torch.Tensor))
+
+
+def complex_problem(seed=0):
+    """A complex least-squares problem: a [3, 4] weight and a [4] bias, so foreach chunks hold two tensors;
+    returns the parameters and the loss as a function of (w, b)."""
+    gen = torch.Generator().manual_seed(seed)
+    w = nn.Parameter(torch.randn(3, 4, dtype=torch.complex128, generator=gen))
+    b = nn.Parameter(torch.randn(4, dtype=torch.complex128, generator=gen))
+    x = torch.randn(6, 3, dtype=torch.complex128, generator=gen)
+    y = torch.randn(6, 4, dtype=torch.complex128, generator=gen)
+    return [w, b], lambda w, b: ((x @ w + b - y).abs() ** 2).mean()
+
+
+def run_complex(params, optimizer, loss, steps=10):
+    for _ in range(steps):
+        def closure():
+            optimizer.zero_grad()
+            value = loss()
+            value.backward()
+            return value
+        optimizer.step(closure)
+    return [p.detach().clone() for p in params]
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize("name", ["compiled:adam", "exported:adam"])
+def test_complex_adam_steps_as_torch_adam(name, foreach):
+    results = []
+    for make in (lambda params: build(name, params, lr=1e-2, weight_decay=0.1, foreach=foreach),
+                 lambda params: torch.optim.Adam(params, lr=1e-2, weight_decay=0.1, foreach=foreach)):
+        params, loss_of = complex_problem()
+        results.append(run_complex(params, make(params), lambda: loss_of(*params)))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", [f"{kind}:{g}" for kind in ("compiled", "exported")
+                                  for g in ("amsgrad", "lion", "ga2025", "adabelief", "radam", "adan")])
+def test_complex_params_step_as_their_real_views(name):
+    params, loss_of = complex_problem()
+    ours = run_complex(params, build(name, params, lr=1e-2), lambda: loss_of(*params))
+    params, loss_of = complex_problem()
+    real = [nn.Parameter(torch.view_as_real(p.detach()).clone()) for p in params]
+    viewed = run_complex(real, build(name, real, lr=1e-2), lambda: loss_of(*map(torch.view_as_complex, real)))
+    for a, b in zip(ours, viewed):
+        assert a.dtype == torch.complex128
+        torch.testing.assert_close(torch.view_as_real(a), b, rtol=1e-12, atol=1e-14)

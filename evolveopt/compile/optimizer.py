@@ -5,7 +5,8 @@ groups carry their own values, ``add_param_group`` fills in the genome's, and ev
 ``torch.optim.lr_scheduler`` works on ``lr``; the genome's own schedule multiplies it.
 State per parameter is a dict of named buffers plus ``step``; Eve's loss-feedback state is kept
 per group under the key ``"loss_feedback.<group index>"``. Everything in ``state_dict()`` is
-plain tensors, numbers and strings, so ``torch.load(weights_only=True)`` reads it.
+plain tensors, numbers and strings, so ``torch.load(weights_only=True)`` reads it. Complex
+parameters, gradients and buffers are stepped as real pairs (``torch.view_as_real``), as torch.optim does.
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ class RuleOptimizer(torch.optim.Optimizer):
                     "(e.g. nn.Embedding(sparse=False)) or torch.optim.SparseAdam"
                 )
             params.append(p)
-            grads.append(p.grad)
+            grads.append(_real(p.grad))
         return params, grads
 
     def _step_group(self, index: int, group: dict[str, Any], genes: dict[str, float], params: list[Tensor],
@@ -142,8 +143,8 @@ class RuleOptimizer(torch.optim.Optimizer):
                 t=t, genes=genes, lr=_as_float(group["lr"]) * self.rule.schedule(t, genes, group["total_steps"]),
                 maximize=group["maximize"], global_clip=global_clip, feedback=feedback,
             )
-            slots = {name: [self.state[p][name] for p in chunk_params] for name in self.rule.slots}
-            self.rule.step(chunk_params, [grads[i] for i in chunk], slots, ctx)
+            slots = {name: [_real(self.state[p][name]) for p in chunk_params] for name in self.rule.slots}
+            self.rule.step([_real(p) for p in chunk_params], [grads[i] for i in chunk], slots, ctx)
 
     def _chunks(self, group: dict[str, Any], params: list[Tensor]) -> list[list[int]]:
         """Indices of tensors sharing device, dtype and step count (one at a time without foreach)."""
@@ -220,6 +221,11 @@ def _use_foreach(choice: bool | None, params: list[Tensor]) -> bool:
     if all(p.is_cuda for p in params):
         return True
     return sum(p.numel() for p in params) / len(params) <= FOREACH_MAX_MEAN_NUMEL
+
+
+def _real(x: Tensor) -> Tensor:
+    """A complex tensor as real pairs (torch.view_as_real, as torch.optim does); others as they are."""
+    return torch.view_as_real(x) if x.is_complex() else x
 
 
 def _number(value: Any) -> float | None:

@@ -387,3 +387,24 @@ def test_complex_params_step_as_their_real_views(name):
     for a, b in zip(ours, viewed):
         assert a.dtype == torch.complex128
         torch.testing.assert_close(torch.view_as_real(a), b, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", ["compiled:adam", "compiled:nadam", "exported:adam", "exported:lion"])
+def test_torch_optim_flags_are_accepted_as_torch_does(name):
+    batches = tiny_batches(3, torch.float32)
+    results = []
+    for flags in ({}, dict(foreach=True, fused=False, capturable=False, differentiable=False),
+                  dict(foreach=False, fused=None, capturable=True)):
+        model = tiny_net(torch.float32)
+        optimizer = build(name, model.parameters(), lr=1e-2, **flags)
+        train(model, optimizer, batches)
+        results.append(snapshot(model))
+        for key in ("foreach", "maximize", "capturable", "differentiable", "fused"):
+            assert key in optimizer.param_groups[0] and key in optimizer.defaults
+    for a, b, c in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(a, c, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="differentiable=True is not supported"):
+        build(name, tiny_net().parameters(), differentiable=True)
+    with pytest.raises(ValueError, match="fused=True is not supported"):
+        build(name, tiny_net().parameters(), fused=True)

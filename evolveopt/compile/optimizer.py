@@ -40,19 +40,30 @@ class RuleOptimizer(torch.optim.Optimizer):
     """
 
     def __init__(self, params: Iterable[Any], genome: Genome, *, total_steps: int | None = None,
-                 maximize: bool = False, foreach: bool | None = None):
-        self._setup(params, genome, total_steps, maximize, foreach)
+                 maximize: bool = False, foreach: bool | None = None, capturable: bool = False,
+                 differentiable: bool = False, fused: bool | None = None):
+        self._setup(params, genome, None, total_steps=total_steps, maximize=maximize, foreach=foreach,
+                    capturable=capturable, differentiable=differentiable, fused=fused)
 
-    def _setup(self, params: Iterable[Any], genome: Genome, total_steps: int | None, maximize: bool,
-               foreach: bool | None, tensors: dict[str, Tensor] | None = None) -> None:
-        """``tensors``: genes given as 1-element tensors; groups keep them as given (as torch keeps a Tensor lr)."""
+    def _setup(self, params: Iterable[Any], genome: Genome, tensors: dict[str, Tensor] | None, *,
+               total_steps: int | None, maximize: bool, foreach: bool | None, capturable: bool,
+               differentiable: bool, fused: bool | None) -> None:
+        """``tensors``: genes given as 1-element tensors; groups keep them as given (as torch keeps a Tensor lr).
+        The flags are torch.optim's; ``differentiable`` and ``fused`` exist only as False."""
+        if differentiable:
+            raise OptimizerUsageError(f"{genome.label}: differentiable=True is not supported "
+                                      "(the step runs under torch.no_grad and updates in place)")
+        if fused:
+            raise OptimizerUsageError(f"{genome.label}: fused=True is not supported (there is no fused kernel "
+                                      "for a genome); use foreach=True or leave foreach=None")
         if genome.schedule.needs_horizon:
             _check_total_steps(genome, total_steps)
         self.genome = genome
         self.rule = Rule(genome)
         self._checked: dict[int, tuple[dict[str, Any], dict[str, float]]] = {}
         defaults: dict[str, Any] = {**genome.genes, **(tensors or {})}
-        defaults.update(total_steps=total_steps, maximize=maximize, foreach=foreach, schema_version=SCHEMA_VERSION)
+        defaults.update(total_steps=total_steps, maximize=maximize, foreach=foreach, capturable=capturable,
+                        differentiable=False, fused=fused, schema_version=SCHEMA_VERSION)
         super().__init__(params, defaults)
 
     @staticmethod
@@ -188,6 +199,9 @@ class RuleOptimizer(torch.optim.Optimizer):
             group.setdefault("total_steps", None)
             group.setdefault("maximize", False)
             group.setdefault("foreach", None)
+            group.setdefault("capturable", False)
+            group.setdefault("differentiable", False)
+            group.setdefault("fused", None)
             group.setdefault("schema_version", SCHEMA_VERSION)
 
 
@@ -202,17 +216,21 @@ class GenomeOptimizer(RuleOptimizer):
         maximize: ascend the objective instead of descending.
         foreach: use multi-tensor ops per group (True), one tensor at a time (False), or
             choose by device and tensor size (None).
+        capturable, differentiable, fused: torch.optim's flags; ``differentiable=True`` and
+            ``fused=True`` are not supported and raise.
         **genes: overrides of the genome's genes by name (``lr``, ``beta1``, ``weight_decay``, ...);
             a 1-element tensor (``lr=torch.tensor(1e-3)``) stays a tensor in the param groups.
     """
 
     def __init__(self, params: Iterable[Any], genome: Genome | str | os.PathLike[str], *,
                  total_steps: int | None = None, maximize: bool = False, foreach: bool | None = None,
+                 capturable: bool = False, differentiable: bool = False, fused: bool | None = None,
                  **genes: float | Tensor):
         genome = load_genome(genome)
         values, tensors = self._split_overrides(genes)
         genome = genome.with_genes(**values) if values else genome
-        self._setup(params, genome, total_steps, maximize, foreach, tensors)
+        self._setup(params, genome, tensors, total_steps=total_steps, maximize=maximize, foreach=foreach,
+                    capturable=capturable, differentiable=differentiable, fused=fused)
 
 
 def _use_foreach(choice: bool | None, params: list[Tensor]) -> bool:
@@ -252,6 +270,7 @@ def build_optimizer(genome: Genome | str | os.PathLike[str], params: Iterable[An
     """Compile ``genome`` (a Genome, a name such as ``"adan"``, or a YAML path) for ``params``.
 
     ``overrides`` are gene values by canonical name (``lr``, ``beta1``, ``beta2``, ``beta3``,
-    ``eps``, ``weight_decay``, ...) and the options ``total_steps``, ``maximize`` and ``foreach``.
+    ``eps``, ``weight_decay``, ...) and the options ``total_steps``, ``maximize``, ``foreach``
+    (and torch's ``capturable``, ``differentiable=False``, ``fused=False``).
     """
     return GenomeOptimizer(params, genome, **overrides)

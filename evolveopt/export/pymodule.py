@@ -22,11 +22,14 @@ STRUCTURE_CLASSES = ("Genome", "Term", "Signal", "Momentum", "Precondition", "Cl
                      "LossFeedback", "WeightDecay", "Schedule")
 
 INIT_TEMPLATE = '''
-def __init__(self, params, *, total_steps=None, maximize=False, foreach=None, **genes):
-    """params or param groups; total_steps for a schedule's horizon; gene overrides by name (lr=3e-4)."""
+def __init__(self, params, *, total_steps=None, maximize=False, foreach=None, capturable=False,
+             differentiable=False, fused=None, **genes):
+    """params or param groups; total_steps for a schedule's horizon; torch.optim's flags
+    (differentiable and fused only as False); gene overrides by name (lr=3e-4)."""
     values, tensors = self._split_overrides(genes)
     genome = replace(GENOME, genes=checked_genes(values))
-    self._setup(params, genome, total_steps, maximize, foreach, tensors)
+    self._setup(params, genome, tensors, total_steps=total_steps, maximize=maximize, foreach=foreach,
+                capturable=capturable, differentiable=differentiable, fused=fused)
 '''
 
 FOOTER_TEMPLATE = '''

@@ -408,3 +408,66 @@ def test_torch_optim_flags_are_accepted_as_torch_does(name):
         build(name, tiny_net().parameters(), differentiable=True)
     with pytest.raises(ValueError, match="fused=True is not supported"):
         build(name, tiny_net().parameters(), fused=True)
+
+
+MOMENTUM_SCHEDULERS = {
+    "one_cycle": lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=12),
+    "cyclic": lambda opt: torch.optim.lr_scheduler.CyclicLR(opt, base_lr=1e-3, max_lr=2e-2, step_size_up=3,
+                                                            cycle_momentum=True),
+}
+
+
+@pytest.mark.parametrize("scheduler", MOMENTUM_SCHEDULERS)
+@pytest.mark.parametrize("name", ["compiled:adam", "exported:adam", "compiled:momentum", "exported:momentum"])
+def test_momentum_cycling_schedulers_drive_the_betas_as_on_torch_optimizers(name, scheduler, float64):
+    genome = name.partition(":")[2]
+    alias = "betas" if genome == "adam" else "momentum"
+    batches = tiny_batches(12)
+    results = []
+    for make in (lambda params: build(name, params),
+                 lambda params: torch.optim.Adam(params) if genome == "adam" else
+                 torch.optim.SGD(params, lr=1e-2, momentum=0.9)):
+        model = tiny_net()
+        optimizer = make(model.parameters())
+        sched = MOMENTUM_SCHEDULERS[scheduler](optimizer)
+        used = []
+        for batch in batches:
+            train(model, optimizer, [batch])
+            sched.step()
+            used.append(optimizer.param_groups[0][alias])
+        results.append((snapshot(model), used))
+    (ours, our_rates), (theirs, their_rates) = results
+    assert our_rates == their_rates and len(set(our_rates)) > 2
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["compiled:adam", "exported:adam", "compiled:adan", "exported:momentum"])
+def test_betas_and_momentum_alias_the_genes_both_ways(name):
+    genome = evolveopt.load_genome(name.partition(":")[2])
+    names = [n for n in ("beta1", "beta2", "beta3") if n in genome.genes]
+    alias = "betas" if len(names) > 1 else "momentum"
+    value = tuple(0.5 + 0.1 * i for i in range(len(names))) if alias == "betas" else 0.5
+    optimizer = build(name, tiny_net().parameters(), **{alias: value})
+    group = optimizer.param_groups[0]
+    assert alias in optimizer.defaults and group[alias] == value
+    assert [group[n] for n in names] == list(value if alias == "betas" else [value])
+    model = tiny_net(torch.float32)
+    optimizer = build(name, model.parameters())
+    group = optimizer.param_groups[0]
+    group["beta1"] = 0.7  # a gene written: the alias follows
+    train(model, optimizer, tiny_batches(1, torch.float32))
+    assert (group[alias][0] if alias == "betas" else group[alias]) == 0.7
+    group[alias] = (0.6, *group[alias][1:]) if alias == "betas" else 0.6  # the alias written: the gene follows
+    train(model, optimizer, tiny_batches(1, torch.float32))
+    assert group["beta1"] == 0.6
+    group[alias] = (1.5, *group[alias][1:]) if alias == "betas" else 1.5
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\.beta1: 1\.5 is out of range"):
+        train(model, optimizer, tiny_batches(1, torch.float32))
+    if alias == "betas":
+        with pytest.raises(ValueError, match=f"betas: expected {len(names)} values"):
+            build(name, tiny_net().parameters(), betas=(0.9,) * (len(names) + 1))
+    with pytest.raises(ValueError, match="not both"):
+        build(name, tiny_net().parameters(), **{alias: value, "beta1": 0.5})
+    with pytest.raises(ValueError, match=f"this genome has no {'momentum' if alias == 'betas' else 'betas'}"):
+        build(name, tiny_net().parameters(), **{"momentum" if alias == "betas" else "betas": value})

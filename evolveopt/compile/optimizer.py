@@ -2,7 +2,9 @@
 
 Every gene is a param-group hyperparameter (``group["lr"]``, ``group["beta1"]``, ...), so param
 groups carry their own values, ``add_param_group`` fills in the genome's, and every
-``torch.optim.lr_scheduler`` works on ``lr``; the genome's own schedule multiplies it.
+``torch.optim.lr_scheduler`` works on ``lr``; the genome's own schedule multiplies it. Groups
+also hold torch's ``betas`` = (β1, β2[, β3]) or, with beta1 only, ``momentum`` = β1, kept in step
+with those genes both ways, so momentum-cycling schedulers (OneCycleLR, CyclicLR) drive them.
 State per parameter is a dict of named buffers plus ``step``; Eve's loss-feedback state is kept
 per group under the key ``"loss_feedback.<group index>"``. Everything in ``state_dict()`` is
 plain tensors, numbers and strings, so ``torch.load(weights_only=True)`` reads it. Complex
@@ -62,13 +64,26 @@ class RuleOptimizer(torch.optim.Optimizer):
         self.rule = Rule(genome)
         self._checked: dict[int, tuple[dict[str, Any], dict[str, float]]] = {}
         defaults: dict[str, Any] = {**genome.genes, **(tensors or {})}
+        alias, names = torch_alias(genome)
+        if alias:
+            defaults[alias] = _alias_value(alias, [defaults[n] for n in names])
         defaults.update(total_steps=total_steps, maximize=maximize, foreach=foreach, capturable=capturable,
                         differentiable=False, fused=fused, schema_version=SCHEMA_VERSION)
         super().__init__(params, defaults)
 
     @staticmethod
-    def _split_overrides(genes: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Tensor]]:
-        """(values to check, as floats where given as tensors; the 1-element tensors themselves)."""
+    def _split_overrides(genome: Genome, genes: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Tensor]]:
+        """(values to check, as floats where given as tensors; the 1-element tensors themselves).
+        torch's names ``betas=(β1, β2)`` and ``momentum=β1`` stand for the genes they alias."""
+        genes = dict(genes)
+        alias, names = torch_alias(genome)
+        for key in {"betas", "momentum"} & genes.keys():
+            if key != alias:
+                raise GenomeError(f"{genome.label}: {key}: this genome has no {key} "
+                                  f"(genes: {', '.join(genome.genes)})")
+            if any(n in genes for n in names):
+                raise GenomeError(f"{genome.label}: give {key} or {', '.join(names)}, not both")
+            genes.update(zip(names, _alias_items(genome.label, key, names, genes.pop(key))))
         tensors = {name: value for name, value in genes.items() if isinstance(value, Tensor)}
         for name, value in tensors.items():
             if value.numel() != 1:
@@ -76,20 +91,57 @@ class RuleOptimizer(torch.optim.Optimizer):
         return {**genes, **{name: _as_float(value) for name, value in tensors.items()}}, tensors
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """torch's add_param_group, after checking the group's genes (the genome's fill the gaps)."""
-        if isinstance(param_group, dict):
-            self._check_genes(len(self.param_groups), {**self.defaults, **param_group})
+        """torch's add_param_group, after checking the group's genes (the genome's fill the gaps);
+        a group's ``betas``/``momentum`` sets the genes it aliases."""
+        if not isinstance(param_group, dict):
+            return super().add_param_group(param_group)
+        index = len(self.param_groups)
+        alias, names = torch_alias(self.genome)
+        if alias in param_group:
+            where = f"{self.genome.label}: param_groups[{index}]"
+            values = _alias_items(where, alias, names, param_group[alias])
+            for name, value in zip(names, values):
+                if name in param_group and _number(param_group[name]) != _number(value):
+                    raise GenomeError(f"{where}: {alias} and {name} disagree")
+                param_group[name] = value
+        genes = self._check_genes(index, {**self.defaults, **param_group})
         super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        if alias:
+            group[alias] = _alias_value(alias, [group[n] for n in names])
+        self._checked[id(group)] = (group, genes)
 
     def _group_genes(self, index: int, group: dict[str, Any]) -> dict[str, float]:
-        """The group's genes as floats, checked against their ranges when they changed since last read."""
-        genes = self._check_genes(index, group, self._checked.get(id(group), (None, None)))
+        """The group's genes as floats, checked against their ranges when they changed since last read.
+
+        ``betas``/``momentum`` and the genes they alias are kept in step: whichever changed since
+        the last read wins (the alias, when nothing was read yet: torch's tools write it)."""
+        record = self._checked.get(id(group))
+        seen = record[1] if record is not None and record[0] is group else None
+        alias, names = torch_alias(self.genome)
+        if alias:
+            self._sync_alias(index, group, alias, names, seen)
+        genes = self._check_genes(index, group, seen)
         self._checked[id(group)] = (group, genes)
         return genes
 
-    def _check_genes(self, index: int, group: dict[str, Any], seen: tuple = (None, None)) -> dict[str, float]:
+    def _sync_alias(self, index: int, group: dict[str, Any], alias: str, names: tuple[str, ...],
+                    seen: dict[str, float] | None) -> None:
+        if alias not in group:
+            group[alias] = _alias_value(alias, [group[n] for n in names])
+            return
+        values = _alias_items(f"{self.genome.label}: param_groups[{index}]", alias, names, group[alias])
+        written = [_number(v) for v in values]
+        current = [_number(group[n]) for n in names]
+        if written != (current if seen is None else [seen[n] for n in names]):
+            group.update(zip(names, values))  # the alias was written (a momentum-cycling scheduler)
+        elif written != current:
+            group[alias] = _alias_value(alias, [group[n] for n in names])  # the genes were written
+
+    def _check_genes(self, index: int, group: dict[str, Any], seen: dict[str, float] | None = None
+                     ) -> dict[str, float]:
         values = {name: _number(group[name]) for name in self.genome.genes}
-        if seen[0] is group and seen[1] == values:
+        if seen == values:
             return values
         for name, value in values.items():
             problem = range_problem(name, value) if value is not None else \
@@ -203,6 +255,9 @@ class RuleOptimizer(torch.optim.Optimizer):
             group.setdefault("differentiable", False)
             group.setdefault("fused", None)
             group.setdefault("schema_version", SCHEMA_VERSION)
+        alias, names = torch_alias(self.genome) if "genome" in state else (None, ())
+        if alias:
+            self.defaults.setdefault(alias, _alias_value(alias, [self.defaults[n] for n in names]))
 
 
 class GenomeOptimizer(RuleOptimizer):
@@ -227,10 +282,34 @@ class GenomeOptimizer(RuleOptimizer):
                  capturable: bool = False, differentiable: bool = False, fused: bool | None = None,
                  **genes: float | Tensor):
         genome = load_genome(genome)
-        values, tensors = self._split_overrides(genes)
+        values, tensors = self._split_overrides(genome, genes)
         genome = genome.with_genes(**values) if values else genome
         self._setup(params, genome, tensors, total_steps=total_steps, maximize=maximize, foreach=foreach,
                     capturable=capturable, differentiable=differentiable, fused=fused)
+
+
+def torch_alias(genome: Genome) -> tuple[str | None, tuple[str, ...]]:
+    """torch's group key for the genome's rates: ``betas`` = (β1, β2[, β3]) when it has beta1 and
+    beta2 (Adam-like), ``momentum`` = β1 when it has beta1 only (SGD-like), else none."""
+    if "beta1" in genome.genes and "beta2" in genome.genes:
+        return "betas", tuple(n for n in ("beta1", "beta2", "beta3") if n in genome.genes)
+    if "beta1" in genome.genes:
+        return "momentum", ("beta1",)
+    return None, ()
+
+
+def _alias_value(alias: str, values: list[Any]) -> Any:
+    return tuple(values) if alias == "betas" else values[0]
+
+
+def _alias_items(where: str, alias: str, names: tuple[str, ...], value: Any) -> list[Any]:
+    """The gene values an alias holds; a ``betas`` of the wrong length is a GenomeError."""
+    if alias == "momentum":
+        return [value]
+    values = list(value) if isinstance(value, (tuple, list)) else None
+    if values is None or len(values) != len(names):
+        raise GenomeError(f"{where}: betas: expected {len(names)} values ({', '.join(names)}), got {value!r}")
+    return values
 
 
 def _use_foreach(choice: bool | None, params: list[Tensor]) -> bool:

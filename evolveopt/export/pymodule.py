@@ -26,7 +26,7 @@ def __init__(self, params, *, total_steps=None, maximize=False, foreach=None, ca
              differentiable=False, fused=None, **genes):
     """params or param groups; total_steps for a schedule's horizon; torch.optim's flags
     (differentiable and fused only as False); gene overrides by name (lr=3e-4)."""
-    values, tensors = self._split_overrides(genes)
+    values, tensors = self._split_overrides(GENOME, genes)
     genome = replace(GENOME, genes=checked_genes(values))
     self._setup(params, genome, tensors, total_steps=total_steps, maximize=maximize, foreach=foreach,
                 capturable=capturable, differentiable=differentiable, fused=fused)

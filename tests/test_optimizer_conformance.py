@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import io
 import pickle
+import warnings
 
 import pytest
 import torch
@@ -471,3 +472,17 @@ def test_betas_and_momentum_alias_the_genes_both_ways(name):
         build(name, tiny_net().parameters(), **{alias: value, "beta1": 0.5})
     with pytest.raises(ValueError, match=f"this genome has no {'momentum' if alias == 'betas' else 'betas'}"):
         build(name, tiny_net().parameters(), **{"momentum" if alias == "betas" else "betas": value})
+
+
+@pytest.mark.parametrize("name", ["compiled:ga2025", "exported:ga2025"])
+def test_a_decaying_schedule_past_total_steps_warns_once(name):
+    model = tiny_net(torch.float32)
+    kind, _, genome = name.partition(":")
+    optimizer = (exported_class(genome) if kind == "exported" else
+                 lambda p, **kw: evolveopt.build_optimizer(genome, p, **kw))(model.parameters(), total_steps=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train(model, optimizer, tiny_batches(3, torch.float32))
+    with pytest.warns(UserWarning, match="step 4 is past total_steps=3") as caught:
+        train(model, optimizer, tiny_batches(3, torch.float32))
+    assert len([w for w in caught if "past total_steps" in str(w.message)]) == 1

@@ -14,6 +14,7 @@ parameters, gradients and buffers are stepped as real pairs (``torch.view_as_rea
 from __future__ import annotations
 
 import os
+import warnings
 from collections import defaultdict
 from typing import Any, Callable, Iterable
 
@@ -32,6 +33,7 @@ from evolveopt.primitives import gradient, tensorlist
 # Below this mean tensor size, one multi-tensor (foreach) call per op beats a Python loop on
 # CPU; above it the loop wins (temporaries stay in cache). See docs/performance.md.
 FOREACH_MAX_MEAN_NUMEL = 65_536
+DECAYING_SCHEDULES = ("cosine", "linear_decay", "warmup_cosine")  # s(t) = 0 for t > total_steps
 
 
 class RuleOptimizer(torch.optim.Optimizer):
@@ -202,12 +204,22 @@ class RuleOptimizer(torch.optim.Optimizer):
         for chunk in self._chunks(group, params):
             chunk_params = [params[i] for i in chunk]
             t = self.state[chunk_params[0]]["step"]
+            self._warn_past_horizon(t, group["total_steps"])
             ctx = StepContext(
                 t=t, genes=genes, lr=_as_float(group["lr"]) * self.rule.schedule(t, genes, group["total_steps"]),
                 maximize=group["maximize"], global_clip=global_clip, feedback=feedback,
             )
             slots = {name: [_real(self.state[p][name]) for p in chunk_params] for name in self.rule.slots}
             self.rule.step([_real(p) for p in chunk_params], [grads[i] for i in chunk], slots, ctx)
+
+    def _warn_past_horizon(self, t: int, total_steps: int | None) -> None:
+        """Once per optimizer: a decaying schedule is 0 past its horizon, so nothing moves any more."""
+        kind = self.genome.schedule.kind
+        if kind in DECAYING_SCHEDULES and t > total_steps and not getattr(self, "_warned_horizon", False):
+            self._warned_horizon = True
+            warnings.warn(f"{self.genome.label}: step {t} is past total_steps={total_steps}: its built-in "
+                          f"'{kind}' schedule is 0 from here on, so the parameters no longer move "
+                          "(pass the number of steps you train as total_steps)", stacklevel=4)
 
     def _chunks(self, group: dict[str, Any], params: list[Tensor]) -> list[list[int]]:
         """Indices of tensors sharing device, dtype and step count (one at a time without foreach)."""

@@ -219,7 +219,7 @@ class RuleOptimizer(torch.optim.Optimizer):
             self._warned_horizon = True
             warnings.warn(f"{self.genome.label}: step {t} is past total_steps={total_steps}: its built-in "
                           f"'{kind}' schedule is 0 from here on, so the parameters no longer move "
-                          "(pass the number of steps you train as total_steps)", stacklevel=4)
+                          "(pass the number of steps you train as total_steps)", stacklevel=6)
 
     def _chunks(self, group: dict[str, Any], params: list[Tensor]) -> list[list[int]]:
         """Indices of tensors sharing device, dtype and step count (one at a time without foreach)."""

@@ -6,7 +6,10 @@ Each test runs over ``IMPLEMENTATIONS``: ``compiled:NAME`` (``evolveopt.build_op
 
 from __future__ import annotations
 
+import copy
 import io
+import pickle
+import warnings
 
 import pytest
 import torch
@@ -225,7 +228,7 @@ def test_unknown_override_names_the_genes():
 def test_out_of_range_override_is_rejected():
     with pytest.raises(evolveopt.GenomeError, match="out of range"):
         evolveopt.build_optimizer("adam", tiny_net().parameters(), beta1=1.5)
-    with pytest.raises(ValueError, match="beta1=1.5 is out of range"):
+    with pytest.raises(ValueError, match=r"genes\.beta1: 1\.5 is out of range"):
         exported_class("adam")(tiny_net().parameters(), beta1=1.5)
     with pytest.raises(ValueError, match="has no gene 'beta3'"):
         exported_class("adam")(tiny_net().parameters(), beta3=0.9)
@@ -243,3 +246,243 @@ def test_cuda_matches_cpu(name):
         results.append([p.detach().cpu() for p in model.parameters()])
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("copier", ["deepcopy", "pickle"])
+@pytest.mark.parametrize("name", GENOMES)
+def test_copies_keep_the_genome_and_step_identically(name, copier):
+    batches = tiny_batches(6, torch.float32)
+    model = tiny_net(torch.float32)
+    optimizer = build(name, model.parameters(), lr=1e-2)
+    train(model, optimizer, batches[:3])
+    copied_model, copied = copy.deepcopy((model, optimizer)) if copier == "deepcopy" else \
+        pickle.loads(pickle.dumps((model, optimizer)))
+    assert repr(copied) == repr(optimizer) and copied.genome == optimizer.genome
+    train(model, optimizer, batches[3:])
+    train(copied_model, copied, batches[3:])
+    assert all(torch.equal(a, b) for a, b in zip(snapshot(copied_model), snapshot(model)))
+
+
+@pytest.mark.parametrize("name", ["compiled:adam", "compiled:lion", "exported:adam", "exported:nadam"])
+def test_tensor_lr_in_the_constructor_acts_as_in_a_param_group(name):
+    batches = tiny_batches(4, torch.float32)
+    results = []
+    for make in (lambda params: build(name, params, lr=torch.tensor(1e-2)),
+                 lambda params: build(name, [{"params": list(params), "lr": torch.tensor(1e-2)}]),
+                 lambda params: build(name, params, lr=float(torch.tensor(1e-2)))):
+        model = tiny_net(torch.float32)
+        optimizer = make(model.parameters())
+        train(model, optimizer, batches)
+        results.append(snapshot(model))
+    assert isinstance(optimizer.param_groups[0]["lr"], float)
+    for a, b, c in zip(*results):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    optimizer = build(name, tiny_net().parameters(), lr=torch.tensor(1e-2))
+    assert isinstance(optimizer.param_groups[0]["lr"], torch.Tensor)
+    with pytest.raises(ValueError, match="Tensor lr must be 1-element"):
+        build(name, tiny_net().parameters(), lr=torch.tensor([1e-2, 1e-3]))
+    with pytest.raises(ValueError, match="out of range"):
+        build(name, tiny_net().parameters(), lr=torch.tensor(-1.0))
+
+
+@pytest.mark.parametrize("name", ["compiled:adam", "compiled:lion", "exported:adam", "exported:lamb"])
+def test_param_group_genes_are_checked_like_the_constructors(name):
+    with pytest.raises(ValueError) as constructor:
+        build(name, tiny_net().parameters(), beta1=1.5)
+    weights, biases = weight_and_bias_groups(tiny_net())
+    with pytest.raises(ValueError, match=r"param_groups\[1\]\.beta1: 1\.5 is out of range \[0, 1\)"):
+        build(name, [{"params": weights}, {"params": biases, "beta1": 1.5}])
+    optimizer = build(name, weights)
+    with pytest.raises(ValueError, match=r"param_groups\[1\]\.weight_decay: -1\.0 is out of range"):
+        optimizer.add_param_group({"params": biases, "weight_decay": -1.0})
+    assert len(optimizer.param_groups) == 1
+    with pytest.raises(ValueError) as in_group:
+        build(name, [{"params": weights}, {"params": biases, "beta1": 1.5}])
+    assert str(in_group.value) == str(constructor.value).replace("genes.", "param_groups[1].")
+    assert type(in_group.value).__name__ == type(constructor.value).__name__ == "GenomeError"
+
+
+@pytest.mark.parametrize("name", ["compiled:adam", "exported:adam"])
+def test_a_param_group_edited_before_a_step_is_checked_at_the_step(name):
+    model = tiny_net(torch.float32)
+    optimizer = build(name, model.parameters())
+    before = snapshot(model)
+    train(model, optimizer, tiny_batches(1, torch.float32))
+    optimizer.param_groups[0]["eps"] = -1.0
+    moved = snapshot(model)
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\.eps: -1\.0 is out of range"):
+        train(model, optimizer, tiny_batches(1, torch.float32))
+    assert all(torch.equal(a, b) for a, b in zip(snapshot(model), moved))
+    optimizer.param_groups[0]["eps"] = "tiny"
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\.eps: expected a number, got a str"):
+        train(model, optimizer, tiny_batches(1, torch.float32))
+    optimizer.param_groups[0]["eps"] = 1e-8
+    train(model, optimizer, tiny_batches(1, torch.float32))
+    assert not torch.equal(snapshot(model)[0], before[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", ["compiled:nadam", "exported:nadam", "compiled:adam"])
+def test_load_state_dict_keeps_every_state_dtype(name, dtype):
+    model = tiny_net(dtype)
+    optimizer = build(name, model.parameters())
+    train(model, optimizer, tiny_batches(3, dtype))
+    saved = optimizer.state_dict()
+    optimizer2 = build(name, model.parameters())
+    optimizer2.load_state_dict(saved)
+    reloaded = optimizer2.state_dict()
+    for i, state in saved["state"].items():
+        for key, value in state.items():
+            again = reloaded["state"][i][key]
+            if isinstance(value, torch.Tensor):
+                assert again.dtype == value.dtype and torch.equal(again, value), key
+            else:
+                assert again == value
+    if "nadam" in name:
+        assert any(v.dtype == torch.float64 for s in reloaded["state"].values() for v in s.values()
+                   if isinstance(v, torch.Tensor))
+
+
+def complex_problem(seed=0):
+    """A complex least-squares problem: a [3, 4] weight and a [4] bias, so foreach chunks hold two tensors;
+    returns the parameters and the loss as a function of (w, b)."""
+    gen = torch.Generator().manual_seed(seed)
+    w = nn.Parameter(torch.randn(3, 4, dtype=torch.complex128, generator=gen))
+    b = nn.Parameter(torch.randn(4, dtype=torch.complex128, generator=gen))
+    x = torch.randn(6, 3, dtype=torch.complex128, generator=gen)
+    y = torch.randn(6, 4, dtype=torch.complex128, generator=gen)
+    return [w, b], lambda w, b: ((x @ w + b - y).abs() ** 2).mean()
+
+
+def run_complex(params, optimizer, loss, steps=10):
+    for _ in range(steps):
+        def closure():
+            optimizer.zero_grad()
+            value = loss()
+            value.backward()
+            return value
+        optimizer.step(closure)
+    return [p.detach().clone() for p in params]
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize("name", ["compiled:adam", "exported:adam"])
+def test_complex_adam_steps_as_torch_adam(name, foreach):
+    results = []
+    for make in (lambda params: build(name, params, lr=1e-2, weight_decay=0.1, foreach=foreach),
+                 lambda params: torch.optim.Adam(params, lr=1e-2, weight_decay=0.1, foreach=foreach)):
+        params, loss_of = complex_problem()
+        results.append(run_complex(params, make(params), lambda: loss_of(*params)))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", [f"{kind}:{g}" for kind in ("compiled", "exported")
+                                  for g in ("amsgrad", "lion", "ga2025", "adabelief", "radam", "adan")])
+def test_complex_params_step_as_their_real_views(name):
+    params, loss_of = complex_problem()
+    ours = run_complex(params, build(name, params, lr=1e-2), lambda: loss_of(*params))
+    params, loss_of = complex_problem()
+    real = [nn.Parameter(torch.view_as_real(p.detach()).clone()) for p in params]
+    viewed = run_complex(real, build(name, real, lr=1e-2), lambda: loss_of(*map(torch.view_as_complex, real)))
+    for a, b in zip(ours, viewed):
+        assert a.dtype == torch.complex128
+        torch.testing.assert_close(torch.view_as_real(a), b, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", ["compiled:adam", "compiled:nadam", "exported:adam", "exported:lion"])
+def test_torch_optim_flags_are_accepted_as_torch_does(name):
+    batches = tiny_batches(3, torch.float32)
+    results = []
+    for flags in ({}, dict(foreach=True, fused=False, capturable=False, differentiable=False),
+                  dict(foreach=False, fused=None, capturable=True)):
+        model = tiny_net(torch.float32)
+        optimizer = build(name, model.parameters(), lr=1e-2, **flags)
+        train(model, optimizer, batches)
+        results.append(snapshot(model))
+        for key in ("foreach", "maximize", "capturable", "differentiable", "fused"):
+            assert key in optimizer.param_groups[0] and key in optimizer.defaults
+    for a, b, c in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(a, c, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="differentiable=True is not supported"):
+        build(name, tiny_net().parameters(), differentiable=True)
+    with pytest.raises(ValueError, match="fused=True is not supported"):
+        build(name, tiny_net().parameters(), fused=True)
+
+
+MOMENTUM_SCHEDULERS = {
+    "one_cycle": lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=12),
+    "cyclic": lambda opt: torch.optim.lr_scheduler.CyclicLR(opt, base_lr=1e-3, max_lr=2e-2, step_size_up=3,
+                                                            cycle_momentum=True),
+}
+
+
+@pytest.mark.parametrize("scheduler", MOMENTUM_SCHEDULERS)
+@pytest.mark.parametrize("name", ["compiled:adam", "exported:adam", "compiled:momentum", "exported:momentum"])
+def test_momentum_cycling_schedulers_drive_the_betas_as_on_torch_optimizers(name, scheduler, float64):
+    genome = name.partition(":")[2]
+    alias = "betas" if genome == "adam" else "momentum"
+    batches = tiny_batches(12)
+    results = []
+    for make in (lambda params: build(name, params),
+                 lambda params: torch.optim.Adam(params) if genome == "adam" else
+                 torch.optim.SGD(params, lr=1e-2, momentum=0.9)):
+        model = tiny_net()
+        optimizer = make(model.parameters())
+        sched = MOMENTUM_SCHEDULERS[scheduler](optimizer)
+        used = []
+        for batch in batches:
+            train(model, optimizer, [batch])
+            sched.step()
+            used.append(optimizer.param_groups[0][alias])
+        results.append((snapshot(model), used))
+    (ours, our_rates), (theirs, their_rates) = results
+    assert our_rates == their_rates and len(set(our_rates)) > 2
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["compiled:adam", "exported:adam", "compiled:adan", "exported:momentum"])
+def test_betas_and_momentum_alias_the_genes_both_ways(name):
+    genome = evolveopt.load_genome(name.partition(":")[2])
+    names = [n for n in ("beta1", "beta2", "beta3") if n in genome.genes]
+    alias = "betas" if len(names) > 1 else "momentum"
+    value = tuple(0.5 + 0.1 * i for i in range(len(names))) if alias == "betas" else 0.5
+    optimizer = build(name, tiny_net().parameters(), **{alias: value})
+    group = optimizer.param_groups[0]
+    assert alias in optimizer.defaults and group[alias] == value
+    assert [group[n] for n in names] == list(value if alias == "betas" else [value])
+    model = tiny_net(torch.float32)
+    optimizer = build(name, model.parameters())
+    group = optimizer.param_groups[0]
+    group["beta1"] = 0.7  # a gene written: the alias follows
+    train(model, optimizer, tiny_batches(1, torch.float32))
+    assert (group[alias][0] if alias == "betas" else group[alias]) == 0.7
+    group[alias] = (0.6, *group[alias][1:]) if alias == "betas" else 0.6  # the alias written: the gene follows
+    train(model, optimizer, tiny_batches(1, torch.float32))
+    assert group["beta1"] == 0.6
+    group[alias] = (1.5, *group[alias][1:]) if alias == "betas" else 1.5
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\.beta1: 1\.5 is out of range"):
+        train(model, optimizer, tiny_batches(1, torch.float32))
+    if alias == "betas":
+        with pytest.raises(ValueError, match=f"betas: expected {len(names)} values"):
+            build(name, tiny_net().parameters(), betas=(0.9,) * (len(names) + 1))
+    with pytest.raises(ValueError, match="not both"):
+        build(name, tiny_net().parameters(), **{alias: value, "beta1": 0.5})
+    with pytest.raises(ValueError, match=f"this genome has no {'momentum' if alias == 'betas' else 'betas'}"):
+        build(name, tiny_net().parameters(), **{"momentum" if alias == "betas" else "betas": value})
+
+
+@pytest.mark.parametrize("name", ["compiled:ga2025", "exported:ga2025"])
+def test_a_decaying_schedule_past_total_steps_warns_once(name):
+    model = tiny_net(torch.float32)
+    kind, _, genome = name.partition(":")
+    optimizer = (exported_class(genome) if kind == "exported" else
+                 lambda p, **kw: evolveopt.build_optimizer(genome, p, **kw))(model.parameters(), total_steps=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train(model, optimizer, tiny_batches(3, torch.float32))
+    with pytest.warns(UserWarning, match="step 4 is past total_steps=3") as caught:
+        train(model, optimizer, tiny_batches(3, torch.float32))
+    assert len([w for w in caught if "past total_steps" in str(w.message)]) == 1

@@ -2,24 +2,30 @@
 
 Every gene is a param-group hyperparameter (``group["lr"]``, ``group["beta1"]``, ...), so param
 groups carry their own values, ``add_param_group`` fills in the genome's, and every
-``torch.optim.lr_scheduler`` works on ``lr``; the genome's own schedule multiplies it.
+``torch.optim.lr_scheduler`` works on ``lr``; the genome's own schedule multiplies it. Groups
+also hold torch's ``betas`` = (β1, β2[, β3]) or, with beta1 only, ``momentum`` = β1, kept in step
+with those genes both ways, so momentum-cycling schedulers (OneCycleLR, CyclicLR) drive them.
 State per parameter is a dict of named buffers plus ``step``; Eve's loss-feedback state is kept
 per group under the key ``"loss_feedback.<group index>"``. Everything in ``state_dict()`` is
-plain tensors, numbers and strings, so ``torch.load(weights_only=True)`` reads it.
+plain tensors, numbers and strings, so ``torch.load(weights_only=True)`` reads it. Complex
+parameters, gradients and buffers are stepped as real pairs (``torch.view_as_real``), as torch.optim does.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections import defaultdict
 from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor
 
-from evolveopt.errors import OptimizerUsageError
+from evolveopt.errors import GenomeError, OptimizerUsageError
+from evolveopt.genome.genes import range_problem
 from evolveopt.genome.io import load_genome
 from evolveopt.genome.schema import SCHEMA_VERSION, Genome
+from evolveopt.genome.slots import PARAM_SHAPED
 from evolveopt.compile.rule import Rule, StepContext
 from evolveopt.primitives import feedback as eve
 from evolveopt.primitives import gradient, tensorlist
@@ -27,6 +33,7 @@ from evolveopt.primitives import gradient, tensorlist
 # Below this mean tensor size, one multi-tensor (foreach) call per op beats a Python loop on
 # CPU; above it the loop wins (temporaries stay in cache). See docs/performance.md.
 FOREACH_MAX_MEAN_NUMEL = 65_536
+DECAYING_SCHEDULES = ("cosine", "linear_decay", "warmup_cosine")  # s(t) = 0 for t > total_steps
 
 
 class RuleOptimizer(torch.optim.Optimizer):
@@ -37,18 +44,113 @@ class RuleOptimizer(torch.optim.Optimizer):
     """
 
     def __init__(self, params: Iterable[Any], genome: Genome, *, total_steps: int | None = None,
-                 maximize: bool = False, foreach: bool | None = None):
-        self._setup(params, genome, total_steps, maximize, foreach)
+                 maximize: bool = False, foreach: bool | None = None, capturable: bool = False,
+                 differentiable: bool = False, fused: bool | None = None):
+        self._setup(params, genome, None, total_steps=total_steps, maximize=maximize, foreach=foreach,
+                    capturable=capturable, differentiable=differentiable, fused=fused)
 
-    def _setup(self, params: Iterable[Any], genome: Genome, total_steps: int | None, maximize: bool,
-               foreach: bool | None) -> None:
+    def _setup(self, params: Iterable[Any], genome: Genome, tensors: dict[str, Tensor] | None, *,
+               total_steps: int | None, maximize: bool, foreach: bool | None, capturable: bool,
+               differentiable: bool, fused: bool | None) -> None:
+        """``tensors``: genes given as 1-element tensors; groups keep them as given (as torch keeps a Tensor lr).
+        The flags are torch.optim's; ``differentiable`` and ``fused`` exist only as False."""
+        if differentiable:
+            raise OptimizerUsageError(f"{genome.label}: differentiable=True is not supported "
+                                      "(the step runs under torch.no_grad and updates in place)")
+        if fused:
+            raise OptimizerUsageError(f"{genome.label}: fused=True is not supported (there is no fused kernel "
+                                      "for a genome); use foreach=True or leave foreach=None")
         if genome.schedule.needs_horizon:
             _check_total_steps(genome, total_steps)
         self.genome = genome
         self.rule = Rule(genome)
-        defaults: dict[str, Any] = dict(genome.genes)
-        defaults.update(total_steps=total_steps, maximize=maximize, foreach=foreach, schema_version=SCHEMA_VERSION)
+        self._checked: dict[int, tuple[dict[str, Any], dict[str, float]]] = {}
+        defaults: dict[str, Any] = {**genome.genes, **(tensors or {})}
+        alias, names = torch_alias(genome)
+        if alias:
+            defaults[alias] = _alias_value(alias, [defaults[n] for n in names])
+        defaults.update(total_steps=total_steps, maximize=maximize, foreach=foreach, capturable=capturable,
+                        differentiable=False, fused=fused, schema_version=SCHEMA_VERSION)
         super().__init__(params, defaults)
+
+    @staticmethod
+    def _split_overrides(genome: Genome, genes: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Tensor]]:
+        """(values to check, as floats where given as tensors; the 1-element tensors themselves).
+        torch's names ``betas=(β1, β2)`` and ``momentum=β1`` stand for the genes they alias."""
+        genes = dict(genes)
+        alias, names = torch_alias(genome)
+        for key in {"betas", "momentum"} & genes.keys():
+            if key != alias:
+                raise GenomeError(f"{genome.label}: {key}: this genome has no {key} "
+                                  f"(genes: {', '.join(genome.genes)})")
+            if any(n in genes for n in names):
+                raise GenomeError(f"{genome.label}: give {key} or {', '.join(names)}, not both")
+            genes.update(zip(names, _alias_items(genome.label, key, names, genes.pop(key))))
+        tensors = {name: value for name, value in genes.items() if isinstance(value, Tensor)}
+        for name, value in tensors.items():
+            if value.numel() != 1:
+                raise OptimizerUsageError(f"Tensor {name} must be 1-element")
+        return {**genes, **{name: _as_float(value) for name, value in tensors.items()}}, tensors
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """torch's add_param_group, after checking the group's genes (the genome's fill the gaps);
+        a group's ``betas``/``momentum`` sets the genes it aliases."""
+        if not isinstance(param_group, dict):
+            return super().add_param_group(param_group)
+        index = len(self.param_groups)
+        alias, names = torch_alias(self.genome)
+        if alias in param_group:
+            where = f"{self.genome.label}: param_groups[{index}]"
+            values = _alias_items(where, alias, names, param_group[alias])
+            for name, value in zip(names, values):
+                if name in param_group and _number(param_group[name]) != _number(value):
+                    raise GenomeError(f"{where}: {alias} and {name} disagree")
+                param_group[name] = value
+        genes = self._check_genes(index, {**self.defaults, **param_group})
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        if alias:
+            group[alias] = _alias_value(alias, [group[n] for n in names])
+        self._checked[id(group)] = (group, genes)
+
+    def _group_genes(self, index: int, group: dict[str, Any]) -> dict[str, float]:
+        """The group's genes as floats, checked against their ranges when they changed since last read.
+
+        ``betas``/``momentum`` and the genes they alias are kept in step: whichever changed since
+        the last read wins (the alias, when nothing was read yet: torch's tools write it)."""
+        record = self._checked.get(id(group))
+        seen = record[1] if record is not None and record[0] is group else None
+        alias, names = torch_alias(self.genome)
+        if alias:
+            self._sync_alias(index, group, alias, names, seen)
+        genes = self._check_genes(index, group, seen)
+        self._checked[id(group)] = (group, genes)
+        return genes
+
+    def _sync_alias(self, index: int, group: dict[str, Any], alias: str, names: tuple[str, ...],
+                    seen: dict[str, float] | None) -> None:
+        if alias not in group:
+            group[alias] = _alias_value(alias, [group[n] for n in names])
+            return
+        values = _alias_items(f"{self.genome.label}: param_groups[{index}]", alias, names, group[alias])
+        written = [_number(v) for v in values]
+        current = [_number(group[n]) for n in names]
+        if written != (current if seen is None else [seen[n] for n in names]):
+            group.update(zip(names, values))  # the alias was written (a momentum-cycling scheduler)
+        elif written != current:
+            group[alias] = _alias_value(alias, [group[n] for n in names])  # the genes were written
+
+    def _check_genes(self, index: int, group: dict[str, Any], seen: dict[str, float] | None = None
+                     ) -> dict[str, float]:
+        values = {name: _number(group[name]) for name in self.genome.genes}
+        if seen == values:
+            return values
+        for name, value in values.items():
+            problem = range_problem(name, value) if value is not None else \
+                f"expected a number, got a {type(group[name]).__name__}"
+            if problem:
+                raise GenomeError(f"{self.genome.label}: param_groups[{index}].{name}: {problem}")
+        return values
 
     def __repr__(self) -> str:
         name = self.genome.name or "genome"
@@ -65,13 +167,14 @@ class RuleOptimizer(torch.optim.Optimizer):
             raise OptimizerUsageError(
                 f"{self.genome.label} uses loss feedback: call step(closure) with a closure that returns the loss"
             )
-        groups = [(index, group, *self._collect(group)) for index, group in enumerate(self.param_groups)]
+        groups = [(index, group, self._group_genes(index, group), *self._collect(group))
+                  for index, group in enumerate(self.param_groups)]  # every group is checked before any moves
         norm = None
         if self.rule.clips_global_norm:
             norm = tensorlist.global_norm([g for *_, grads in groups for g in grads], member_dims=0)
-        for index, group, params, grads in groups:
+        for index, group, genes, params, grads in groups:
             if params:
-                self._step_group(index, group, params, grads, loss, norm)
+                self._step_group(index, group, genes, params, grads, loss, norm)
         return loss
 
     def _collect(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor]]:
@@ -85,12 +188,11 @@ class RuleOptimizer(torch.optim.Optimizer):
                     "(e.g. nn.Embedding(sparse=False)) or torch.optim.SparseAdam"
                 )
             params.append(p)
-            grads.append(p.grad)
+            grads.append(_real(p.grad))
         return params, grads
 
-    def _step_group(self, index: int, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                    loss: Any, norm: Tensor | None) -> None:
-        genes = {name: _as_float(group[name]) for name in self.genome.genes}
+    def _step_group(self, index: int, group: dict[str, Any], genes: dict[str, float], params: list[Tensor],
+                    grads: list[Tensor], loss: Any, norm: Tensor | None) -> None:
         feedback = self._loss_feedback(index, genes, loss) if self.genome.uses_loss else None
         global_clip = gradient.clip_factor(norm, genes[self.genome.clip.threshold]) if norm is not None else None
         for p in params:
@@ -102,12 +204,22 @@ class RuleOptimizer(torch.optim.Optimizer):
         for chunk in self._chunks(group, params):
             chunk_params = [params[i] for i in chunk]
             t = self.state[chunk_params[0]]["step"]
+            self._warn_past_horizon(t, group["total_steps"])
             ctx = StepContext(
                 t=t, genes=genes, lr=_as_float(group["lr"]) * self.rule.schedule(t, genes, group["total_steps"]),
                 maximize=group["maximize"], global_clip=global_clip, feedback=feedback,
             )
-            slots = {name: [self.state[p][name] for p in chunk_params] for name in self.rule.slots}
-            self.rule.step(chunk_params, [grads[i] for i in chunk], slots, ctx)
+            slots = {name: [_real(self.state[p][name]) for p in chunk_params] for name in self.rule.slots}
+            self.rule.step([_real(p) for p in chunk_params], [grads[i] for i in chunk], slots, ctx)
+
+    def _warn_past_horizon(self, t: int, total_steps: int | None) -> None:
+        """Once per optimizer: a decaying schedule is 0 past its horizon, so nothing moves any more."""
+        kind = self.genome.schedule.kind
+        if kind in DECAYING_SCHEDULES and t > total_steps and not getattr(self, "_warned_horizon", False):
+            self._warned_horizon = True
+            warnings.warn(f"{self.genome.label}: step {t} is past total_steps={total_steps}: its built-in "
+                          f"'{kind}' schedule is 0 from here on, so the parameters no longer move "
+                          "(pass the number of steps you train as total_steps)", stacklevel=6)
 
     def _chunks(self, group: dict[str, Any], params: list[Tensor]) -> list[list[int]]:
         """Indices of tensors sharing device, dtype and step count (one at a time without foreach)."""
@@ -127,13 +239,37 @@ class RuleOptimizer(torch.optim.Optimizer):
             return self.state[key]["factor"]
         return eve.update_feedback_(self.state[key], value, genes[fb.beta], genes[fb.low], genes[fb.high])
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's, but scalar state (NAdam's μ product) keeps its saved dtype: torch casts every
+        floating tensor except ``step`` to its parameter's dtype."""
+        super().load_state_dict(state_dict)
+        scalars = {name for name, kind in self.rule.slots.items() if kind != PARAM_SHAPED}
+        saved = [i for group in state_dict["param_groups"] for i in group["params"]]
+        params = [p for group in self.param_groups for p in group["params"]]
+        for i, p in zip(saved, params):
+            for key in scalars & state_dict["state"].get(i, {}).keys():
+                self.state[p][key] = state_dict["state"][i][key].clone()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """torch keeps defaults, state and param groups; the genome makes the copy a working optimizer."""
+        return {**super().__getstate__(), "genome": self.genome}
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        if "genome" in state:
+            self.rule = Rule(self.genome)
+        self._checked = {}
         for group in self.param_groups:
             group.setdefault("total_steps", None)
             group.setdefault("maximize", False)
             group.setdefault("foreach", None)
+            group.setdefault("capturable", False)
+            group.setdefault("differentiable", False)
+            group.setdefault("fused", None)
             group.setdefault("schema_version", SCHEMA_VERSION)
+        alias, names = torch_alias(self.genome) if "genome" in state else (None, ())
+        if alias:
+            self.defaults.setdefault(alias, _alias_value(alias, [self.defaults[n] for n in names]))
 
 
 class GenomeOptimizer(RuleOptimizer):
@@ -147,15 +283,45 @@ class GenomeOptimizer(RuleOptimizer):
         maximize: ascend the objective instead of descending.
         foreach: use multi-tensor ops per group (True), one tensor at a time (False), or
             choose by device and tensor size (None).
-        **genes: overrides of the genome's genes by name (``lr``, ``beta1``, ``weight_decay``, ...).
+        capturable, differentiable, fused: torch.optim's flags; ``differentiable=True`` and
+            ``fused=True`` are not supported and raise.
+        **genes: overrides of the genome's genes by name (``lr``, ``beta1``, ``weight_decay``, ...);
+            a 1-element tensor (``lr=torch.tensor(1e-3)``) stays a tensor in the param groups.
     """
 
     def __init__(self, params: Iterable[Any], genome: Genome | str | os.PathLike[str], *,
                  total_steps: int | None = None, maximize: bool = False, foreach: bool | None = None,
-                 **genes: float):
+                 capturable: bool = False, differentiable: bool = False, fused: bool | None = None,
+                 **genes: float | Tensor):
         genome = load_genome(genome)
-        genome = genome.with_genes(**genes) if genes else genome
-        self._setup(params, genome, total_steps, maximize, foreach)
+        values, tensors = self._split_overrides(genome, genes)
+        genome = genome.with_genes(**values) if values else genome
+        self._setup(params, genome, tensors, total_steps=total_steps, maximize=maximize, foreach=foreach,
+                    capturable=capturable, differentiable=differentiable, fused=fused)
+
+
+def torch_alias(genome: Genome) -> tuple[str | None, tuple[str, ...]]:
+    """torch's group key for the genome's rates: ``betas`` = (β1, β2[, β3]) when it has beta1 and
+    beta2 (Adam-like), ``momentum`` = β1 when it has beta1 only (SGD-like), else none."""
+    if "beta1" in genome.genes and "beta2" in genome.genes:
+        return "betas", tuple(n for n in ("beta1", "beta2", "beta3") if n in genome.genes)
+    if "beta1" in genome.genes:
+        return "momentum", ("beta1",)
+    return None, ()
+
+
+def _alias_value(alias: str, values: list[Any]) -> Any:
+    return tuple(values) if alias == "betas" else values[0]
+
+
+def _alias_items(where: str, alias: str, names: tuple[str, ...], value: Any) -> list[Any]:
+    """The gene values an alias holds; a ``betas`` of the wrong length is a GenomeError."""
+    if alias == "momentum":
+        return [value]
+    values = list(value) if isinstance(value, (tuple, list)) else None
+    if values is None or len(values) != len(names):
+        raise GenomeError(f"{where}: betas: expected {len(names)} values ({', '.join(names)}), got {value!r}")
+    return values
 
 
 def _use_foreach(choice: bool | None, params: list[Tensor]) -> bool:
@@ -164,6 +330,18 @@ def _use_foreach(choice: bool | None, params: list[Tensor]) -> bool:
     if all(p.is_cuda for p in params):
         return True
     return sum(p.numel() for p in params) / len(params) <= FOREACH_MAX_MEAN_NUMEL
+
+
+def _real(x: Tensor) -> Tensor:
+    """A complex tensor as real pairs (torch.view_as_real, as torch.optim does); others as they are."""
+    return torch.view_as_real(x) if x.is_complex() else x
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a float if it is a real number or a 1-element tensor, else None."""
+    if isinstance(value, Tensor):
+        return _as_float(value) if value.numel() == 1 and not value.is_complex() else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _as_float(value: Any) -> float:
@@ -183,6 +361,7 @@ def build_optimizer(genome: Genome | str | os.PathLike[str], params: Iterable[An
     """Compile ``genome`` (a Genome, a name such as ``"adan"``, or a YAML path) for ``params``.
 
     ``overrides`` are gene values by canonical name (``lr``, ``beta1``, ``beta2``, ``beta3``,
-    ``eps``, ``weight_decay``, ...) and the options ``total_steps``, ``maximize`` and ``foreach``.
+    ``eps``, ``weight_decay``, ...) and the options ``total_steps``, ``maximize``, ``foreach``
+    (and torch's ``capturable``, ``differentiable=False``, ``fused=False``).
     """
     return GenomeOptimizer(params, genome, **overrides)

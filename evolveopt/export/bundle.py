@@ -17,6 +17,7 @@ import inspect
 from typing import Callable, Iterable
 
 RUNTIME = (
+    "evolveopt.genome.genes",
     "evolveopt.genome.schema",
     "evolveopt.genome.slots",
     "evolveopt.primitives.tensorlist",

@@ -16,37 +16,36 @@ from dataclasses import fields
 from typing import Any
 
 from evolveopt.genome.equations import render_equations, sym
-from evolveopt.genome.genes import gene_spec
 from evolveopt.genome.schema import SCHEMA_VERSION, Genome
 
 STRUCTURE_CLASSES = ("Genome", "Term", "Signal", "Momentum", "Precondition", "Clip", "Adaptor", "Layerwise",
                      "LossFeedback", "WeightDecay", "Schedule")
 
 INIT_TEMPLATE = '''
-def __init__(self, params, *, total_steps=None, maximize=False, foreach=None, **genes):
-    """params or param groups; total_steps for a schedule's horizon; gene overrides by name (lr=3e-4)."""
-    genome = replace(GENOME, genes=checked_genes(genes))
-    self._setup(params, genome, total_steps, maximize, foreach)
+def __init__(self, params, *, total_steps=None, maximize=False, foreach=None, capturable=False,
+             differentiable=False, fused=None, **genes):
+    """params or param groups; total_steps for a schedule's horizon; torch.optim's flags
+    (differentiable and fused only as False); gene overrides by name (lr=3e-4)."""
+    values, tensors = self._split_overrides(GENOME, genes)
+    genome = replace(GENOME, genes=checked_genes(values))
+    self._setup(params, genome, tensors, total_steps=total_steps, maximize=maximize, foreach=foreach,
+                capturable=capturable, differentiable=differentiable, fused=fused)
 '''
 
 FOOTER_TEMPLATE = '''
 GENOME = {genome}
-
-GENE_RANGES = {ranges}
 
 
 def checked_genes(overrides):
     """The embedded genes with ``overrides`` applied; unknown names and out-of-range values raise."""
     genes = dict(GENOME.genes)
     for name, value in overrides.items():
-        if name not in GENE_RANGES:
-            raise OptimizerUsageError(f"{class_name} has no gene '{{name}}' (genes: {{', '.join(GENE_RANGES)}})")
-        low, high, low_open, high_open = GENE_RANGES[name]
-        value = float(value)
-        inside = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-        if not inside:
-            raise OptimizerUsageError(f"{class_name}: {{name}}={{value!r}} is out of range")
-        genes[name] = value
+        if name not in genes:
+            raise GenomeError(f"{{GENOME.label}}: genes.{{name}}: this genome has no gene '{{name}}' (genes: {{', '.join(genes)}})")
+        problem = range_problem(name, float(value))
+        if problem:
+            raise GenomeError(f"{{GENOME.label}}: genes.{{name}}: {{problem}}")
+        genes[name] = float(value)
     return genes
 '''
 
@@ -76,14 +75,6 @@ def genome_literal(genome: Genome) -> str:
     return "Genome(" + ", ".join(parts) + ")"
 
 
-def ranges_literal(genome: Genome) -> str:
-    items = []
-    for name in genome.genes:
-        spec = gene_spec(name)
-        items.append(f"{name!r}: ({_float(spec.low)}, {_float(spec.high)}, {spec.low_open}, {spec.high_open})")
-    return "{" + ", ".join(items) + "}"
-
-
 def class_docstring(genome: Genome, class_name: str, provenance: dict[str, Any]) -> str:
     equations = "\n".join(f"        {line}" for line in render_equations(genome))
     defaults = ", ".join(f"{k}={v:g}" for k, v in genome.genes.items())
@@ -107,7 +98,7 @@ def export_python(genome: Genome, class_name: str, provenance: dict[str, Any]) -
     is taken by the runtime, as ``Momentum`` is)."""
     from evolveopt.export.bundle import bundle_source, runtime_names
 
-    if class_name in runtime_names() | {"GENOME", "GENE_RANGES", "OptimizerUsageError", "checked_genes"}:
+    if class_name in runtime_names() | {"GENOME", "OptimizerUsageError", "GenomeError", "checked_genes"}:
         class_name += "Optimizer"
 
     init = ast.parse(INIT_TEMPLATE).body[0]
@@ -134,9 +125,11 @@ def export_python(genome: Genome, class_name: str, provenance: dict[str, Any]) -
     error = (
         "class OptimizerUsageError(ValueError):\n"
         '    """A use this optimizer does not support (a missing closure, sparse gradients, a bad gene)."""\n'
+        "\n\n"
+        "class GenomeError(OptimizerUsageError):\n"
+        '    """A param group holds a gene value outside its range."""\n'
     )
-    footer = FOOTER_TEMPLATE.format(genome=genome_literal(genome), ranges=ranges_literal(genome),
-                                    class_name=class_name)
+    footer = FOOTER_TEMPLATE.format(genome=genome_literal(genome))
     text = "\n".join([header, "from __future__ import annotations\n", "\n".join(imports), "\n", error, "\n",
                       _class_first(code, class_name), "\n", footer])
     compile(text, f"<{class_name}>", "exec")  # a syntax check only: nothing is run

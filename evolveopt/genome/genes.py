@@ -78,6 +78,14 @@ def gene_spec(name: str) -> GeneSpec | None:
     return None
 
 
+def range_problem(name: str, value: int | float) -> str | None:
+    """Why ``value`` is not allowed for the (existing) gene ``name``, or None if it is."""
+    spec = gene_spec(name)
+    if spec.contains(float(value)):
+        return None
+    return f"{value!r} is out of range {spec.describe_range()} ({spec.doc})"
+
+
 def known_gene_names() -> str:
     return ", ".join([*GENES, "w1..w9"])
 

@@ -29,7 +29,7 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any
 
 from evolveopt.errors import GenomeError
-from evolveopt.genome.genes import gene_spec, known_gene_names
+from evolveopt.genome.genes import gene_spec, known_gene_names, range_problem
 
 SCHEMA_VERSION = 1
 
@@ -300,8 +300,9 @@ def _parse_genes(node: _Node) -> dict[str, float]:
             raise item.fail(f"unknown gene '{name}' (allowed: {known_gene_names()})")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise item.fail(f"expected a number, got {_type_name(value)}")
-        if not spec.contains(float(value)):
-            raise item.fail(f"{value!r} is out of range {spec.describe_range()} ({spec.doc})")
+        problem = range_problem(name, value)
+        if problem:
+            raise item.fail(problem)
         genes[name] = float(value)
     if "lr" not in genes:
         raise node.fail("missing required gene 'lr'")

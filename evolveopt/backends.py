@@ -26,6 +26,7 @@ from evolveopt.config import BackendConfig
 from evolveopt.errors import EvolveOptError
 from evolveopt.evaluation.evaluator import UnitResult, WorkUnit, execute_unit, run_here
 from evolveopt.evaluation.results import MemberResult
+from evolveopt.extras import optional
 
 
 class BackendError(EvolveOptError, RuntimeError):
@@ -66,7 +67,7 @@ class RayBackend:
     name = "ray"
 
     def __init__(self, config: BackendConfig, device: str = "cpu"):
-        import ray
+        ray = optional("ray", "ray")
 
         self.ray, self.config, self.device = ray, config, device
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 import yaml
-from deap import tools
 
 from evolveopt.backends import make_backend
 from evolveopt.config import RunConfig, load_config, parse_config, to_plain
@@ -38,6 +37,9 @@ from evolveopt.progress import Progress
 from evolveopt.rundir import RunDir, RunDirError
 from evolveopt.search.algorithm import GeneticSearch, hall_of_fame, statistics, structures
 from evolveopt.search.individual import Individual
+from evolveopt.extras import optional
+
+tools = optional("deap.tools", "search")
 
 
 @dataclass

@@ -114,6 +114,7 @@ def test_same_seed_same_run(tmp_path):
     assert run_files(tmp_path / "a") == run_files(tmp_path / "b")
 
 
+@pytest.mark.slow
 def test_sigkill_mid_generation_then_resume_equals_an_uninterrupted_run(tmp_path):
     config = tiny_config(tmp_path, **{"search.generations": 4, "fitness.budget": 900})
     start_run(load_config(config), tmp_path / "whole", progress=False)
@@ -239,6 +240,7 @@ def test_shipped_experiments_are_valid(name):
     load_config(Path(__file__).resolve().parent.parent / "experiments" / f"{name}.yaml")
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_the_checkpoint_and_says_how_to_resume(tmp_path):
     config = tiny_config(tmp_path, **{"search.generations": 6, "fitness.budget": 900})
     run = tmp_path / "run"

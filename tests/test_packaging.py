@@ -92,3 +92,17 @@ def test_a_missing_extra_is_one_line_naming_it():
     code = EXTRAS_BLOCKED + "import evolveopt.search.algorithm"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 1 and "pip install 'evolveopt[search]'" in out.stderr.strip().splitlines()[-1]
+
+
+def test_the_readme_test_command_is_what_ci_runs_and_it_includes_the_slow_tests():
+    import re
+
+    from conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    command = re.search(r"pip install -e '\.\[all,test\]' && (python -m pytest[^\n]*)", readme).group(1)
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert f"&& {command}\n" in ci and "-m ''" in command
+    slow = subprocess.run([sys.executable, "-m", "pytest", "-q", "--collect-only", "-m", "slow", str(ROOT / "tests")],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert re.search(r"^([1-9]\d*)/\d+ tests collected", slow.stdout, re.M), slow.stdout[-500:]

@@ -19,6 +19,7 @@ import base64
 import importlib.metadata
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -128,6 +129,7 @@ class Evolution:
             "member_steps": self.scorer.stats.member_steps - steps,
             "cache_hits": self.scorer.stats.cache_hits - hits, "cache_misses": self.scorer.stats.cache_misses - misses,
             "wall_time": time.monotonic() - started,
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # this process; Linux: KiB
         }
         self.logbook.record(**{k: v for k, v in record.items() if k != "wall_time"})
         self.population, self.generation = population, generation

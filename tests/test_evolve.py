@@ -99,7 +99,8 @@ def test_run_writes_every_record(tmp_path):
         assert (run / name).exists(), name
     rows = [json.loads(line) for line in (run / "generations.jsonl").read_text().splitlines()]
     assert [r["generation"] for r in rows] == [0, 1, 2]
-    assert all({"best", "median", "diversity", "evaluations", "cache_hits", "wall_time"} <= set(r) for r in rows)
+    assert all({"best", "median", "diversity", "evaluations", "cache_hits", "wall_time", "peak_rss_mb"} <= set(r) for r in rows)
+    assert all(100 < r["peak_rss_mb"] < 64_000 for r in rows)  # torch alone takes > 100 MB
     lineage = [json.loads(line) for line in (run / "lineage.jsonl").read_text().splitlines()]
     ids = {r["id"] for r in lineage}
     assert all(set(r["parents"]) <= ids for r in lineage)

@@ -10,8 +10,8 @@ exception, which is a bug or a bad genome); GPU units go to long-lived actors ho
 a GPU (``gpus_per_actor``), restarted and retried when they die. A unit that outlives
 ``unit_timeout`` is cancelled and its members are reported as failed ("timeout"). A local
 cluster starts with the dashboard off and a small object store; Ray's own servers listen on the
-machine's interfaces behind Ray's token authentication (on by default since Ray 2.60), which
-evolveopt leaves on. The default backend (in-process) listens on nothing.
+machine's interfaces behind Ray's token authentication, which evolveopt turns on explicitly
+(``RAY_AUTH_MODE=token``, whatever the environment says) for every local cluster it starts. The default backend (in-process) listens on nothing.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from evolveopt.config import BackendConfig
 from evolveopt.errors import EvolveOptError
 from evolveopt.evaluation.evaluator import UnitResult, WorkUnit, execute_unit, run_here
 from evolveopt.evaluation.results import MemberResult
+from evolveopt.extras import optional
 
 
 class BackendError(EvolveOptError, RuntimeError):
@@ -66,7 +67,7 @@ class RayBackend:
     name = "ray"
 
     def __init__(self, config: BackendConfig, device: str = "cpu"):
-        import ray
+        ray = optional("ray", "ray")
 
         self.ray, self.config, self.device = ray, config, device
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -77,6 +78,8 @@ class RayBackend:
                 if address:
                     ray.init(address=address, log_to_driver=False, runtime_env=_runtime_env())
                 else:
+                    os.environ["RAY_AUTH_MODE"] = "token"  # a local cluster is this run's alone: never unauthenticated
+                    ray._raylet.Config.initialize("")  # re-read the mode, as Ray's own default-on path does
                     ray.init(num_cpus=config.num_cpus, include_dashboard=False, log_to_driver=False,
                              object_store_memory=config.object_store_mb * 1024 * 1024, runtime_env=_runtime_env())
             except Exception as exc:  # Ray raises many types; all mean "no cluster"

@@ -14,6 +14,7 @@ from torch import nn
 
 from evolveopt.compile import build_optimizer
 from evolveopt.genome.schema import Genome
+from evolveopt.extras import optional
 
 
 @dataclass
@@ -26,7 +27,7 @@ class DemoResult:
 
 def digits_split(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Standardized digits features; 1,397 training and 400 held-out images."""
-    from sklearn.datasets import load_digits
+    load_digits = optional("sklearn.datasets", "search").load_digits
 
     data = load_digits()
     x = torch.tensor(data.data, dtype=torch.float32) / 16.0

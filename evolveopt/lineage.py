@@ -17,6 +17,7 @@ from typing import Any, Iterable
 
 from evolveopt.errors import EvolveOptError
 from evolveopt.rundir import RunDir, RunDirError
+from evolveopt.extras import optional
 
 FORMATS = ("text", "dot", "csv", "json", "png", "svg", "html")
 FILE_FORMATS = ("png", "svg", "html")
@@ -141,7 +142,7 @@ def to_json(lineage: Lineage, ident: int, depth: int | None = None) -> str:
 
 def draw(lineage: Lineage, ident: int, path: Path, depth: int | None = None, title: str = "") -> Path:
     """Fitness of every individual over generations (grey), the ancestry of ``ident`` in colour."""
-    import matplotlib
+    matplotlib = optional("matplotlib", "plots")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -1,6 +1,7 @@
 """Progress of a run on stderr: a live bar on a terminal, one plain line per generation otherwise."""
 
 from __future__ import annotations
+from evolveopt.extras import optional
 
 import sys
 import time
@@ -16,6 +17,7 @@ class Progress:
         self.started = time.monotonic()
         self._bar = None
         if self.live and total > done:
+            optional("rich", "search")
             from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, \
                 TimeElapsedColumn, TimeRemainingColumn
 

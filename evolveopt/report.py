@@ -17,10 +17,11 @@ from evolveopt.genome.schema import parse_genome
 from evolveopt.lineage import Lineage, draw, lineage_summary
 from evolveopt.rundir import RunDir, dumps
 from evolveopt.runs import read_individuals, run_name, select_individual
+from evolveopt.extras import optional
 
 
 def plot_fitness(rows: list[dict], path: Path) -> Path:
-    import matplotlib
+    matplotlib = optional("matplotlib", "plots")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

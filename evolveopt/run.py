@@ -19,6 +19,7 @@ import base64
 import importlib.metadata
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -28,7 +29,6 @@ from typing import Any
 
 import numpy as np
 import yaml
-from deap import tools
 
 from evolveopt.backends import make_backend
 from evolveopt.config import RunConfig, load_config, parse_config, to_plain
@@ -38,6 +38,9 @@ from evolveopt.progress import Progress
 from evolveopt.rundir import RunDir, RunDirError
 from evolveopt.search.algorithm import GeneticSearch, hall_of_fame, statistics, structures
 from evolveopt.search.individual import Individual
+from evolveopt.extras import optional
+
+tools = optional("deap.tools", "search")
 
 
 @dataclass
@@ -126,6 +129,7 @@ class Evolution:
             "member_steps": self.scorer.stats.member_steps - steps,
             "cache_hits": self.scorer.stats.cache_hits - hits, "cache_misses": self.scorer.stats.cache_misses - misses,
             "wall_time": time.monotonic() - started,
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # this process; Linux: KiB
         }
         self.logbook.record(**{k: v for k, v in record.items() if k != "wall_time"})
         self.population, self.generation = population, generation

@@ -99,7 +99,8 @@ def test_run_writes_every_record(tmp_path):
         assert (run / name).exists(), name
     rows = [json.loads(line) for line in (run / "generations.jsonl").read_text().splitlines()]
     assert [r["generation"] for r in rows] == [0, 1, 2]
-    assert all({"best", "median", "diversity", "evaluations", "cache_hits", "wall_time"} <= set(r) for r in rows)
+    assert all({"best", "median", "diversity", "evaluations", "cache_hits", "wall_time", "peak_rss_mb"} <= set(r) for r in rows)
+    assert all(100 < r["peak_rss_mb"] < 64_000 for r in rows)  # torch alone takes > 100 MB
     lineage = [json.loads(line) for line in (run / "lineage.jsonl").read_text().splitlines()]
     ids = {r["id"] for r in lineage}
     assert all(set(r["parents"]) <= ids for r in lineage)
@@ -114,6 +115,7 @@ def test_same_seed_same_run(tmp_path):
     assert run_files(tmp_path / "a") == run_files(tmp_path / "b")
 
 
+@pytest.mark.slow
 def test_sigkill_mid_generation_then_resume_equals_an_uninterrupted_run(tmp_path):
     config = tiny_config(tmp_path, **{"search.generations": 4, "fitness.budget": 900})
     start_run(load_config(config), tmp_path / "whole", progress=False)
@@ -239,6 +241,7 @@ def test_shipped_experiments_are_valid(name):
     load_config(Path(__file__).resolve().parent.parent / "experiments" / f"{name}.yaml")
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_the_checkpoint_and_says_how_to_resume(tmp_path):
     config = tiny_config(tmp_path, **{"search.generations": 6, "fitness.budget": 900})
     run = tmp_path / "run"

@@ -19,7 +19,7 @@ from evolveopt.config import BackendConfig, load_config  # noqa: E402
 from evolveopt.evaluation import ResultCache, evaluate  # noqa: E402
 from evolveopt.evaluation.evaluator import plan_units  # noqa: E402
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 GENOMES = ["adam", "lion", "adan", "ga2025", "sgd"]
 

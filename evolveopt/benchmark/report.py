@@ -18,6 +18,7 @@ from evolveopt.benchmark.stats import (
 from evolveopt.evaluation.runner import curve_steps
 from evolveopt.genome.schema import Genome
 from evolveopt.genome.slots import buffers_per_param
+from evolveopt.extras import optional
 
 REFERENCE = "adamw"
 
@@ -147,7 +148,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def plot_curves(report: dict[str, Any], path: Path) -> None:
-    import matplotlib
+    matplotlib = optional("matplotlib", "plots")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -182,7 +183,7 @@ def plot_curves(report: dict[str, Any], path: Path) -> None:
 
 
 def plot_profile(report: dict[str, Any], path: Path) -> None:
-    import matplotlib
+    matplotlib = optional("matplotlib", "plots")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -24,7 +24,6 @@ from dataclasses import dataclass, replace
 from typing import Any, Iterator, Sequence
 
 import numpy as np
-from deap import tools
 
 from evolveopt.genome.canonical import canonical_form, genome_hash
 from evolveopt.genome.io import load_genome
@@ -32,6 +31,9 @@ from evolveopt.genome.schema import to_dict
 from evolveopt.search.individual import Individual
 from evolveopt.search.operators import crossover, mutate_genes, mutate_structure
 from evolveopt.search.space import SearchSpace, random_genome, with_drawn_genes
+from evolveopt.extras import optional
+
+tools = optional("deap.tools", "search")
 
 
 @dataclass(frozen=True)

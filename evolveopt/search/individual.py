@@ -12,10 +12,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from deap import base
 
 from evolveopt.genome.canonical import genome_hash, structure_key
 from evolveopt.genome.schema import Genome, parse_genome, to_dict
+from evolveopt.extras import optional
+
+base = optional("deap.base", "search")
 
 
 class RankFitness(base.Fitness):

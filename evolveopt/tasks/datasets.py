@@ -1,6 +1,7 @@
 """Data that ships with installed packages: scikit-learn's bundled sets and Python's own text."""
 
 from __future__ import annotations
+from evolveopt.extras import optional
 
 from functools import lru_cache
 
@@ -16,7 +17,7 @@ def sklearn_classification(name: str, split_seed: int = 0) -> tuple[Tensor, Tens
 
     ``name``: digits (1,797 × 64, 10 classes), breast_cancer (569 × 30, 2), wine (178 × 13, 3).
     """
-    from sklearn import datasets
+    datasets = optional("sklearn.datasets", "search")
 
     loader = {"digits": datasets.load_digits, "breast_cancer": datasets.load_breast_cancer,
               "wine": datasets.load_wine}[name]

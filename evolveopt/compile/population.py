@@ -3,7 +3,10 @@
 Parameters arrive stacked, each tensor ``[P, ...]`` with member i's tensors at index i; genes
 arrive as ``[P]`` tensors. One :meth:`PopulationOptimizer.step` updates all P models with the
 same :class:`~evolveopt.compile.rule.Rule` code the ``torch.optim`` form runs, so member i
-trains exactly as it would alone with its own genes.
+trains as it would alone with its own genes: with float64 gene tensors to float64 rounding
+(``tests/test_population.py``); with the float32 gene tensors evaluation uses, each gene value is
+first rounded to float32, and members agree with lone float32 runs to a relative 1e-5 after 200
+Adam steps (measured about 2.4e-7).
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ def _parse_assignments(items: Sequence[str]) -> dict[str, float]:
 def cmd_show(args: argparse.Namespace) -> int:
     from evolveopt.genome import canonical_form, dump_genome, genome_hash, structure_key
     from evolveopt.genome.equations import render_genome
-    from evolveopt.runs import resolve_genome
+    from evolveopt.finished_runs import resolve_genome
 
     genome, _, provenance = resolve_genome(args.genome)
     if args.canonical:
@@ -51,7 +51,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_diff(args: argparse.Namespace) -> int:
     from evolveopt.genome.diff import diff_genomes
-    from evolveopt.runs import resolve_genome
+    from evolveopt.finished_runs import resolve_genome
 
     a, b = resolve_genome(args.a)[0], resolve_genome(args.b)[0]
     lines = diff_genomes(a, b, (args.a, args.b))
@@ -61,7 +61,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from evolveopt.export import export_text, write_export
-    from evolveopt.runs import resolve_genome
+    from evolveopt.finished_runs import resolve_genome
 
     genome, label, provenance = resolve_genome(args.source, args.rank, args.id)
     fmt = args.format or ("yaml" if args.output.endswith((".yaml", ".yml")) else "py")
@@ -74,7 +74,7 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from evolveopt.lineage import FILE_FORMATS, Lineage, champion_id, render
-    from evolveopt.runs import run_name
+    from evolveopt.finished_runs import run_name
 
     lineage = Lineage.from_run(args.run_dir)
     ident = args.id if args.id is not None else champion_id(args.run_dir)
@@ -95,7 +95,7 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from evolveopt.report import write_report
+    from evolveopt.run_report import write_report
 
     print(write_report(args.run_dir, checkup_seeds=args.checkup_seeds))
     return 0
@@ -186,7 +186,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_evolve(args: argparse.Namespace) -> int:
-    from evolveopt.run import run_config_file
+    from evolveopt.evolution import run_config_file
 
     summary = run_config_file(args.config, out=args.out, overrides=args.set, backend=args.backend,
                               address=args.address, seed=args.seed)
@@ -194,7 +194,7 @@ def cmd_evolve(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from evolveopt.run import resume_run
+    from evolveopt.evolution import resume_run
 
     return _report_run(resume_run(args.run_dir, backend=args.backend, address=args.address))
 
@@ -214,7 +214,7 @@ def _report_run(summary) -> int:  # noqa: ANN001 - RunSummary
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from evolveopt.runs import format_runs, list_runs
+    from evolveopt.finished_runs import format_runs, list_runs
 
     print(format_runs(list_runs(args.folder)))
     return 0
@@ -225,7 +225,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     if args.summarize:
-        from evolveopt.benchmark.report import resummarize
+        from evolveopt.benchmark.summary import resummarize
 
         folder = Path(args.summarize)
         if not (folder / "benchmark.json").is_file():
@@ -237,10 +237,10 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
     from evolveopt.backends import make_backend
     from evolveopt.benchmark.protocol import BenchmarkSettings, run_benchmark
-    from evolveopt.benchmark.report import REFERENCE, build_report, write_report
+    from evolveopt.benchmark.summary import REFERENCE, build_report, write_report
     from evolveopt.config import BackendConfig
     from evolveopt.genome import load_genome
-    from evolveopt.runs import resolve_genome
+    from evolveopt.finished_runs import resolve_genome
     from evolveopt.tasks import HELDOUT_SUITE, SEARCH_SUITE
 
     genomes = {}
@@ -268,13 +268,13 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "step":
-        from evolveopt.bench.step import format_table, run_step_benchmark
+        from evolveopt.measure.step_time import format_table, run_step_benchmark
 
         rows = run_step_benchmark(repeats=args.repeats, device=args.device)
         print(json.dumps({"rows": rows}, indent=2) if args.json else format_table(rows))
         return 0
     if args.what == "eval":
-        from evolveopt.bench.evaluation import format_eval_table, run_eval_benchmark
+        from evolveopt.measure.batched_training import format_eval_table, run_eval_benchmark
 
         sizes = tuple(args.sizes) if args.sizes else ((1, 8, 64, 256, 1024, 2048) if args.device.startswith("cuda")
                                                        else (1, 8, 64, 256))
@@ -282,19 +282,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2) if args.json else format_eval_table(report))
         return 0
     if args.what == "fidelity":
-        from evolveopt.bench.fidelity import format_fidelity, run_fidelity_benchmark
+        from evolveopt.measure.halving_fidelity import format_fidelity, run_fidelity_benchmark
 
         report = run_fidelity_benchmark()
         print(json.dumps(report, indent=2) if args.json else format_fidelity(report))
         return 0
     if args.what == "backends":
-        from evolveopt.bench.backends import format_backends, run_backend_benchmark
+        from evolveopt.measure.backend_throughput import format_backends, run_backend_benchmark
 
         rows = run_backend_benchmark()
         print(json.dumps({"rows": rows}, indent=2) if args.json else format_backends(rows))
         return 0
     if args.what == "lineage":
-        from evolveopt.bench.lineage import format_lineage_bench, run_lineage_benchmark
+        from evolveopt.measure.lineage_render import format_lineage_bench, run_lineage_benchmark
 
         rows = run_lineage_benchmark()
         print(json.dumps({"rows": rows}, indent=2) if args.json else format_lineage_bench(rows))

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from evolveopt.errors import EvolveOptError
-from evolveopt.rundir import RunDir, RunDirError
+from evolveopt.run_directory import RunDir, RunDirError
 from evolveopt.extras import optional
 
 FORMATS = ("text", "dot", "csv", "json", "png", "svg", "html")
@@ -225,7 +225,7 @@ def render(lineage: Lineage, ident: int, fmt: str, depth: int | None = None, out
 
 
 def champion_id(path: str | Path) -> int:
-    from evolveopt.runs import select_individual
+    from evolveopt.finished_runs import select_individual
 
     return int(select_individual(path)["id"])
 

@@ -9,7 +9,7 @@ import pytest
 
 import evolveopt
 from evolveopt.benchmark.protocol import BenchmarkSettings, halton, run_benchmark, trial_points
-from evolveopt.benchmark.report import build_report
+from evolveopt.benchmark.summary import build_report
 from evolveopt.benchmark.stats import bootstrap_median_ratio, performance_profile, steps_to_target
 from evolveopt.cli import main
 

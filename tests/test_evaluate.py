@@ -9,7 +9,7 @@ import torch
 
 import evolveopt
 from evolveopt.evaluation import ResultCache, evaluate
-from evolveopt.evaluation.fidelity import halving_cost, rung_budgets, successive_halving
+from evolveopt.evaluation.halving import halving_cost, rung_budgets, successive_halving
 from evolveopt.evaluation.runner import train_population
 from evolveopt.evaluation.scorer import FitnessScorer, FitnessSettings
 from evolveopt.genome.schema import parse_genome

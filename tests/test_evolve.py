@@ -16,8 +16,8 @@ import yaml
 import evolveopt
 from evolveopt.cli import main
 from evolveopt.config import ConfigError, load_config
-from evolveopt.run import resume_run, start_run
-from evolveopt.rundir import RunDir, RunDirError
+from evolveopt.evolution import resume_run, start_run
+from evolveopt.run_directory import RunDir, RunDirError
 from evolveopt.search.algorithm import GAConfig, GeneticSearch
 from evolveopt.search.operators import crossover, mutate_genes, mutate_structure
 from evolveopt.genome.slots import buffers_per_param
@@ -150,7 +150,7 @@ def test_damaged_checkpoint_names_the_file_and_falls_back(tmp_path, capsys):
 
 
 def _read_latest_only(run: Path) -> None:
-    from evolveopt.rundir import _verified
+    from evolveopt.run_directory import _verified
 
     _verified(run / "checkpoint.json")
 

@@ -20,7 +20,7 @@ import evolveopt
 from evolveopt.cli import main
 from evolveopt.config import load_config
 from evolveopt.genome import genome_hash
-from evolveopt.run import start_run
+from evolveopt.evolution import start_run
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,7 @@ def test_yaml_export_reads_back_to_the_same_canonical_hash(run, tmp_path):
     for source, extra in [(str(run), ["--rank", "2"]), (f"{run}#{champion(run)['id']}", []), ("adan", [])]:
         out = tmp_path / "genome.yaml"
         assert main(["export", source, *extra, "--format", "yaml", "-o", str(out)]) == 0
-        expected = evolveopt.runs.resolve_genome(source, *([2, None] if extra else []))[0]
+        expected = evolveopt.finished_runs.resolve_genome(source, *([2, None] if extra else []))[0]
         assert genome_hash(evolveopt.load_genome(out)) == genome_hash(expected)
 
 

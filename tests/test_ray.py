@@ -97,7 +97,7 @@ def test_a_killed_worker_is_retried_and_nothing_is_lost(cluster):
 def test_an_evolution_run_on_ray_equals_the_local_run(cluster, tmp_path):
     from test_evolve import TINY, run_files, tiny_config  # noqa: F401
 
-    from evolveopt.run import start_run
+    from evolveopt.evolution import start_run
 
     config = tiny_config(tmp_path)
     start_run(load_config(config), tmp_path / "local", progress=False)

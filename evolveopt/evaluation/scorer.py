@@ -7,7 +7,7 @@ from typing import Any, Callable, Sequence
 
 from evolveopt.evaluation.cache import ResultCache
 from evolveopt.evaluation.evaluator import Evaluation, UnitResult, WorkUnit, evaluate
-from evolveopt.evaluation.fidelity import RungOutcome, successive_halving
+from evolveopt.evaluation.halving import RungOutcome, successive_halving
 from evolveopt.evaluation.fitness import Baseline, GenomeFitness, score_evaluation, tune_adam
 from evolveopt.genome.schema import Genome
 

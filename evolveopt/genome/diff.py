@@ -6,9 +6,7 @@ import json
 from typing import Any
 
 from evolveopt.genome.canonical import canonical_form
-from evolveopt.genome.schema import Genome, term_to_dict, to_dict
-
-LOCI = ("clip", "adaptor", "layerwise", "friction", "loss_feedback", "weight_decay", "schedule")
+from evolveopt.genome.schema import LOCI, Genome, term_to_dict, to_dict
 
 
 def _term_key(term: dict[str, Any]) -> str:

@@ -38,6 +38,8 @@ TERM_SIGNALS = ("grad", "grad_diff", "nesterov_grad")
 MOMENTUM_KINDS = ("ema", "nesterov", "interp", "nadam")
 PRECONDITION_KINDS = ("ema", "max", "sum", "belief")
 EPS_MODES = ("outside", "raw", "inside")
+# The genome-level slots around the terms, in the order the rule applies them (diff and crossover use it).
+LOCI = ("clip", "adaptor", "layerwise", "friction", "loss_feedback", "weight_decay", "schedule")
 CLIP_MODES = ("value", "tensor_norm", "global_norm")
 LAYERWISE_KINDS = ("trust_ratio", "rms_norm")
 TRUST_NORMS = ("update", "new_weights")

@@ -8,7 +8,7 @@ A child equal (by canonical hash) to one already in the generation is mutated ag
 evaluation is spent twice. Generation 0 holds the seed genomes (named genomes, canonical)
 and random genomes up to the population size.
 
-The loop around it (evaluation, records, checkpoints) lives in ``evolveopt.run``; this module
+The loop around it (evaluation, records, checkpoints) lives in ``evolveopt.evolution``; this module
 only turns one population into the next and imports no torch. Randomness comes from the
 numpy Generator passed in and, for DEAP's selection (which calls the ``random`` module), from a
 Python ``random`` state of the search's own that is swapped in around each DEAP call: other

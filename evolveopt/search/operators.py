@@ -24,11 +24,10 @@ import numpy as np
 from evolveopt.errors import GenomeError
 from evolveopt.genome.canonical import canonical_form
 from evolveopt.genome.genes import WEIGHT_GENE, gene_spec
-from evolveopt.genome.schema import EPS_MODES, Genome, to_dict
+from evolveopt.genome.schema import EPS_MODES, LOCI, Genome, to_dict
 from evolveopt.search.space import SearchSpace, _random_term, draw_gene, random_genome, structure_genes
 
 Change = tuple[Genome, dict[str, Any]]
-LOCI = ("layerwise", "friction", "weight_decay", "schedule", "clip", "adaptor", "loss_feedback")
 
 
 # ----------------------------------------------------------------------------- genes

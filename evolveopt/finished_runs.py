@@ -13,7 +13,7 @@ from evolveopt.errors import GenomeError
 from evolveopt.genome.canonical import canonical_form
 from evolveopt.genome.io import load_genome
 from evolveopt.genome.schema import Genome, parse_genome
-from evolveopt.rundir import RunDir, RunDirError
+from evolveopt.run_directory import RunDir, RunDirError
 
 
 @dataclass

@@ -211,7 +211,7 @@ def build_report(runs: list[TaskBenchmark], genomes: dict[str, Genome], settings
 
 
 def write_report(report: dict[str, Any], out: Path) -> Path:
-    from evolveopt.rundir import dumps
+    from evolveopt.run_directory import dumps
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "benchmark.json").write_text(json.dumps(json.loads(dumps(report)), indent=1) + "\n")

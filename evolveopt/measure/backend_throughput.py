@@ -14,8 +14,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from evolveopt.config import RunConfig, load_config
-from evolveopt.rundir import RunDir
-from evolveopt.run import Evolution
+from evolveopt.run_directory import RunDir
+from evolveopt.evolution import Evolution
 
 
 def two_generations(config: RunConfig, backend: str) -> list[dict]:

@@ -15,8 +15,8 @@ import yaml
 from evolveopt.genome.equations import render_equations
 from evolveopt.genome.schema import parse_genome
 from evolveopt.lineage import Lineage, draw, lineage_summary
-from evolveopt.rundir import RunDir, dumps
-from evolveopt.runs import read_individuals, run_name, select_individual
+from evolveopt.run_directory import RunDir, dumps
+from evolveopt.finished_runs import read_individuals, run_name, select_individual
 from evolveopt.extras import optional
 
 

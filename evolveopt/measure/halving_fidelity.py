@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from evolveopt.evaluation.fidelity import halving_cost, rung_budgets
+from evolveopt.evaluation.halving import halving_cost, rung_budgets
 from evolveopt.evaluation.scorer import FitnessScorer, FitnessSettings
 from evolveopt.search.space import random_genome
 

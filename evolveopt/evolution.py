@@ -35,7 +35,7 @@ from evolveopt.config import RunConfig, load_config, parse_config, to_plain
 from evolveopt.evaluation.cache import ResultCache
 from evolveopt.evaluation.scorer import FitnessScorer, FitnessSettings
 from evolveopt.progress import Progress
-from evolveopt.rundir import RunDir, RunDirError
+from evolveopt.run_directory import RunDir, RunDirError
 from evolveopt.search.algorithm import GeneticSearch, hall_of_fame, statistics, structures
 from evolveopt.search.individual import Individual
 from evolveopt.extras import optional

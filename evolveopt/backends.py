@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from evolveopt.config import BackendConfig
+from evolveopt.config import BackendConfig, RunConfig
 from evolveopt.errors import EvolveOptError
 from evolveopt.evaluation.evaluator import UnitResult, WorkUnit, execute_unit, run_here
 from evolveopt.evaluation.results import MemberResult
@@ -180,6 +180,31 @@ class UnitActor:
 
 def _runtime_env() -> dict[str, Any]:
     return {"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}}
+
+
+def check_device(device: str) -> None:
+    """Refuse a device torch cannot use in this process, before anything is created."""
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    try:
+        index = torch.device(device).index
+    except (RuntimeError, ValueError):
+        raise BackendError(f"device '{device}': not a device torch knows (cpu, cuda, cuda:N)") from None
+    if not torch.cuda.is_available():
+        why = "was built without CUDA" if torch.version.cuda is None else "finds no CUDA device"
+        raise BackendError(f"device '{device}': torch {torch.__version__} {why}; use device cpu")
+    if index is not None and index >= torch.cuda.device_count():
+        raise BackendError(f"device '{device}': only {torch.cuda.device_count()} CUDA device(s) here")
+
+
+def check_resources(config: RunConfig) -> None:
+    """What a run needs from this machine, checked before its directory is created. Units on a
+    Ray cluster given by address run elsewhere: the cluster is checked when it is joined."""
+    backend = config.backend
+    if not (backend.kind == "ray" and (backend.address or os.environ.get("RAY_ADDRESS"))):
+        check_device(config.device)
 
 
 def make_backend(config: BackendConfig, device: str = "cpu") -> LocalBackend | RayBackend:

@@ -148,11 +148,13 @@ def default_cache_path() -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from evolveopt.backends import check_device
     from evolveopt.evaluation import ResultCache
     from evolveopt.evaluation.scorer import FitnessScorer, FitnessSettings
     from evolveopt.genome import load_genome
     from evolveopt.tasks import HELDOUT_SUITE, SEARCH_SUITE
 
+    check_device(args.device)
     genomes = [load_genome(g) for g in args.genomes]
     tasks = [parse_task_arg(t) for t in args.task] if args.task else (
         HELDOUT_SUITE if args.suite == "heldout" else SEARCH_SUITE)
@@ -235,7 +237,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     if not args.genomes:
         raise EvolveOptError("benchmark needs at least one genome (or --summarize DIR)")
 
-    from evolveopt.backends import make_backend
+    from evolveopt.backends import check_device, make_backend
     from evolveopt.benchmark.protocol import BenchmarkSettings, run_benchmark
     from evolveopt.benchmark.report import REFERENCE, build_report, write_report
     from evolveopt.config import BackendConfig
@@ -243,6 +245,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from evolveopt.runs import resolve_genome
     from evolveopt.tasks import HELDOUT_SUITE, SEARCH_SUITE
 
+    check_device(args.device)
     genomes = {}
     for ref in args.genomes:
         genome, label, _ = resolve_genome(ref)
@@ -267,6 +270,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from evolveopt.backends import check_device
+
+    check_device(args.device)
     if args.what == "step":
         from evolveopt.bench.step import format_table, run_step_benchmark
 

@@ -204,8 +204,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def _report_run(summary) -> int:  # noqa: ANN001 - RunSummary
     best = summary.best
     if summary.interrupted:
-        print(f"interrupted after {summary.generations} completed generation(s); checkpoint kept in "
-              f"{summary.path}/checkpoint.json\nresume with: evolveopt resume {summary.path}", file=sys.stderr)
+        print(_interrupted_message(summary), file=sys.stderr)
         return 130
     if best is not None:
         print(f"run: {summary.path}\ngenerations: {summary.generations}\nchampion: #{best.id} "
@@ -213,6 +212,18 @@ def _report_run(summary) -> int:  # noqa: ANN001 - RunSummary
         for task, score in best.result.get("task_scores", {}).items():
             print(f"  {task}: {score:+.4f}")
     return 0
+
+
+def _interrupted_message(summary) -> str:  # noqa: ANN001 - RunSummary
+    """What an interrupted run left behind, as it is on disk."""
+    checkpoint = summary.path / "checkpoint.json"
+    if summary.generations and checkpoint.is_file():
+        kept = (f"interrupted after {summary.generations} completed generation(s); checkpoint kept in {checkpoint}\n"
+                f"resume with: evolveopt resume {summary.path}")
+    else:
+        kept = (f"interrupted during generation {summary.generations}, before any generation completed: no checkpoint "
+                f"yet\nstart over with: evolveopt resume {summary.path}  (or delete {summary.path})")
+    return kept
 
 
 def cmd_runs(args: argparse.Namespace) -> int:

@@ -8,7 +8,9 @@ same fitness in-process and on Ray.
 Ray: CPU units are Ray tasks (one CPU each, retried when their worker dies, never on an
 exception, which is a bug or a bad genome); GPU units go to long-lived actors holding a share of
 a GPU (``gpus_per_actor``), restarted and retried when they die. A unit that outlives
-``unit_timeout`` is cancelled and its members are reported as failed ("timeout"). A local
+``unit_timeout`` is cancelled and its members are reported as failed ("timeout"). GPUs a run
+asks for are checked up front (none on this machine for a local cluster; fewer than one actor's
+share on a joined cluster after ``GPU_WAIT_S``) instead of actors waiting for ever. A local
 cluster starts with the dashboard off and a small object store; Ray's own servers listen on the
 machine's interfaces behind Ray's token authentication, which evolveopt turns on explicitly
 (``RAY_AUTH_MODE=token``, whatever the environment says) for every local cluster it starts. The default backend (in-process) listens on nothing.
@@ -22,11 +24,14 @@ import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from evolveopt.config import BackendConfig
+from evolveopt.config import BackendConfig, RunConfig
 from evolveopt.errors import EvolveOptError
 from evolveopt.evaluation.evaluator import UnitResult, WorkUnit, execute_unit, run_here
 from evolveopt.evaluation.results import MemberResult
 from evolveopt.extras import optional
+
+
+GPU_WAIT_S = 10.0  # how long a joined cluster may take to show the GPUs a run asks for
 
 
 class BackendError(EvolveOptError, RuntimeError):
@@ -85,8 +90,8 @@ class RayBackend:
             except Exception as exc:  # Ray raises many types; all mean "no cluster"
                 raise BackendError(f"could not {'join Ray at ' + address if address else 'start a local Ray cluster'}: "
                                    f"{str(exc).splitlines()[0]}") from None
-        resources = ray.cluster_resources()
         self.use_gpus = config.gpus_per_actor > 0
+        resources = self._wait_for_gpus() if self.use_gpus else ray.cluster_resources()
         if self.use_gpus:
             self.workers = max(1, int(resources.get("GPU", 0) / config.gpus_per_actor))
             self._actor_class = ray.remote(num_gpus=config.gpus_per_actor, max_restarts=config.max_retries,
@@ -95,6 +100,23 @@ class RayBackend:
         else:
             self.workers = max(1, int(resources.get("CPU", 1)))
             self._task = ray.remote(num_cpus=1, max_retries=config.max_retries, retry_exceptions=False)(_execute)
+
+    def _wait_for_gpus(self) -> dict[str, float]:
+        """The cluster's resources once it offers ``gpus_per_actor`` GPUs; a clear error after
+        ``GPU_WAIT_S`` seconds (an actor asking for a GPU that never comes would wait for ever)."""
+        timeout = GPU_WAIT_S
+        deadline = time.monotonic() + timeout
+        while True:
+            resources = self.ray.cluster_resources()
+            if resources.get("GPU", 0) >= self.config.gpus_per_actor or time.monotonic() >= deadline:
+                break
+            time.sleep(0.5)
+        if resources.get("GPU", 0) < self.config.gpus_per_actor:
+            self.close()
+            raise BackendError(f"backend.gpus_per_actor={self.config.gpus_per_actor:g}: the Ray cluster offers "
+                               f"{resources.get('GPU', 0):g} GPU(s) (CPUs: {resources.get('CPU', 0):g}) after "
+                               f"{timeout:g} s; join a cluster with GPUs or set backend.gpus_per_actor=0")
+        return resources
 
     def map_units(self, units: Sequence[WorkUnit]) -> list[UnitResult]:
         """Results in the order of ``units``. Units run as planned, never re-cut: a member's result
@@ -183,6 +205,40 @@ class UnitActor:
 
 def _runtime_env() -> dict[str, Any]:
     return {"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}}
+
+
+def check_device(device: str) -> None:
+    """Refuse a device torch cannot use in this process, before anything is created."""
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    try:
+        index = torch.device(device).index
+    except (RuntimeError, ValueError):
+        raise BackendError(f"device '{device}': not a device torch knows (cpu, cuda, cuda:N)") from None
+    if not torch.cuda.is_available():
+        why = "was built without CUDA" if torch.version.cuda is None else "finds no CUDA device"
+        raise BackendError(f"device '{device}': torch {torch.__version__} {why}; use device cpu")
+    if index is not None and index >= torch.cuda.device_count():
+        raise BackendError(f"device '{device}': only {torch.cuda.device_count()} CUDA device(s) here")
+
+
+def check_resources(config: RunConfig) -> None:
+    """What a run needs from this machine, checked before its directory is created. Units on a
+    Ray cluster given by address run elsewhere: the cluster is checked when it is joined."""
+    backend = config.backend
+    if backend.kind == "ray" and (backend.address or os.environ.get("RAY_ADDRESS")):
+        return
+    check_device(config.device)
+    if backend.kind == "ray" and backend.gpus_per_actor > 0:
+        import ray
+        import torch
+
+        if not ray.is_initialized() and torch.cuda.device_count() == 0:
+            raise BackendError(f"backend.gpus_per_actor={backend.gpus_per_actor:g} asks for GPUs, but this machine "
+                               "has none for a local Ray cluster; give --address of a cluster with GPUs, or set "
+                               "backend.gpus_per_actor=0")
 
 
 def make_backend(config: BackendConfig, device: str = "cpu") -> LocalBackend | RayBackend:

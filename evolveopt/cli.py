@@ -148,11 +148,13 @@ def default_cache_path() -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from evolveopt.backends import check_device
     from evolveopt.evaluation import ResultCache
     from evolveopt.evaluation.scorer import FitnessScorer, FitnessSettings
     from evolveopt.genome import load_genome
     from evolveopt.tasks import HELDOUT_SUITE, SEARCH_SUITE
 
+    check_device(args.device)
     genomes = [load_genome(g) for g in args.genomes]
     tasks = [parse_task_arg(t) for t in args.task] if args.task else (
         HELDOUT_SUITE if args.suite == "heldout" else SEARCH_SUITE)
@@ -202,8 +204,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def _report_run(summary) -> int:  # noqa: ANN001 - RunSummary
     best = summary.best
     if summary.interrupted:
-        print(f"interrupted after {summary.generations} completed generation(s); checkpoint kept in "
-              f"{summary.path}/checkpoint.json\nresume with: evolveopt resume {summary.path}", file=sys.stderr)
+        print(_interrupted_message(summary), file=sys.stderr)
         return 130
     if best is not None:
         print(f"run: {summary.path}\ngenerations: {summary.generations}\nchampion: #{best.id} "
@@ -211,6 +212,18 @@ def _report_run(summary) -> int:  # noqa: ANN001 - RunSummary
         for task, score in best.result.get("task_scores", {}).items():
             print(f"  {task}: {score:+.4f}")
     return 0
+
+
+def _interrupted_message(summary) -> str:  # noqa: ANN001 - RunSummary
+    """What an interrupted run left behind, as it is on disk."""
+    checkpoint = summary.path / "checkpoint.json"
+    if summary.generations and checkpoint.is_file():
+        kept = (f"interrupted after {summary.generations} completed generation(s); checkpoint kept in {checkpoint}\n"
+                f"resume with: evolveopt resume {summary.path}")
+    else:
+        kept = (f"interrupted during generation {summary.generations}, before any generation completed: no checkpoint "
+                f"yet\nstart over with: evolveopt resume {summary.path}  (or delete {summary.path})")
+    return kept
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -235,7 +248,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     if not args.genomes:
         raise EvolveOptError("benchmark needs at least one genome (or --summarize DIR)")
 
-    from evolveopt.backends import make_backend
+    from evolveopt.backends import check_device, make_backend
     from evolveopt.benchmark.protocol import BenchmarkSettings, run_benchmark
     from evolveopt.benchmark.summary import REFERENCE, build_report, write_report
     from evolveopt.config import BackendConfig
@@ -243,6 +256,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from evolveopt.finished_runs import resolve_genome
     from evolveopt.tasks import HELDOUT_SUITE, SEARCH_SUITE
 
+    check_device(args.device)
     genomes = {}
     for ref in args.genomes:
         genome, label, _ = resolve_genome(ref)
@@ -267,6 +281,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from evolveopt.backends import check_device
+
+    check_device(args.device)
     if args.what == "step":
         from evolveopt.measure.step_time import format_table, run_step_benchmark
 

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from evolveopt.backends import make_backend
+from evolveopt.backends import check_resources, make_backend
 from evolveopt.config import RunConfig, load_config, parse_config, to_plain
 from evolveopt.evaluation.cache import ResultCache
 from evolveopt.evaluation.scorer import FitnessScorer, FitnessSettings
@@ -183,6 +183,7 @@ def lineage_record(ind: Individual) -> dict[str, Any]:
 def start_run(config: RunConfig, out: str | Path, argv: list[str] | None = None,
               progress: bool | None = None) -> RunSummary:
     """Create ``out`` and run the config there."""
+    check_resources(config)
     rundir = RunDir(out)
     config_yaml = yaml.safe_dump(to_plain(config), sort_keys=False)
     rundir.create(config_yaml, manifest(config, argv))
@@ -198,6 +199,7 @@ def resume_run(path: str | Path, progress: bool | None = None, backend: str | No
     if backend or address:
         config = replace(config, backend=replace(config.backend, kind=backend or config.backend.kind,
                                                  address=address or config.backend.address))
+    check_resources(config)
     return _execute(config, rundir, progress, resume=True)
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -87,3 +89,38 @@ def test_cli_error_has_no_traceback(tmp_path):
     result = subprocess.run([sys.executable, "-m", "evolveopt.cli", "show", str(path)], capture_output=True, text=True)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and result.stderr.strip().count("\n") == 0
+
+
+# ----------------------------------------------------------------------------- the command line, as a new user meets it
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("evolveopt: error: ") and err.count("\n") == 1, err
+    return err
+
+
+no_cuda = pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+
+
+@no_cuda
+def test_cuda_device_without_cuda_is_refused_before_the_run_directory(tmp_path, capsys):
+    from test_evolve import tiny_config
+
+    run = tmp_path / "run"
+    assert main(["evolve", str(tiny_config(tmp_path)), "--set", "device=cuda", "--out", str(run)]) == 2
+    assert "device 'cuda': torch" in one_line_error(capsys)
+    assert not run.exists()
+    assert main(["eval", "adam", "--device", "cuda:1", "--no-cache"]) == 2
+    assert "device 'cuda:1'" in one_line_error(capsys)
+
+
+@no_cuda
+def test_gpu_experiment_on_a_cpu_machine_fails_fast_naming_what_is_missing(tmp_path):
+    gpu = Path(__file__).resolve().parent.parent / "experiments" / "gpu.yaml"
+    for extra, says in (([], "device 'cuda'"), (["--set", "device=cpu"], "backend.gpus_per_actor=0.25 asks for GPUs")):
+        run = tmp_path / "run"
+        result = subprocess.run([sys.executable, "-m", "evolveopt.cli", "evolve", str(gpu), "--out", str(run), *extra],
+                                capture_output=True, text=True, timeout=120, env={**os.environ, "RAY_ADDRESS": ""})
+        assert result.returncode == 2 and says in result.stderr, result.stderr
+        assert result.stderr.count("\n") == 1 and not run.exists()

@@ -116,3 +116,14 @@ def test_the_benchmark_runs_on_ray_with_the_same_results(cluster):
         a, b = local[0].optimizers[name], remote[0].optimizers[name]
         assert a.setting == b.setting
         assert [r.to_json() for r in a.results] == [r.to_json() for r in b.results]
+
+
+def test_a_cluster_without_the_gpus_asked_for_is_a_clear_error(cluster, monkeypatch):
+    import evolveopt.backends as backends
+
+    monkeypatch.setattr(backends, "GPU_WAIT_S", 1.0)
+    started = time.monotonic()
+    with pytest.raises(backends.BackendError, match=r"gpus_per_actor=2: the Ray cluster offers 1 GPU\(s\)"):
+        RayBackend(BackendConfig(kind="ray", gpus_per_actor=2.0), device="cpu")
+    assert time.monotonic() - started < 30
+    assert ray.is_initialized()  # a cluster this process did not start is left running

@@ -157,3 +157,40 @@ def test_member_memory_is_known_and_sizes_the_runs():
     assert member_bytes(task, [adam]) >= 4 * params * (3 + 2)
     assert member_bytes(task, [adan]) > member_bytes(task, [adam])  # 4 buffers against 2
     assert default_max_members(task, [adam], "cpu") == CPU_MEMBERS
+
+
+def _results_in(path) -> int:
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+
+
+def test_an_exception_in_a_unit_propagates_with_its_traceback_and_is_never_cached(tmp_path, monkeypatch):
+    from evolveopt.cli import main
+    from evolveopt.compile import rule
+
+    original = rule.Rule.step
+
+    def flaky(self, params, grads, state, ctx):
+        if any(term.sign for term in self.genome.terms):
+            raise RuntimeError("boom")  # a bug in lion's structure
+        return original(self, params, grads, state, ctx)
+
+    monkeypatch.setattr(rule.Rule, "step", flaky)
+    with pytest.raises(RuntimeError, match="boom") as info:
+        evaluate([ADAM, "lion"], ["digits_mlp"], 10, [0], cache=ResultCache(tmp_path / "run.sqlite"))
+    assert any(entry.name == "flaky" for entry in info.traceback)
+    assert _results_in(tmp_path / "run.sqlite") == 0
+    shared = tmp_path / "user" / "results.sqlite"  # the CLI's user cache
+    with pytest.raises(RuntimeError, match="boom"):
+        main(["eval", "lion", "--task", "digits_mlp:hidden=16", "--budget", "10", "--seeds", "0",
+              "--cache", str(shared)])
+    assert not any("error" in json_text for json_text in _values(shared))
+
+
+def _values(path) -> list[str]:
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        return [row[0] for row in db.execute("SELECT value FROM results")]

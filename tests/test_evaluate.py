@@ -194,3 +194,25 @@ def _values(path) -> list[str]:
 
     with sqlite3.connect(path) as db:
         return [row[0] for row in db.execute("SELECT value FROM results")]
+
+
+def test_adam_settings_that_diverge_on_any_seed_are_never_the_baseline():
+    from evolveopt.errors import EvaluationError
+    from evolveopt.evaluation.fitness import tune_adam
+
+    task, seeds = {"name": "digits_mlp", "hidden": 16}, [1, 2, 3]
+    # lr 0.4 diverges on seed 2 yet has the lower median (1.86 vs 2.32 of lr 1e-5)
+    baseline = tune_adam(task, 30, seeds, ResultCache(), grid=(1e-5, 0.4))
+    assert baseline.lr == 1e-5 and all(math.isfinite(v) for v in baseline.losses.values())
+    scorer = FitnessScorer(FitnessSettings(tasks=[task], budget=30, seeds=seeds, rungs=1))
+    assert math.isfinite(scorer.score([ADAM])[0].fitness)
+    with pytest.raises(EvaluationError, match="Adam diverged on some seed .* at every learning rate"):
+        tune_adam(task, 30, seeds, ResultCache(), grid=(0.4,))
+
+
+def test_a_non_finite_fitness_never_reaches_selection():
+    from evolveopt.evaluation.fitness import Baseline, score_evaluation
+
+    evaluation = evaluate([ADAM], ["nqm"], 5, [0])
+    with pytest.raises(ArithmeticError, match="not finite"):
+        score_evaluation(evaluation, [Baseline(evaluation.tasks[0], 5, 1e-3, {0: math.nan})])

@@ -186,6 +186,20 @@ def test_an_exception_stops_the_run_uncached_and_resume_after_the_fix_equals_a_c
     assert run_files(tmp_path / "run") == run_files(tmp_path / "clean")
 
 
+def test_resume_of_a_checkpoint_holding_a_null_fitness_is_one_clear_line(tmp_path, capsys):
+    from evolveopt.rundir import _digest, _verified, dumps
+
+    run = tmp_path / "run"
+    start_run(load_config(tiny_config(tmp_path)), run, progress=False)
+    state = _verified(run / "checkpoint.json")
+    state["hall_of_fame"][0]["fitness"][1] = None  # what an older version wrote for a NaN score
+    (run / "checkpoint.json").write_text(dumps({**state, "sha256": _digest(state)}) + "\n")
+    capsys.readouterr()
+    assert main(["resume", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"individual #{state['hall_of_fame'][0]['id']} has fitness" in err and "null" in err
+
+
 def test_runs_lists_status_and_best(tmp_path, capsys):
     start_run(load_config(tiny_config(tmp_path)), tmp_path / "runs" / "one", progress=False)
     (tmp_path / "runs" / "empty").mkdir()

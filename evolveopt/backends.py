@@ -5,12 +5,13 @@ task, a budget, genome dicts and seeds) to their results, in order. The unit is 
 every backend and each member's result depends only on its genome and seed, so a run gives the
 same fitness in-process and on Ray.
 
-Ray: CPU units are Ray tasks (one CPU each, retried when their worker dies, never on an
-exception, which is a bug or a bad genome); GPU units go to long-lived actors holding a share of
-a GPU (``gpus_per_actor``), restarted and retried when they die. A unit that outlives
-``unit_timeout`` is cancelled and its members are reported as failed ("timeout"). GPUs a run
-asks for are checked up front (none on this machine for a local cluster; fewer than one actor's
-share on a joined cluster after ``GPU_WAIT_S``) instead of actors waiting for ever. A local
+Ray: CPU units are Ray tasks (one CPU each); GPU units go to long-lived actors holding a share
+of a GPU (``gpus_per_actor``), restarted when they die. A unit whose worker dies, that raises,
+or that outlives ``unit_timeout`` (then cancelled) is retried up to ``max_retries`` times; after
+that the error stops the run (an exception as itself, with the worker's traceback). Only
+numerical divergence is a result, so a failure never reaches a cache. GPUs a run asks for are
+checked up front (none on this machine for a local cluster; fewer than one actor's share on a
+joined cluster after ``GPU_WAIT_S``) instead of actors waiting for ever. A local
 cluster starts with the dashboard off and a small object store; Ray's own servers listen on the
 machine's interfaces behind Ray's token authentication, which evolveopt turns on explicitly
 (``RAY_AUTH_MODE=token``, whatever the environment says) for every local cluster it starts. The default backend (in-process) listens on nothing.
@@ -18,16 +19,13 @@ machine's interfaces behind Ray's token authentication, which evolveopt turns on
 
 from __future__ import annotations
 
-import math
 import os
 import time
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 from evolveopt.config import BackendConfig, RunConfig
 from evolveopt.errors import EvolveOptError
 from evolveopt.evaluation.evaluator import UnitResult, WorkUnit, execute_unit, run_here
-from evolveopt.evaluation.results import MemberResult
 from evolveopt.extras import optional
 
 
@@ -39,7 +37,7 @@ class BackendError(EvolveOptError, RuntimeError):
 
 
 class LocalBackend:
-    """Runs every unit in this process, one after another."""
+    """Runs every unit in this process, one after another; an exception stops the run."""
 
     name = "local"
 
@@ -52,18 +50,6 @@ class LocalBackend:
 
     def close(self) -> None:
         pass
-
-
-def timeout_result(unit: WorkUnit, seconds: float) -> UnitResult:
-    failed = MemberResult(math.nan, math.nan, diverged=True, reason=f"timeout: unit ran over {seconds:g} s")
-    return UnitResult(unit.keys, tuple(failed for _ in unit.keys), 0, seconds)
-
-
-@dataclass
-class _Pending:
-    unit: WorkUnit
-    started: float
-    attempts: int
 
 
 class RayBackend:
@@ -99,7 +85,7 @@ class RayBackend:
             self._actors = [self._actor_class.remote(device) for _ in range(self.workers)]
         else:
             self.workers = max(1, int(resources.get("CPU", 1)))
-            self._task = ray.remote(num_cpus=1, max_retries=config.max_retries, retry_exceptions=False)(_execute)
+            self._task = ray.remote(num_cpus=1, max_retries=config.max_retries, retry_exceptions=True)(_execute)
 
     def _wait_for_gpus(self) -> dict[str, float]:
         """The cluster's resources once it offers ``gpus_per_actor`` GPUs; a clear error after
@@ -131,57 +117,78 @@ class RayBackend:
 
     def _run_as_tasks(self, units: Sequence[WorkUnit], results: dict[int, UnitResult]) -> None:
         ray = self.ray
+        attempts = [0] * len(units)
         refs = {self._task.remote(unit, self.device): (i, time.monotonic()) for i, unit in enumerate(units)}
-        while refs:
-            done, _ = ray.wait(list(refs), num_returns=1, timeout=1.0)
-            for ref in done:
-                index, _ = refs.pop(ref)
-                results[index] = self._get(ref, units[index])
-            now = time.monotonic()
-            for ref, (index, started) in list(refs.items()):
-                if now - started > self.config.unit_timeout:
-                    ray.cancel(ref, force=True)
-                    refs.pop(ref)
-                    results[index] = timeout_result(units[index], self.config.unit_timeout)
+        try:
+            while refs:
+                done, _ = ray.wait(list(refs), num_returns=1, timeout=1.0)
+                for ref in done:
+                    index, _ = refs.pop(ref)
+                    results[index] = self._get(ref)
+                now = time.monotonic()
+                for ref, (index, started) in list(refs.items()):
+                    if now - started > self.config.unit_timeout:
+                        ray.cancel(ref, force=True)
+                        refs.pop(ref)
+                        self._count(attempts, index, units[index], self._overtime)
+                        refs[self._task.remote(units[index], self.device)] = (index, time.monotonic())
+        finally:
+            for ref in refs:
+                ray.cancel(ref, force=True)
 
     def _run_on_actors(self, units: Sequence[WorkUnit], results: dict[int, UnitResult]) -> None:
         ray = self.ray
         queue = list(enumerate(units))
-        running: dict[Any, tuple[int, int, float, int]] = {}  # ref -> (unit index, actor index, start, attempts)
+        running: dict[Any, tuple[int, int, float]] = {}  # ref -> (unit index, actor index, start)
         idle = list(range(len(self._actors)))
-        attempts = {i: 0 for i, _ in queue}
+        attempts = [0] * len(units)
         while queue or running:
             while queue and idle:
                 index, unit = queue.pop(0)
                 actor = idle.pop()
-                running[self._actors[actor].run.remote(unit)] = (index, actor, time.monotonic(), attempts[index])
+                running[self._actors[actor].run.remote(unit)] = (index, actor, time.monotonic())
             done, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
             for ref in done:
-                index, actor, _, _ = running.pop(ref)
+                index, actor, _ = running.pop(ref)
                 idle.append(actor)
                 try:
                     results[index] = ray.get(ref)
+                    continue
                 except ray.exceptions.RayActorError:
-                    attempts[index] += 1
-                    if attempts[index] > self.config.max_retries:
-                        raise BackendError(f"unit {index} lost its actor {attempts[index]} times") from None
+                    self._count(attempts, index, units[index], "lost its actor")
                     self._actors[actor] = self._actor_class.remote(self.device)
-                    queue.insert(0, (index, units[index]))
+                except ray.exceptions.RayTaskError as exc:
+                    if attempts[index] >= self.config.max_retries:
+                        raise exc.as_instanceof_cause() from None
+                    attempts[index] += 1
+                queue.insert(0, (index, units[index]))
             now = time.monotonic()
-            for ref, (index, actor, started, _) in list(running.items()):
+            for ref, (index, actor, started) in list(running.items()):
                 if now - started > self.config.unit_timeout:
                     ray.kill(self._actors[actor])
                     running.pop(ref)
                     self._actors[actor] = self._actor_class.remote(self.device)
                     idle.append(actor)
-                    results[index] = timeout_result(units[index], self.config.unit_timeout)
+                    self._count(attempts, index, units[index], self._overtime)
+                    queue.insert(0, (index, units[index]))
 
-    def _get(self, ref: Any, unit: WorkUnit) -> UnitResult:
+    @property
+    def _overtime(self) -> str:
+        return f"ran over unit_timeout={self.config.unit_timeout:g} s"
+
+    def _count(self, attempts: list[int], index: int, unit: WorkUnit, what: str) -> None:
+        """One more try of a unit, or a BackendError once ``max_retries`` retries are spent."""
+        attempts[index] += 1
+        if attempts[index] > self.config.max_retries:
+            raise BackendError(f"unit {index} ({unit.task.get('name')}, {unit.members} members, {unit.budget} steps) "
+                               f"{what} {attempts[index]} times; nothing of it was cached")
+
+    def _get(self, ref: Any) -> UnitResult:
         try:
             return self.ray.get(ref)
         except self.ray.exceptions.WorkerCrashedError as exc:
             raise BackendError(f"a worker died {self.config.max_retries + 1} times running one unit: {exc}") from None
-        except self.ray.exceptions.RayTaskError as exc:
+        except self.ray.exceptions.RayTaskError as exc:  # retried max_retries times by Ray already
             raise exc.as_instanceof_cause() from None
 
     def close(self) -> None:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import base64
 import importlib.metadata
+import json
+import math
 import os
 import platform
 import resource
@@ -213,6 +215,8 @@ def _execute(config: RunConfig, rundir: RunDir, progress: bool | None, resume: b
         except RunDirError as exc:
             if "no completed generation" not in str(exc):
                 raise
+    if checkpoint:
+        _check_fitness(checkpoint, rundir)
     done = checkpoint["generation"] + 1 if checkpoint else 0
     display = Progress(config.search.generations, done, label=config.name, live=progress)
     for warning in warnings:
@@ -229,6 +233,16 @@ def _execute(config: RunConfig, rundir: RunDir, progress: bool | None, resume: b
     finally:
         display.close()
         rundir.unlock()
+
+
+def _check_fitness(checkpoint: dict[str, Any], rundir: RunDir) -> None:
+    """Every fitness the checkpoint holds is a finite number (selection compares them)."""
+    for data in checkpoint["population"] + checkpoint["hall_of_fame"]:
+        values = data.get("fitness") or []
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+            raise RunDirError(f"{rundir.path}: the checkpoint's individual #{data.get('id')} has fitness "
+                              f"{json.dumps(values)} (null: a NaN score written by an older evolveopt); the run "
+                              f"cannot continue from it")
 
 
 def manifest(config: RunConfig, argv: list[str] | None) -> dict[str, Any]:

@@ -157,3 +157,62 @@ def test_member_memory_is_known_and_sizes_the_runs():
     assert member_bytes(task, [adam]) >= 4 * params * (3 + 2)
     assert member_bytes(task, [adan]) > member_bytes(task, [adam])  # 4 buffers against 2
     assert default_max_members(task, [adam], "cpu") == CPU_MEMBERS
+
+
+def _results_in(path) -> int:
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+
+
+def test_an_exception_in_a_unit_propagates_with_its_traceback_and_is_never_cached(tmp_path, monkeypatch):
+    from evolveopt.cli import main
+    from evolveopt.compile import rule
+
+    original = rule.Rule.step
+
+    def flaky(self, params, grads, state, ctx):
+        if any(term.sign for term in self.genome.terms):
+            raise RuntimeError("boom")  # a bug in lion's structure
+        return original(self, params, grads, state, ctx)
+
+    monkeypatch.setattr(rule.Rule, "step", flaky)
+    with pytest.raises(RuntimeError, match="boom") as info:
+        evaluate([ADAM, "lion"], ["digits_mlp"], 10, [0], cache=ResultCache(tmp_path / "run.sqlite"))
+    assert any(entry.name == "flaky" for entry in info.traceback)
+    assert _results_in(tmp_path / "run.sqlite") == 0
+    shared = tmp_path / "user" / "results.sqlite"  # the CLI's user cache
+    with pytest.raises(RuntimeError, match="boom"):
+        main(["eval", "lion", "--task", "digits_mlp:hidden=16", "--budget", "10", "--seeds", "0",
+              "--cache", str(shared)])
+    assert not any("error" in json_text for json_text in _values(shared))
+
+
+def _values(path) -> list[str]:
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        return [row[0] for row in db.execute("SELECT value FROM results")]
+
+
+def test_adam_settings_that_diverge_on_any_seed_are_never_the_baseline():
+    from evolveopt.errors import EvaluationError
+    from evolveopt.evaluation.fitness import tune_adam
+
+    task, seeds = {"name": "digits_mlp", "hidden": 16}, [1, 2, 3]
+    # lr 0.4 diverges on seed 2 yet has the lower median (1.86 vs 2.32 of lr 1e-5)
+    baseline = tune_adam(task, 30, seeds, ResultCache(), grid=(1e-5, 0.4))
+    assert baseline.lr == 1e-5 and all(math.isfinite(v) for v in baseline.losses.values())
+    scorer = FitnessScorer(FitnessSettings(tasks=[task], budget=30, seeds=seeds, rungs=1))
+    assert math.isfinite(scorer.score([ADAM])[0].fitness)
+    with pytest.raises(EvaluationError, match="Adam diverged on some seed .* at every learning rate"):
+        tune_adam(task, 30, seeds, ResultCache(), grid=(0.4,))
+
+
+def test_a_non_finite_fitness_never_reaches_selection():
+    from evolveopt.evaluation.fitness import Baseline, score_evaluation
+
+    evaluation = evaluate([ADAM], ["nqm"], 5, [0])
+    with pytest.raises(ArithmeticError, match="not finite"):
+        score_evaluation(evaluation, [Baseline(evaluation.tasks[0], 5, 1e-3, {0: math.nan})])

@@ -165,24 +165,41 @@ def test_no_intact_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert "checkpoint.json: damaged" in err and "no intact checkpoint" in err
 
 
-def test_a_genome_that_diverges_or_raises_never_stops_a_run(tmp_path, monkeypatch):
+def test_an_exception_stops_the_run_uncached_and_resume_after_the_fix_equals_a_clean_run(tmp_path, monkeypatch):
     from evolveopt.compile import rule
 
-    original = rule.Rule.step
+    config = tiny_config(tmp_path, **{"search.seed_genomes": ["adam", "lion", "sgd"]})
+    start_run(load_config(config), tmp_path / "clean", progress=False)
+    original, checkpoints = rule.Rule.step, []
 
     def flaky(self, params, grads, state, ctx):
-        if any(term.sign for term in self.genome.terms):
-            raise RuntimeError("boom")  # every sign-taking structure (lion's) fails
+        if checkpoints and any(term.sign for term in self.genome.terms):
+            raise RuntimeError("boom")  # from generation 1 on, every sign-taking structure fails
         return original(self, params, grads, state, ctx)
 
+    write = RunDir.write_checkpoint
+    monkeypatch.setattr(RunDir, "write_checkpoint", lambda self, state: (write(self, state), checkpoints.append(1)))
     monkeypatch.setattr(rule.Rule, "step", flaky)
-    config = tiny_config(tmp_path, **{"search.seed_genomes": ["adam", "lion", "sgd"], "search.generations": 2})
-    summary = start_run(load_config(config), tmp_path / "run", progress=False)
-    assert summary.generations == 2
-    lineage = [json.loads(line) for line in (tmp_path / "run" / "lineage.jsonl").read_text().splitlines()]
-    assert lineage[1]["fitness"] == -5.0  # lion raised: worst fitness, and the run went on
-    population = json.loads((tmp_path / "run" / "population" / "gen_0000.json").read_text())["individuals"]
-    assert any("error: RuntimeError: boom" in f for ind in population for f in ind["result"]["failures"])
+    with pytest.raises(RuntimeError, match="boom"):
+        start_run(load_config(config), tmp_path / "run", progress=False)
+    assert RunDir(tmp_path / "run").read_checkpoint()[0]["generation"] == 0
+    monkeypatch.undo()  # the bug is fixed; nothing of the failure was cached, so resume equals a clean run
+    resume_run(tmp_path / "run", progress=False)
+    assert run_files(tmp_path / "run") == run_files(tmp_path / "clean")
+
+
+def test_resume_of_a_checkpoint_holding_a_null_fitness_is_one_clear_line(tmp_path, capsys):
+    from evolveopt.rundir import _digest, _verified, dumps
+
+    run = tmp_path / "run"
+    start_run(load_config(tiny_config(tmp_path)), run, progress=False)
+    state = _verified(run / "checkpoint.json")
+    state["hall_of_fame"][0]["fitness"][1] = None  # what an older version wrote for a NaN score
+    (run / "checkpoint.json").write_text(dumps({**state, "sha256": _digest(state)}) + "\n")
+    capsys.readouterr()
+    assert main(["resume", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"individual #{state['hall_of_fame'][0]['id']} has fitness" in err and "null" in err
 
 
 def test_runs_lists_status_and_best(tmp_path, capsys):

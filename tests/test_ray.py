@@ -127,3 +127,30 @@ def test_a_cluster_without_the_gpus_asked_for_is_a_clear_error(cluster, monkeypa
         RayBackend(BackendConfig(kind="ray", gpus_per_actor=2.0), device="cpu")
     assert time.monotonic() - started < 30
     assert ray.is_initialized()  # a cluster this process did not start is left running
+
+
+def _cached_results(path: Path) -> int:
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+
+
+@pytest.mark.parametrize("gpus", [0.0, 0.5])
+def test_an_exception_on_a_worker_is_retried_then_raised_as_itself_and_never_cached(cluster, tmp_path, gpus):
+    backend = RayBackend(BackendConfig(kind="ray", max_retries=1, unit_timeout=300, gpus_per_actor=gpus),
+                         device="bogus")  # torch raises inside training on the worker
+    cache = ResultCache(tmp_path / "cache.sqlite")
+    with pytest.raises(RuntimeError, match="bogus"):
+        evaluate(["adam"], ["nqm"], 5, [0], cache=cache, max_members=8, map_units=backend.map_units)
+    assert _cached_results(tmp_path / "cache.sqlite") == 0
+
+
+def test_a_unit_over_its_timeout_is_retried_then_stops_with_an_error_and_is_never_cached(cluster, tmp_path):
+    from evolveopt.backends import BackendError
+
+    backend = RayBackend(BackendConfig(kind="ray", max_retries=1, unit_timeout=0.5))
+    cache = ResultCache(tmp_path / "cache.sqlite")
+    with pytest.raises(BackendError, match=r"ran over unit_timeout=0.5 s 2 times"):
+        evaluate(["adam"], ["digits_mlp"], 5000, [0], cache=cache, max_members=8, map_units=backend.map_units)
+    assert _cached_results(tmp_path / "cache.sqlite") == 0

@@ -16,7 +16,7 @@ from typing import Any, Iterable
 from evolveopt.errors import EvolveOptError
 from evolveopt.evaluation.results import MemberResult
 
-EVALUATOR_VERSION = 2  # bump when anything changes what a result means (2: loss curves)
+EVALUATOR_VERSION = 3  # bump when anything changes what a result means (2: loss curves; 3: errors are never results)
 
 
 def result_key(genome_hash: str, task_spec: dict[str, Any], budget: int, seed: int) -> str:

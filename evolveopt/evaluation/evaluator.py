@@ -11,8 +11,6 @@ default runs them here, one after another.
 
 from __future__ import annotations
 
-import math
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -56,36 +54,17 @@ class UnitResult:
 def execute_unit(unit: WorkUnit, device: str = "cpu", threads: int | None = None) -> UnitResult:
     """Run one unit in this process (what a worker calls).
 
-    If training raises, each structure of the unit is retried on its own and the members of a
-    structure that still raises are reported as failed with the error: one broken genome never
-    takes the others, or the run, down with it.
+    Only numerical divergence is a result (the member is frozen and marked diverged). An
+    exception is a bug or a lost resource, never a result: it propagates with its traceback,
+    and nothing of the unit reaches a cache.
     """
-    from evolveopt.evaluation.runner import run_unit, structure_runs
+    from evolveopt.evaluation.runner import run_unit
     from evolveopt.evaluation.sizing import configure_host
     from evolveopt.tasks import make_task
 
     configure_host(threads)
-    task, genomes, seeds = make_task(unit.task), unit.parsed_genomes(), list(unit.seeds)
-    try:
-        outcome = run_unit(task, genomes, seeds, unit.budget, device)
-        return UnitResult(unit.keys, tuple(outcome.results), outcome.member_steps, outcome.seconds)
-    except Exception:  # noqa: BLE001 - isolate below, report per structure
-        if len(structure_runs(genomes)) == 1:
-            return _failed(unit, *sys.exc_info()[1:2])
-    results, steps, seconds = [], 0, 0.0
-    for a, b in structure_runs(genomes):
-        part = WorkUnit(unit.task, unit.budget, unit.genomes[a:b], unit.seeds[a:b], unit.keys[a:b])
-        outcome = execute_unit(part, device, threads)
-        results += outcome.results
-        steps += outcome.member_steps
-        seconds += outcome.seconds
-    return UnitResult(unit.keys, tuple(results), steps, seconds)
-
-
-def _failed(unit: WorkUnit, error: BaseException | None) -> UnitResult:
-    reason = f"error: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-    failed = MemberResult(math.nan, math.nan, diverged=True, reason=reason[:300])
-    return UnitResult(unit.keys, tuple(failed for _ in unit.keys), 0, 0.0)
+    outcome = run_unit(make_task(unit.task), unit.parsed_genomes(), list(unit.seeds), unit.budget, device)
+    return UnitResult(unit.keys, tuple(outcome.results), outcome.member_steps, outcome.seconds)
 
 
 def run_here(units: Sequence[WorkUnit], device: str = "cpu", threads: int | None = None) -> list[UnitResult]:

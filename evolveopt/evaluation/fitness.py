@@ -25,6 +25,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from evolveopt.errors import EvaluationError
 from evolveopt.evaluation.cache import EVALUATOR_VERSION, ResultCache
 from evolveopt.evaluation.evaluator import Evaluation, evaluate
 from evolveopt.evaluation.results import MemberResult
@@ -85,17 +86,21 @@ def failure_reason(result: MemberResult) -> str:
 
 def tune_adam(task: dict[str, Any], budget: int, seeds: Sequence[int], cache: ResultCache,
               run: Callable[..., Evaluation] = evaluate, grid: Sequence[float] = ADAM_LR_GRID) -> Baseline:
-    """Adam's best learning rate on ``grid`` (lowest median EMA loss over seeds); cached."""
+    """Adam's best learning rate on ``grid`` (lowest median EMA loss over seeds, among the rates
+    that diverged on no seed); cached."""
     key = json.dumps({"baseline": "adam", "task": task, "budget": budget, "seeds": list(seeds),
                       "grid": list(grid), "evaluator": EVALUATOR_VERSION}, sort_keys=True)
     record = cache.get_record(key)
-    if record is None:
+    if record is None or not all(math.isfinite(v) for v in record["losses"].values()):  # NaN: an older version
         adam = load_genome("adam")
         candidates = [adam.with_genes(lr=lr) for lr in grid]
         evaluation = run(candidates, [task], budget, seeds, cache=cache)
-        medians = [statistics.median(r.ema_loss if not r.diverged else math.inf for r in per_genome[0])
-                   for per_genome in evaluation.results]
+        medians = [math.inf if any(r.diverged or not math.isfinite(r.ema_loss) for r in per_genome[0])
+                   else statistics.median(r.ema_loss for r in per_genome[0]) for per_genome in evaluation.results]
         best = min(range(len(grid)), key=lambda i: medians[i])
+        if not math.isfinite(medians[best]):
+            raise EvaluationError(f"task {task}, budget {budget}: Adam diverged on some seed of {list(seeds)} at every "
+                                  f"learning rate of its grid {list(grid)}; no baseline to score against")
         record = {"lr": grid[best], "losses": {str(s): r.ema_loss for s, r in zip(seeds, evaluation.results[best][0])}}
         cache.put_record(key, record)
     return Baseline(task, budget, record["lr"], {int(s): v for s, v in record["losses"].items()})
@@ -112,6 +117,8 @@ def score_evaluation(evaluation: Evaluation, baselines: Sequence[Baseline]) -> l
             failures += [f"{label} seed {s}: {failure_reason(r)}" for s, r in zip(evaluation.seeds, per_task)
                          if failure_reason(r)]
         fitness = sum(task_scores.values()) / len(task_scores)
+        if not math.isfinite(fitness):  # a bug: every score above is finite by construction
+            raise ArithmeticError(f"fitness {fitness} is not finite (task scores {task_scores})")
         out.append(GenomeFitness(fitness, task_scores, heldout, failures))
     return out
 

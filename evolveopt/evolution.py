@@ -206,32 +206,32 @@ def resume_run(path: str | Path, progress: bool | None = None, backend: str | No
 
 
 def _execute(config: RunConfig, rundir: RunDir, progress: bool | None, resume: bool = False) -> RunSummary:
-    if rundir.is_running():
-        raise RunDirError(f"{rundir.path}: another process is running this run (run.lock)")
-    checkpoint, warnings = None, []
-    if resume:
-        try:
-            checkpoint, warnings = rundir.read_checkpoint()
-        except RunDirError as exc:
-            if "no completed generation" not in str(exc):
-                raise
-    if checkpoint:
-        _check_fitness(checkpoint, rundir)
-    done = checkpoint["generation"] + 1 if checkpoint else 0
-    display = Progress(config.search.generations, done, label=config.name, live=progress)
-    for warning in warnings:
-        display.message(f"warning: {warning}; resuming from the previous checkpoint")
-    rundir.lock()
+    rundir.lock()  # atomic: a second process resuming the same run stops here
     try:
-        evolution = Evolution(config, rundir, display)
+        checkpoint, warnings = None, []
+        if resume:
+            try:
+                checkpoint, warnings = rundir.read_checkpoint()
+            except RunDirError as exc:
+                if "no completed generation" not in str(exc):
+                    raise
         if checkpoint:
-            rundir.truncate_logs(checkpoint["files"])
-            evolution.restore(checkpoint)
-        else:
-            rundir.truncate_logs({name: 0 for name in ("generations.jsonl", "lineage.jsonl")})
-        return evolution.run()
+            _check_fitness(checkpoint, rundir)
+        done = checkpoint["generation"] + 1 if checkpoint else 0
+        display = Progress(config.search.generations, done, label=config.name, live=progress)
+        for warning in warnings:
+            display.message(f"warning: {warning}; resuming from the previous checkpoint")
+        try:
+            evolution = Evolution(config, rundir, display)
+            if checkpoint:
+                rundir.truncate_logs(checkpoint["files"])
+                evolution.restore(checkpoint)
+            else:
+                rundir.truncate_logs({name: 0 for name in ("generations.jsonl", "lineage.jsonl")})
+            return evolution.run()
+        finally:
+            display.close()
     finally:
-        display.close()
         rundir.unlock()
 
 

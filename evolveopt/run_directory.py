@@ -168,7 +168,26 @@ class RunDir:
                     f.truncate(size)
 
     def lock(self) -> None:
-        atomic_write(self.file("run.lock"), str(os.getpid()))
+        """Take ``run.lock`` atomically (``O_CREAT | O_EXCL``): of two processes only one gets it. A lock
+        left by a dead process is moved aside (an atomic rename, so again only one racer wins)."""
+        path = self.file("run.lock")
+        for _ in range(3):
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                holder = self._lock_holder()
+                if holder is not None:
+                    raise RunDirError(f"{self.path}: another process is running this run (run.lock, pid {holder})")
+                try:
+                    os.rename(path, self.file(f"run.lock.stale-{os.getpid()}"))
+                    self.file(f"run.lock.stale-{os.getpid()}").unlink()
+                except FileNotFoundError:
+                    pass  # another process moved it first; try again
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            return
+        raise RunDirError(f"{self.path}: could not take run.lock (other processes keep taking it)")
 
     def unlock(self) -> None:
         try:
@@ -177,17 +196,26 @@ class RunDir:
             pass
 
     def is_running(self) -> bool:
+        return self._lock_holder() is not None
+
+    def _lock_holder(self) -> int | None:
+        """The pid in ``run.lock`` if that process is alive (a lock being written counts as held)."""
         try:
-            pid = int(self.file("run.lock").read_text())
-        except (FileNotFoundError, ValueError):
-            return False
+            text = self.file("run.lock").read_text()
+            age = time.time() - self.file("run.lock").stat().st_mtime
+        except FileNotFoundError:
+            return None
+        try:
+            pid = int(text)
+        except ValueError:
+            return -1 if not text and age < 10 else None  # just created, not yet written: its owner is alive
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
-            return False
+            return None
         except PermissionError:
-            return True
-        return True
+            return pid
+        return pid
 
 
 def _digest(body: dict[str, Any]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -189,7 +190,7 @@ def test_an_exception_stops_the_run_uncached_and_resume_after_the_fix_equals_a_c
 
 
 def test_resume_of_a_checkpoint_holding_a_null_fitness_is_one_clear_line(tmp_path, capsys):
-    from evolveopt.rundir import _digest, _verified, dumps
+    from evolveopt.run_directory import _digest, _verified, dumps
 
     run = tmp_path / "run"
     start_run(load_config(tiny_config(tmp_path)), run, progress=False)
@@ -308,3 +309,26 @@ def test_ctrl_c_in_generation_0_does_not_claim_a_checkpoint(tmp_path):
     assert process.returncode == 130 and "Traceback" not in err
     assert not (run / "checkpoint.json").exists()
     assert "before any generation completed: no checkpoint yet" in err and "checkpoint kept" not in err
+
+
+def test_the_run_lock_is_atomic_one_of_racing_processes_gets_it(tmp_path):
+    """Processes that all try to take one run's lock at the same moment: exactly one gets it."""
+    (tmp_path / "run").mkdir()
+    code = ("import sys, time\nfrom evolveopt.run_directory import RunDir, RunDirError\n"
+            "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\n"
+            "try:\n    RunDir(sys.argv[1]).lock()\nexcept RunDirError as e:\n    print('refused', e)\n"
+            "else:\n    print('locked')\n    time.sleep(2)\n")
+    start = time.time() + 3
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "run"), str(start)],
+                              stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert sum(o.startswith("locked") for o in outs) == 1, outs
+    assert all(o.startswith("refused") and "another process is running this run" in o
+               for o in outs if not o.startswith("locked")), outs
+    # a lock left by a process that is gone is taken over
+    rundir = RunDir(tmp_path / "run")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    rundir.file("run.lock").write_text(dead.stdout.strip())
+    rundir.lock()
+    assert rundir.file("run.lock").read_text() == str(os.getpid())
+    rundir.unlock()

@@ -319,8 +319,31 @@ def cmd_bench(args: argparse.Namespace) -> int:
     raise EvolveOptError(f"unknown benchmark '{args.what}' (available: step, eval, fidelity, backends, lineage)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``evolveopt CMD: error: ...``, exit 2) like every other mistake;
+    ``--help`` still prints the usage."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``low``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="evolveopt", description="Discover deep-learning optimizers by evolution.")
+    parser = _Parser(prog="evolveopt", description="Discover deep-learning optimizers by evolution.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     show = sub.add_parser("show", help="print a genome's update rule as equations")
@@ -337,8 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="write a genome as a standalone optimizer (.py) or a genome file (.yaml)")
     export.add_argument("source", help="a run directory (its champion by default), RUN#ID, a genome name or file")
     pick = export.add_mutually_exclusive_group()
-    pick.add_argument("--rank", type=int, help="hall-of-fame rank in the run (1 = champion)")
-    pick.add_argument("--id", type=int, help="individual id in the run")
+    pick.add_argument("--rank", type=at_least(1), help="hall-of-fame rank in the run (1 = champion)")
+    pick.add_argument("--id", type=at_least(0), help="individual id in the run")
     export.add_argument("--format", choices=["py", "yaml"], help="default: from the file name (.yaml) else py")
     export.add_argument("-o", "--output", required=True, help="file to write")
     export.set_defaults(command_function=cmd_export)
@@ -346,9 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     lineage = sub.add_parser("lineage", help="the ancestry of an individual: text, dot, csv, json, png, svg, html")
     lineage.add_argument("run_dir", metavar="RUN")
     who = lineage.add_mutually_exclusive_group()
-    who.add_argument("--id", type=int, help="individual id (default: the champion)")
+    who.add_argument("--id", type=at_least(0), help="individual id (default: the champion)")
     who.add_argument("--champion", action="store_true", help="the champion (the default)")
-    lineage.add_argument("--depth", type=int, help="generations of descent to follow back")
+    lineage.add_argument("--depth", type=at_least(0), help="generations of descent to follow back")
     lineage.add_argument("--format", default="text", choices=["text", "dot", "csv", "json", "png", "svg", "html"])
     lineage.add_argument("-o", "--output", help="file to write (required for png, svg, html)")
     lineage.set_defaults(command_function=cmd_lineage)
@@ -359,10 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
     benchmark.add_argument("--summarize", metavar="DIR", help="only recompute DIR's summary, tables and pictures")
     benchmark.add_argument("--suite", choices=["search", "heldout", "all"], default="heldout")
     benchmark.add_argument("--task", action="append", help="a task instead of a suite (repeatable), e.g. nqm:batch_size=8")
-    benchmark.add_argument("--trials", type=int, default=8, help="shared quasi-random tuning trials per optimizer")
-    benchmark.add_argument("--seeds", type=int, default=5, help="fresh seeds at the best setting")
-    benchmark.add_argument("--tuning-seeds", type=int, default=1)
-    benchmark.add_argument("--budget", type=int, default=500, help="training steps per run")
+    benchmark.add_argument("--trials", type=at_least(1), default=8, help="shared quasi-random tuning trials per optimizer")
+    benchmark.add_argument("--seeds", type=at_least(1), default=5, help="fresh seeds at the best setting")
+    benchmark.add_argument("--tuning-seeds", type=at_least(1), default=1)
+    benchmark.add_argument("--budget", type=at_least(1), default=500, help="training steps per run")
     benchmark.add_argument("--out", help="output folder (default: runs/benchmark-TIMESTAMP)")
     benchmark.add_argument("--backend", choices=["local", "ray"], default="local")
     benchmark.add_argument("--address", help="Ray cluster to join")
@@ -371,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="a markdown report of a run, with pictures, in RUN/report/")
     report.add_argument("run_dir", metavar="RUN")
-    report.add_argument("--checkup-seeds", type=int, default=5, metavar="N",
+    report.add_argument("--checkup-seeds", type=at_least(0), default=5, metavar="N",
                         help="fresh seeds for the champion-vs-AdamW checkup on fresh seeds and held-out tasks (0: skip)")
     report.set_defaults(command_function=cmd_report)
 
@@ -380,8 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     try_ = sub.add_parser("try", help="train a small digits MLP with a genome, next to Adam")
     try_.add_argument("genome")
-    try_.add_argument("--steps", type=int, default=300)
-    try_.add_argument("--seed", type=int, default=0)
+    try_.add_argument("--steps", type=at_least(1), default=300)
+    try_.add_argument("--seed", type=at_least(0), default=0)
     try_.add_argument("--against", nargs="*", default=["adam"], help="genomes to compare with (default: adam)")
     try_.add_argument("--set", nargs="*", default=[], metavar="GENE=VALUE", help="override genes of GENOME")
     try_.set_defaults(command_function=cmd_try)
@@ -390,8 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("genomes", nargs="+", help="genome names or YAML files")
     ev.add_argument("--task", action="append", help="a task, e.g. digits_mlp or nqm:batch_size=8 (repeatable)")
     ev.add_argument("--suite", choices=["search", "heldout"], default="search", help="task suite when no --task")
-    ev.add_argument("--budget", type=int, default=300, help="training steps per task")
-    ev.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ev.add_argument("--budget", type=at_least(1), default=300, help="training steps per task")
+    ev.add_argument("--seeds", type=at_least(0), nargs="+", default=[0, 1, 2])
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--cache", default=default_cache_path(), help="SQLite result cache")
     ev.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
@@ -403,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     evolve.add_argument("--out", help="run directory (default: runs/NAME-TIMESTAMP)")
     evolve.add_argument("--backend", choices=["local", "ray"], help="where evaluations run")
     evolve.add_argument("--address", help="Ray cluster to join (else RAY_ADDRESS, else a local cluster)")
-    evolve.add_argument("--seed", type=int)
+    evolve.add_argument("--seed", type=at_least(0))
     evolve.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys, e.g. search.population=8")
     evolve.set_defaults(command_function=cmd_evolve)
 
@@ -422,9 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="step: optimizer step() vs torch.optim; eval: batched vs one-at-a-time training; "
                             "fidelity: rank quality of successive halving's first rung; backends: one "
                             "generation in-process and on Ray; lineage: rendering a 20,000-individual run")
-    bench.add_argument("--sizes", type=int, nargs="*", help="population sizes for 'eval'")
+    bench.add_argument("--sizes", type=at_least(1), nargs="*", help="population sizes for 'eval'")
     bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    bench.add_argument("--repeats", type=int, default=50)
+    bench.add_argument("--repeats", type=at_least(1), default=50)
     bench.add_argument("--device", default="cpu")
     bench.set_defaults(command_function=cmd_bench)
     return parser

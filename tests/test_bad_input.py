@@ -124,3 +124,18 @@ def test_gpu_experiment_on_a_cpu_machine_fails_fast_naming_what_is_missing(tmp_p
                                 capture_output=True, text=True, timeout=120, env={**os.environ, "RAY_ADDRESS": ""})
         assert result.returncode == 2 and says in result.stderr, result.stderr
         assert result.stderr.count("\n") == 1 and not run.exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["try", "adam", "--steps", "-5"], ["try", "adam", "--steps", "x"], ["eval", "adam", "--budget", "0"],
+    ["benchmark", "adam", "--trials", "0"], ["report", "RUN", "--checkup-seeds", "-1"],
+    ["lineage", "RUN", "--depth", "-2"], ["export", "RUN", "--rank", "0"], ["bogus-command"],
+])
+def test_out_of_range_command_line_numbers_are_one_line_and_exit_2(argv, capsys):
+    from evolveopt.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("evolveopt") and "error: " in err, err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import io
 import json
 import math
@@ -97,6 +98,37 @@ def test_exported_champion_trains_bit_identically(run, tmp_path):
                and c is not torch.optim.Optimizer)
     genome = evolveopt.genome.parse_genome(champion(run)["genome"])
     compiled = trained(lambda p: evolveopt.build_optimizer(genome, p, total_steps=100))
+    exported = trained(lambda p: cls(p, total_steps=100))
+    assert all(torch.equal(a, b) for a, b in zip(compiled, exported))
+
+
+def _load_by(way: str, path: Path, monkeypatch) -> dict:
+    """The exported file's namespace, loaded as a user might load a file."""
+    import importlib.util
+    import runpy
+
+    if way == "import":
+        monkeypatch.syspath_prepend(str(path.parent))
+        return vars(importlib.import_module(path.stem))
+    if way == "spec_from_file_location":  # not registered in sys.modules
+        spec = importlib.util.spec_from_file_location("loaded_by_path", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        assert "loaded_by_path" not in sys.modules
+        return vars(module)
+    if way == "runpy":
+        return runpy.run_path(str(path))
+    namespace = {"__name__": "__main__"}  # a notebook cell: the file's text run in a fresh namespace
+    exec(compile(path.read_text(), "<cell>", "exec"), namespace)  # noqa: S102 - the project's own generated file
+    return namespace
+
+
+@pytest.mark.parametrize("way", ["import", "spec_from_file_location", "runpy", "notebook cell"])
+def test_an_exported_file_loads_however_a_user_loads_a_file(way, tmp_path, monkeypatch):
+    out = tmp_path / f"lion_export_{way.replace(' ', '_')}.py"
+    assert main(["export", "lion", "-o", str(out)]) == 0
+    cls = _load_by(way, out, monkeypatch)["Lion"]
+    compiled = trained(lambda p: evolveopt.build_optimizer("lion", p, total_steps=100))
     exported = trained(lambda p: cls(p, total_steps=100))
     assert all(torch.equal(a, b) for a, b in zip(compiled, exported))
 

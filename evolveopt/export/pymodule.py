@@ -130,10 +130,21 @@ def export_python(genome: Genome, class_name: str, provenance: dict[str, Any]) -
         '    """A param group holds a gene value outside its range."""\n'
     )
     footer = FOOTER_TEMPLATE.format(genome=genome_literal(genome))
-    text = "\n".join([header, "from __future__ import annotations\n", "\n".join(imports), "\n", error, "\n",
-                      _class_first(code, class_name), "\n", footer])
+    text = "\n".join([header, "from __future__ import annotations\n", "\n".join(imports), "\n", LOAD_GUARD, error,
+                      "\n", _class_first(code, class_name), "\n", footer, LOAD_GUARD_END])
     compile(text, f"<{class_name}>", "exec")  # a syntax check only: nothing is run
     return text
+
+
+# dataclasses look their class's module up in sys.modules; a file loaded by path
+# (importlib.util.spec_from_file_location + exec_module) may not be registered there yet.
+LOAD_GUARD = (
+    "import sys as _sys\n"
+    "_UNREGISTERED = __name__ not in _sys.modules  # loaded by path: stand in while the dataclasses are made\n"
+    "if _UNREGISTERED:\n"
+    "    _sys.modules[__name__] = type(_sys)(__name__)\n\n"
+)
+LOAD_GUARD_END = "\nif _UNREGISTERED:\n    del _sys.modules[__name__]\n"
 
 
 def _class_first(code: str, class_name: str) -> str:

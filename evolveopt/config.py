@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from evolveopt.errors import EvolveOptError
+from evolveopt.genome.genes import as_written_number
 from evolveopt.genome.io import resolve_genome_path
 from evolveopt.search.algorithm import GAConfig
 from evolveopt.search.space import SearchSpace
@@ -193,6 +194,7 @@ def _number(default: Any, value: Any, key: str, source: str, rule: Any) -> Any:
     if value is None and default is None:
         return None
     integer = isinstance(default, int) or (default is None and isinstance(rule[0], int))
+    value = as_written_number(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
         kind = "an integer" if integer else "a number"
         raise ConfigError(f"{source}: {key}: expected {kind}, got {value!r}")

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 import evolveopt
 from evolveopt.cli import main
@@ -139,3 +140,21 @@ def test_out_of_range_command_line_numbers_are_one_line_and_exit_2(argv, capsys)
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("evolveopt") and "error: " in err, err
+
+
+def test_numbers_as_people_write_them_are_numbers(tmp_path):
+    """YAML 1.1 reads 3e-4 (no dot) as text; genomes and --set take it as the number it is."""
+    from evolveopt.config import load_config
+
+    genome = evolveopt.genome.parse_genome(yaml.safe_load(
+        ADAM.replace("lr: 1.0e-3", "lr: 3e-4").replace("eps: 1.0e-8", "eps: 1E-8")))
+    assert genome.genes["lr"] == 3e-4 and genome.genes["eps"] == 1e-8
+    config = tmp_path / "c.yaml"
+    config.write_text((Path(__file__).parent.parent / "experiments" / "quickstart.yaml").read_text())
+    loaded = load_config(config, ["fitness.budget=3e2", "search.gene_sigma=4e-1"])
+    assert loaded.fitness.budget == 300 and isinstance(loaded.fitness.budget, int)
+    assert loaded.search.gene_sigma == 0.4
+    with pytest.raises(Exception, match="expected an integer"):
+        load_config(config, ["fitness.budget=2.5e0"])
+    with pytest.raises(evolveopt.errors.GenomeError, match="expected a number"):
+        evolveopt.genome.parse_genome(yaml.safe_load(ADAM.replace("lr: 1.0e-3", "lr: 3e-4x")))

@@ -98,3 +98,16 @@ def round_gene(name: str, value: float) -> float:
     if spec is not None and spec.scale == "beta":
         return 1.0 - float(f"{1.0 - value:.{SIGNIFICANT_DIGITS}g}")
     return float(f"{value:.{SIGNIFICANT_DIGITS}g}")
+
+
+# YAML 1.1 (PyYAML) reads a float without a dot, such as 3e-4 or 1e3, as a string.
+_YAML_MISSED_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def as_written_number(value: object) -> object:
+    """A number written as people write it (``3e-4``, ``1e3``) that YAML 1.1 left as text, as a
+    number (an integral one, such as ``3e2``, as an int); any other value unchanged."""
+    if isinstance(value, str) and _YAML_MISSED_FLOAT.match(value.strip()):
+        number = float(value)
+        return int(number) if number.is_integer() and abs(number) < 2**53 else number
+    return value

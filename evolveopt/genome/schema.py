@@ -29,7 +29,7 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any
 
 from evolveopt.errors import GenomeError
-from evolveopt.genome.genes import gene_spec, known_gene_names, range_problem
+from evolveopt.genome.genes import as_written_number, gene_spec, known_gene_names, range_problem
 
 SCHEMA_VERSION = 1
 
@@ -300,6 +300,7 @@ def _parse_genes(node: _Node) -> dict[str, float]:
         spec = gene_spec(name) if isinstance(name, str) else None
         if spec is None:
             raise item.fail(f"unknown gene '{name}' (allowed: {known_gene_names()})")
+        value = as_written_number(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise item.fail(f"expected a number, got {_type_name(value)}")
         problem = range_problem(name, value)

@@ -111,15 +111,19 @@ def cmd_genomes(args: argparse.Namespace) -> int:
 
 
 def cmd_try(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from evolveopt.demo import format_results, train_digits
+    from evolveopt.finished_runs import resolve_genome
 
     overrides = _parse_assignments(args.set)
     names = [args.genome] + [g for g in args.against if g != args.genome]
+    genomes = [resolve_genome(name) for name in names]  # names, files, runs and RUN#ID, checked before training
     results = []
-    for name in names:
-        print(f"training {name} for {args.steps} steps on digits ...", file=sys.stderr)
-        results.append(train_digits(name, steps=args.steps, seed=args.seed,
-                                    **(overrides if name == args.genome else {})))
+    for name, (genome, label, _) in zip(names, genomes):
+        print(f"training {label} for {args.steps} steps on digits ...", file=sys.stderr)
+        result = train_digits(genome, steps=args.steps, seed=args.seed, **(overrides if name == args.genome else {}))
+        results.append(replace(result, name=label))
     print(format_results(results))
     return 0
 
@@ -151,11 +155,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from evolveopt.backends import check_device
     from evolveopt.evaluation import ResultCache
     from evolveopt.evaluation.scorer import FitnessScorer, FitnessSettings
-    from evolveopt.genome import load_genome
+    from evolveopt.finished_runs import resolve_genome
     from evolveopt.tasks import HELDOUT_SUITE, SEARCH_SUITE
 
     check_device(args.device)
-    genomes = [load_genome(g) for g in args.genomes]
+    genomes = [resolve_genome(g)[0] for g in args.genomes]  # names, files, runs and RUN#ID
     tasks = [parse_task_arg(t) for t in args.task] if args.task else (
         HELDOUT_SUITE if args.suite == "heldout" else SEARCH_SUITE)
     if args.no_cache:

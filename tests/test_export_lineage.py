@@ -253,3 +253,13 @@ def test_bad_input_gives_one_line_and_exit_code_2(run, tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, (argv, err)
+
+
+def test_try_and_eval_read_a_run_and_run_id_like_every_other_command(run, capsys):
+    ident = champion(run)["id"]
+    for ref in (str(run), f"{run}#{ident}"):
+        assert main(["try", ref, "--steps", "5", "--against", "adam"]) == 0, ref
+        out = capsys.readouterr().out
+        assert f"{ident}" in out.splitlines()[0] and "adam" in out, out
+    assert main(["eval", f"{run}#{ident}", "--budget", "9", "--seeds", "0", "--task", "nqm"]) == 0
+    assert main(["try", str(run / "missing"), "--steps", "5"]) == 2

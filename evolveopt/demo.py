@@ -14,7 +14,6 @@ from torch import nn
 
 from evolveopt.compile import build_optimizer
 from evolveopt.genome.schema import Genome
-from evolveopt.extras import optional
 
 
 @dataclass
@@ -25,24 +24,18 @@ class DemoResult:
     seconds: float
 
 
-def digits_split(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Standardized digits features; 1,397 training and 400 held-out images."""
-    load_digits = optional("sklearn.datasets", "search").load_digits
+def digits_split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ``digits_mlp`` task's data: the same fixed 75/25 split and standardization, so ``try``
+    and the task see identical tensors (the seed of ``train_digits`` draws the init and batches)."""
+    from evolveopt.tasks.datasets import sklearn_classification
 
-    data = load_digits()
-    x = torch.tensor(data.data, dtype=torch.float32) / 16.0
-    y = torch.tensor(data.target, dtype=torch.long)
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    x, y = x[order], y[order]
-    mean, std = x[:-400].mean(0), x[:-400].std(0) + 1e-3
-    x = (x - mean) / std
-    return x[:-400], y[:-400], x[-400:], y[-400:]
+    return sklearn_classification("digits")
 
 
 def train_digits(genome: Genome | str, steps: int = 300, seed: int = 0, report_every: int = 50,
                  **overrides: float) -> DemoResult:
     """Train the digits MLP with ``genome``; the same seed gives the same init and batches."""
-    x_train, y_train, x_test, y_test = digits_split(seed)
+    x_train, y_train, x_test, y_test = digits_split()
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
     optimizer = build_optimizer(genome, model.parameters(), total_steps=steps, **overrides)

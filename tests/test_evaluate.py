@@ -216,3 +216,12 @@ def test_a_non_finite_fitness_never_reaches_selection():
     evaluation = evaluate([ADAM], ["nqm"], 5, [0])
     with pytest.raises(ArithmeticError, match="not finite"):
         score_evaluation(evaluation, [Baseline(evaluation.tasks[0], 5, 1e-3, {0: math.nan})])
+
+
+def test_try_trains_on_exactly_the_digits_mlp_tasks_data():
+    from evolveopt.demo import digits_split
+    from evolveopt.tasks import make_task
+
+    run = make_task("digits_mlp").start([0])
+    for mine, task in zip(digits_split(), (run.x_train, run.y_train, run.x_test, run.y_test)):
+        assert torch.equal(mine, task)

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sys
+import threading
 from typing import Callable, Sequence
 
 from evolveopt.errors import EvolveOptError
@@ -457,9 +458,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C as evolveopt's own SIGINT handler raises it.
+
+    A subclass, not KeyboardInterrupt itself: CPython re-raises SIGINT at exit (exit status -2, not 130)
+    whenever a bare KeyboardInterrupt passed through one of its own top-level code runners on the way to
+    our handler, even though the handler then caught it.
+    """
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise Interrupted()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     if hasattr(signal, "SIGPIPE"):  # `evolveopt show adan | head` ends quietly
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    # only the main thread may set handlers; not when started with Ctrl-C ignored
+    own = threading.current_thread() is threading.main_thread() and (
+        signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+    if own:
+        signal.signal(signal.SIGINT, _raise_interrupted)
+    try:
+        return _run_command(argv)
+    finally:
+        if own:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _run_command(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     command: Callable[[argparse.Namespace], int] = args.command_function
     try:

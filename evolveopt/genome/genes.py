@@ -8,6 +8,11 @@ weight) and every training script can override it by its canonical name (``lr``,
 Each gene has a valid range (checked on load), a scale that says how it is mutated and rounded
 (``log``: multiplicative; ``beta``: on 1 - x, for rates near 1; ``linear``: additive), and a
 search range used when the GA draws a fresh value.
+
+Each gene also has a *role*, and every structure field that refers to a gene says which roles it
+takes: a momentum's ``beta`` takes a rate (``beta1``..``beta3``), a term's ``weight`` a term weight
+(``w1``..``w9``) or a rate tied to it (Adan's ``beta2``). A reference out of role is refused on
+load, so canonicalization, which renames and merges term weights, never changes another field.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ class GeneSpec:
     scale: str  # "log" | "beta" | "linear"
     search: tuple[float, float]
     doc: str
+    role: str
     high_open: bool = False  # True: ``high`` itself is not allowed (betas < 1)
     low_open: bool = False  # True: ``low`` itself is not allowed (clip > 0)
 
@@ -44,27 +50,36 @@ class GeneSpec:
         return f"{left}{self.low:g}, {self.high:g}{right}"
 
 
-_BETA = dict(low=0.0, high=1.0, high_open=True, scale="beta")
+_BETA = dict(low=0.0, high=1.0, high_open=True, scale="beta", role="rate")
 
 GENES: dict[str, GeneSpec] = {
-    "lr": GeneSpec(0.0, 100.0, "log", (1e-5, 1e-1), "learning rate η"),
+    "lr": GeneSpec(0.0, 100.0, "log", (1e-5, 1e-1), "learning rate η", "lr"),
     "beta1": GeneSpec(**_BETA, search=(0.5, 0.99), doc="first EMA rate β1"),
     "beta2": GeneSpec(**_BETA, search=(0.8, 0.9999), doc="second EMA rate β2"),
     "beta3": GeneSpec(**_BETA, search=(0.8, 0.9999), doc="third EMA rate β3"),
-    "eps": GeneSpec(0.0, 1.0, "log", (1e-10, 1e-4), "numerical floor ε"),
-    "weight_decay": GeneSpec(0.0, 10.0, "log", (1e-6, 1e-1), "weight decay λ"),
-    "alpha": GeneSpec(-100.0, 100.0, "linear", (-5.0, 1.0), "adaptor weight α of EMA(g_t - g_{t-1})"),
-    "clip": GeneSpec(0.0, 1e6, "log", (0.1, 10.0), "clipping threshold c", low_open=True),
-    "warmup": GeneSpec(0.0, 1.0, "linear", (0.0, 0.3), "warmup length as a fraction of total_steps"),
-    "gamma": GeneSpec(0.0, 1.0, "beta", (0.99, 0.9999), "exponential decay factor per step γ", low_open=True),
-    "trust_clamp": GeneSpec(0.0, math.inf, "log", (1.0, 100.0), "upper clamp of ‖θ‖ in the trust ratio", low_open=True),
-    "trust_eps": GeneSpec(0.0, 1.0, "log", (1e-10, 1e-4), "floor ε_τ of the trust-ratio denominator"),
-    "feedback_low": GeneSpec(0.0, 10.0, "log", (0.01, 0.5), "Eve lower threshold k"),
-    "feedback_high": GeneSpec(0.0, 1000.0, "log", (2.0, 20.0), "Eve upper threshold K"),
-    "momentum_decay": GeneSpec(0.0, 1.0, "log", (1e-3, 1e-2), "NAdam momentum-schedule rate ψ"),
+    "eps": GeneSpec(0.0, 1.0, "log", (1e-10, 1e-4), "numerical floor ε", "eps"),
+    "weight_decay": GeneSpec(0.0, 10.0, "log", (1e-6, 1e-1), "weight decay λ", "weight_decay"),
+    "alpha": GeneSpec(-100.0, 100.0, "linear", (-5.0, 1.0), "adaptor weight α of EMA(g_t - g_{t-1})", "coefficient"),
+    "clip": GeneSpec(0.0, 1e6, "log", (0.1, 10.0), "clipping threshold c", "threshold", low_open=True),
+    "warmup": GeneSpec(0.0, 1.0, "linear", (0.0, 0.3), "warmup length as a fraction of total_steps", "fraction"),
+    "gamma": GeneSpec(0.0, 1.0, "beta", (0.99, 0.9999), "exponential decay factor per step γ", "decay_factor",
+                      low_open=True),
+    "trust_clamp": GeneSpec(0.0, math.inf, "log", (1.0, 100.0), "upper clamp of ‖θ‖ in the trust ratio", "clamp",
+                            low_open=True),
+    "trust_eps": GeneSpec(0.0, 1.0, "log", (1e-10, 1e-4), "floor ε_τ of the trust-ratio denominator", "eps"),
+    "feedback_low": GeneSpec(0.0, 10.0, "log", (0.01, 0.5), "Eve lower threshold k", "feedback_bound"),
+    "feedback_high": GeneSpec(0.0, 1000.0, "log", (2.0, 20.0), "Eve upper threshold K", "feedback_bound"),
+    "momentum_decay": GeneSpec(0.0, 1.0, "log", (1e-3, 1e-2), "NAdam momentum-schedule rate ψ", "momentum_decay"),
 }
 
-_WEIGHT = GeneSpec(-100.0, 100.0, "linear", (-2.0, 2.0), "weight of a direction term")
+ROLES: dict[str, str] = {  # role -> what a field of that role means, for messages
+    "lr": "the learning rate", "rate": "an EMA rate", "weight": "a term weight", "eps": "a numerical floor",
+    "weight_decay": "a weight-decay rate", "coefficient": "the adaptor's weight", "threshold": "a clipping threshold",
+    "fraction": "a fraction of total_steps", "decay_factor": "a decay factor per step", "clamp": "a trust-ratio clamp",
+    "feedback_bound": "a loss-feedback bound", "momentum_decay": "a momentum-schedule rate",
+}
+
+_WEIGHT = GeneSpec(-100.0, 100.0, "linear", (-2.0, 2.0), "weight of a direction term", "weight")
 WEIGHT_GENE = re.compile(r"^w[1-9]$")
 OVERRIDABLE = ("lr", "beta1", "beta2", "beta3", "eps", "weight_decay")
 
@@ -84,6 +99,19 @@ def range_problem(name: str, value: int | float) -> str | None:
     if spec.contains(float(value)):
         return None
     return f"{value!r} is out of range {spec.describe_range()} ({spec.doc})"
+
+
+def role_problem(name: str, roles: tuple[str, ...]) -> str | None:
+    """Why the (existing) gene ``name`` cannot fill a field taking ``roles``, or None if it can."""
+    role = gene_spec(name).role
+    if role in roles:
+        return None
+    takes = " or ".join(f"{ROLES[r]} ({', '.join(genes_of_role(r))})" for r in roles)
+    return f"gene '{name}' is {ROLES[role]}; this field takes {takes}"
+
+
+def genes_of_role(role: str) -> list[str]:
+    return ["w1..w9"] if role == "weight" else [name for name, spec in GENES.items() if spec.role == role]
 
 
 def known_gene_names() -> str:

@@ -29,7 +29,7 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any
 
 from evolveopt.errors import GenomeError
-from evolveopt.genome.genes import as_written_number, gene_spec, known_gene_names, range_problem
+from evolveopt.genome.genes import as_written_number, gene_spec, known_gene_names, range_problem, role_problem
 
 SCHEMA_VERSION = 1
 
@@ -265,13 +265,17 @@ class _Node:
             raise self.fail(f"expected a string, got {_type_name(self.value)}")
         return self.value
 
-    def gene_ref(self, genes: dict[str, float], optional: bool = False) -> str | None:
+    def gene_ref(self, genes: dict[str, float], role: str | tuple[str, ...], optional: bool = False) -> str | None:
+        """The name of a gene of this genome that can fill a field of ``role`` (see genes.py)."""
         if self.value is None and optional:
             return None
         if not isinstance(self.value, str):
             raise self.fail(f"expected the name of a gene, got {_type_name(self.value)}")
         if self.value not in genes:
             raise self.fail(f"unknown gene '{self.value}' (genes of this genome: {', '.join(genes)})")
+        problem = role_problem(self.value, (role,) if isinstance(role, str) else role)
+        if problem:
+            raise self.fail(problem)
         return self.value
 
 
@@ -318,7 +322,7 @@ def _parse_signal(node: _Node, genes: dict[str, float], allowed: tuple[str, ...]
     kind, node = _kind_node(node, ("kind", "beta"))
     node.child("kind").choice(allowed)
     if kind == "nesterov_grad":
-        return Signal(kind, node.child("beta").gene_ref(genes))
+        return Signal(kind, node.child("beta").gene_ref(genes, "rate"))
     if node.has("beta"):
         raise node.child("beta").fail(f"signal '{kind}' takes no beta")
     return Signal(kind)
@@ -341,11 +345,11 @@ def _parse_momentum(node: _Node, genes: dict[str, float]) -> Momentum | None:
             raise node.child(key).fail(f"momentum '{kind}' takes no '{key}' (it takes: beta, {', '.join(allowed)})")
     momentum = Momentum(
         kind=kind,
-        beta=node.child("beta").gene_ref(genes),
+        beta=node.child("beta").gene_ref(genes, "rate"),
         dampening=node.child("dampening").boolean(True),
         bias_correction=node.child("bias_correction").boolean(False),
-        mix=node.child("mix").gene_ref(genes, optional=kind != "interp"),
-        decay=node.child("decay").gene_ref(genes, optional=kind != "nadam"),
+        mix=node.child("mix").gene_ref(genes, "rate", optional=kind != "interp"),
+        decay=node.child("decay").gene_ref(genes, "momentum_decay", optional=kind != "nadam"),
     )
     if momentum.bias_correction and not momentum.dampening:
         raise node.child("bias_correction").fail("bias correction needs dampening: true")
@@ -369,8 +373,8 @@ def _parse_precondition(node: _Node, genes: dict[str, float], has_momentum: bool
         raise node.child("signal").fail("signal 'residual' needs the term to have a momentum")
     return Precondition(
         kind=kind,
-        eps=node.child("eps").gene_ref(genes),
-        beta=node.child("beta").gene_ref(genes, optional=kind == "sum"),
+        eps=node.child("eps").gene_ref(genes, "eps"),
+        beta=node.child("beta").gene_ref(genes, "rate", optional=kind == "sum"),
         signal=signal,
         eps_mode=node.child("eps_mode").choice(EPS_MODES) if node.has("eps_mode") else "outside",
         bias_correction=node.child("bias_correction").boolean(False),
@@ -383,7 +387,7 @@ def _parse_term(node: _Node, genes: dict[str, float]) -> Term:
     momentum = _parse_momentum(node.child("momentum"), genes)
     return Term(
         signal=_parse_signal(node.child("signal"), genes, TERM_SIGNALS),
-        weight=node.child("weight").gene_ref(genes, optional=True),
+        weight=node.child("weight").gene_ref(genes, ("weight", "rate"), optional=True),
         momentum=momentum,
         precondition=_parse_precondition(node.child("precondition"), genes, momentum is not None),
         sign=node.child("sign").boolean(False),
@@ -406,14 +410,14 @@ def _parse_clip(node: _Node, genes: dict[str, float]) -> Clip | None:
     if node.is_none():
         return None
     node.mapping(("mode", "threshold"), required=("mode", "threshold"))
-    return Clip(node.child("mode").choice(CLIP_MODES), node.child("threshold").gene_ref(genes))
+    return Clip(node.child("mode").choice(CLIP_MODES), node.child("threshold").gene_ref(genes, "threshold"))
 
 
 def _parse_adaptor(node: _Node, genes: dict[str, float]) -> Adaptor | None:
     if node.is_none():
         return None
     node.mapping(("beta", "alpha"), required=("beta", "alpha"))
-    return Adaptor(node.child("beta").gene_ref(genes), node.child("alpha").gene_ref(genes))
+    return Adaptor(node.child("beta").gene_ref(genes, "rate"), node.child("alpha").gene_ref(genes, "coefficient"))
 
 
 def _parse_layerwise(node: _Node, genes: dict[str, float]) -> Layerwise | None:
@@ -425,12 +429,12 @@ def _parse_layerwise(node: _Node, genes: dict[str, float]) -> Layerwise | None:
         for key in ("clamp", "norm_of"):
             if node.has(key):
                 raise node.child(key).fail(f"layerwise 'rms_norm' takes no '{key}'")
-        return Layerwise(kind, eps=node.child("eps").gene_ref(genes))
+        return Layerwise(kind, eps=node.child("eps").gene_ref(genes, "eps"))
     norm_of = node.child("norm_of").choice(TRUST_NORMS) if node.has("norm_of") else "update"
     return Layerwise(
         kind,
-        clamp=node.child("clamp").gene_ref(genes, optional=True),
-        eps=node.child("eps").gene_ref(genes, optional=True),
+        clamp=node.child("clamp").gene_ref(genes, "clamp", optional=True),
+        eps=node.child("eps").gene_ref(genes, "eps", optional=True),
         norm_of=norm_of,
     )
 
@@ -439,14 +443,15 @@ def _parse_loss_feedback(node: _Node, genes: dict[str, float]) -> LossFeedback |
     if node.is_none():
         return None
     node.mapping(("beta", "low", "high"), required=("beta", "low", "high"))
-    return LossFeedback(*(node.child(k).gene_ref(genes) for k in ("beta", "low", "high")))
+    roles = {"beta": "rate", "low": "feedback_bound", "high": "feedback_bound"}
+    return LossFeedback(*(node.child(k).gene_ref(genes, role) for k, role in roles.items()))
 
 
 def _parse_weight_decay(node: _Node, genes: dict[str, float]) -> WeightDecay | None:
     if node.is_none():
         return None
     node.mapping(("mode", "rate"), required=("mode", "rate"))
-    return WeightDecay(node.child("mode").choice(DECAY_MODES), node.child("rate").gene_ref(genes))
+    return WeightDecay(node.child("mode").choice(DECAY_MODES), node.child("rate").gene_ref(genes, "weight_decay"))
 
 
 def _parse_schedule(node: _Node, genes: dict[str, float]) -> Schedule:
@@ -462,8 +467,8 @@ def _parse_schedule(node: _Node, genes: dict[str, float]) -> Schedule:
             raise node.child(key).fail(f"schedule '{kind}' takes no '{key}'")
     return Schedule(
         kind,
-        warmup=node.child("warmup").gene_ref(genes, optional=True),
-        gamma=node.child("gamma").gene_ref(genes, optional=True),
+        warmup=node.child("warmup").gene_ref(genes, "fraction", optional=True),
+        gamma=node.child("gamma").gene_ref(genes, "decay_factor", optional=True),
     )
 
 

@@ -151,3 +151,24 @@ def test_a_gene_out_of_its_role_is_refused_with_the_field_named(field, document)
     used = {g: v for g, v in genes.items() if g == "lr" or g in str(document)}
     with pytest.raises(GenomeError, match=re.escape(field) + r": gene '\w+' is .*; this field takes"):
         parse_genome({"schema_version": 1, "genes": used, **document}, source="drawn")
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(genome_dicts(), genome_dicts(), st.integers(0, 2**32 - 1))
+def test_every_operator_yields_a_valid_canonical_genome(first, second, seed):
+    """Mutations and crossover of any two genomes give a genome that is its own canonical form and
+    loads back from its file form: the GA never produces a genome the language cannot say."""
+    import numpy as np
+
+    from evolveopt.search.operators import crossover, mutate_genes, mutate_structure
+    from evolveopt.search.space import SearchSpace
+
+    try:
+        a, b = (canonical_form(parse_genome(d, source="drawn")) for d in (first, second))
+    except GenomeError as exc:
+        assume("every term has weight 0" not in str(exc))
+        raise
+    rng, space = np.random.default_rng(seed), SearchSpace(max_terms=6)
+    for child, _ in (mutate_genes(rng, a, space), mutate_structure(rng, a, space), crossover(rng, a, b, space)):
+        assert canonical_form(child) == child
+        assert parse_genome(to_dict(child), source="child") == child

@@ -287,41 +287,12 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from evolveopt.backends import check_device
+    from evolveopt.measure import BENCHMARKS
 
     check_device(args.device)
-    if args.what == "step":
-        from evolveopt.measure.step_time import format_table, run_step_benchmark
-
-        rows = run_step_benchmark(repeats=args.repeats, device=args.device)
-        print(json.dumps({"rows": rows}, indent=2) if args.json else format_table(rows))
-        return 0
-    if args.what == "eval":
-        from evolveopt.measure.batched_training import format_eval_table, run_eval_benchmark
-
-        sizes = tuple(args.sizes) if args.sizes else ((1, 8, 64, 256, 1024, 2048) if args.device.startswith("cuda")
-                                                       else (1, 8, 64, 256))
-        report = run_eval_benchmark(sizes=sizes, device=args.device)
-        print(json.dumps(report, indent=2) if args.json else format_eval_table(report))
-        return 0
-    if args.what == "fidelity":
-        from evolveopt.measure.halving_fidelity import format_fidelity, run_fidelity_benchmark
-
-        report = run_fidelity_benchmark()
-        print(json.dumps(report, indent=2) if args.json else format_fidelity(report))
-        return 0
-    if args.what == "backends":
-        from evolveopt.measure.backend_throughput import format_backends, run_backend_benchmark
-
-        rows = run_backend_benchmark()
-        print(json.dumps({"rows": rows}, indent=2) if args.json else format_backends(rows))
-        return 0
-    if args.what == "lineage":
-        from evolveopt.measure.lineage_render import format_lineage_bench, run_lineage_benchmark
-
-        rows = run_lineage_benchmark()
-        print(json.dumps({"rows": rows}, indent=2) if args.json else format_lineage_bench(rows))
-        return 0
-    raise EvolveOptError(f"unknown benchmark '{args.what}' (available: step, eval, fidelity, backends, lineage)")
+    report, table = BENCHMARKS[args.what](args)
+    print(json.dumps(report, indent=2) if args.json else table)
+    return 0
 
 
 class _Parser(argparse.ArgumentParser):
@@ -446,11 +417,11 @@ def build_parser() -> argparse.ArgumentParser:
     runs.set_defaults(command_function=cmd_runs)
 
     bench = sub.add_parser("bench", help="run a benchmark and print its comparison table")
-    bench.add_argument("what", choices=["step", "eval", "fidelity", "backends", "lineage"],
-                       help="step: optimizer step() vs torch.optim; eval: batched vs one-at-a-time training; "
-                            "fidelity: rank quality of successive halving's first rung; backends: one "
-                            "generation in-process and on Ray; lineage: rendering a 20,000-individual run")
-    bench.add_argument("--sizes", type=at_least(1), nargs="*", help="population sizes for 'eval'")
+    from evolveopt.measure import BENCHMARKS
+
+    bench.add_argument("what", choices=list(BENCHMARKS),
+                       help="; ".join(f"{name}: {b.help}" for name, b in BENCHMARKS.items()))
+    bench.add_argument("--sizes", type=at_least(1), nargs="*", help="population sizes for 'eval' ('heap': the largest)")
     bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
     bench.add_argument("--repeats", type=at_least(1), default=50)
     bench.add_argument("--device", default="cpu")

@@ -109,3 +109,11 @@ def test_checkup_verdicts_follow_the_interval_and_divergence():
     rows = [lower, higher, mixed, diverged]
     assert summarize(rows) == {"heldout": {"win": 1, "tie": 0, "loss": 1}, "search": {"win": 0, "tie": 1, "loss": 1}}
     assert summary_line({"summary": summarize(rows)}) == "held-out 1/0/1, search 0/1/1"
+
+
+def test_bench_heap_measures_both_allocator_settings_in_their_own_process(capsys):
+    """`evolveopt bench heap`: each allocator setting trains in a fresh interpreter and reports its own peak RSS."""
+    assert main(["bench", "heap", "--sizes", "2", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [r["setting"] for r in report["rows"]] == ["glibc default", "temporaries in heap"]
+    assert all(r["member_steps_per_s"] > 0 and 50 < r["peak_rss_mb"] < 20_000 for r in report["rows"])

@@ -35,14 +35,19 @@ def max_members(task: Task, genomes: Sequence[Genome], device: str = "cpu", frac
 
 def configure_host(threads: int | None = None) -> None:
     """Set torch's CPU threads (default: this process's CPU allotment) and keep large
-    temporaries in the malloc heap.
+    temporaries in the malloc heap (:func:`keep_temporaries_in_heap`)."""
+    torch.set_num_threads(threads or cpu_threads())
+    keep_temporaries_in_heap()
+
+
+def keep_temporaries_in_heap() -> None:
+    """Raise glibc's mmap threshold so large temporaries reuse heap memory.
 
     glibc serves every allocation above its mmap threshold (≤ 32 MB) with a fresh mmap, so each
     step's multi-megabyte activations and gradients page-fault anew; raising the threshold lets
-    them reuse heap memory. Measured: +14% member-steps/s on the digits MLP at P = 256
+    them reuse heap memory, at the price of a higher peak RSS. Measured by ``evolveopt bench heap``
     (docs/performance.md). A no-op where glibc is absent.
     """
-    torch.set_num_threads(threads or cpu_threads())
     try:
         import ctypes
 

@@ -1,1 +1,66 @@
-"""Benchmarks that print a comparison measured in one run (``evolveopt bench ...``)."""
+"""Benchmarks that print a comparison measured in one run (``evolveopt bench NAME``).
+
+``BENCHMARKS`` is the one list of them: a row names the module (imported only when run), what it
+compares, how the command line's options reach it and how its report prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    module: str  # evolveopt.measure.<module>
+    help: str
+    run: Callable[[Any, argparse.Namespace], Any]  # (module, args) -> report (JSON-able)
+    format: Callable[[Any, Any], str]  # (module, report) -> table
+
+    def __call__(self, args: argparse.Namespace) -> tuple[Any, str]:
+        module = importlib.import_module(f"evolveopt.measure.{self.module}")
+        report = self.run(module, args)
+        return report, self.format(module, report)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo, as lscpu shows it) and core count, for tables."""
+    import os
+    import platform
+
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            name = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{name}, {os.cpu_count()} logical CPUs"
+
+
+def _eval_sizes(args: argparse.Namespace) -> tuple[int, ...]:
+    if args.sizes:
+        return tuple(args.sizes)
+    return (1, 8, 64, 256, 1024, 2048) if args.device.startswith("cuda") else (1, 8, 64, 256)
+
+
+BENCHMARKS: dict[str, Benchmark] = {
+    "step": Benchmark("step_time", "optimizer step() vs torch.optim",
+                      lambda m, a: {"rows": m.run_step_benchmark(repeats=a.repeats, device=a.device)},
+                      lambda m, r: m.format_table(r["rows"])),
+    "eval": Benchmark("batched_training", "batched vs one-at-a-time training",
+                      lambda m, a: m.run_eval_benchmark(sizes=_eval_sizes(a), device=a.device),
+                      lambda m, r: m.format_eval_table(r)),
+    "heap": Benchmark("heap_memory", "speed and peak memory with glibc's default allocator and with "
+                                     "temporaries kept in the heap",
+                      lambda m, a: m.run_heap_benchmark(members=max(a.sizes or [256])),
+                      lambda m, r: m.format_heap_table(r)),
+    "fidelity": Benchmark("halving_fidelity", "rank quality of successive halving's first rung",
+                          lambda m, a: m.run_fidelity_benchmark(), lambda m, r: m.format_fidelity(r)),
+    "backends": Benchmark("backend_throughput", "one generation in-process and on Ray",
+                          lambda m, a: {"rows": m.run_backend_benchmark()}, lambda m, r: m.format_backends(r["rows"])),
+    "lineage": Benchmark("lineage_render", "rendering a 20,000-individual run",
+                         lambda m, a: {"rows": m.run_lineage_benchmark()},
+                         lambda m, r: m.format_lineage_bench(r["rows"])),
+}

@@ -1,0 +1,124 @@
+"""A user's nn.Module as a population task: each member trains exactly like the module trained alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import evolveopt
+from evolveopt.evaluation.runner import train_population
+from evolveopt.tasks.base import TaskError, batch_indices, epoch_orders
+from evolveopt.tasks.module import ModuleTask
+
+STEPS, BATCH, SEEDS = 50, 8, [3, 11, 4]
+
+
+def _mlp(seed):
+    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+
+
+def _cnn(norm):
+    def factory(seed):  # no conv bias before a norm: it gets no gradient, and Adam would amplify rounding noise
+        return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, bias=False), norm(), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 3))
+    return factory
+
+
+class TinyTransformer(nn.Module):
+    """A 1-layer causal transformer LM over a 12-symbol vocabulary (the shape of the GPT example)."""
+
+    def __init__(self, dropout: float):
+        super().__init__()
+        self.embed = nn.Embedding(12, 16)
+        self.position = nn.Parameter(torch.randn(8, 16) * 0.02)
+        # bias=False: attention's key bias gets no gradient (softmax ignores a shift), and Adam would
+        # amplify its rounding noise, member and lone run alike, into different values
+        self.block = nn.TransformerEncoderLayer(16, 2, 32, dropout=dropout, batch_first=True, bias=False)
+        self.head = nn.Linear(16, 12)
+        self.register_buffer("mask", nn.Transformer.generate_square_subsequent_mask(8), persistent=False)
+
+    def forward(self, ids):
+        h = self.embed(ids) + self.position
+        return self.head(self.block(h, src_mask=self.mask, is_causal=True))
+
+
+def _lm_loss(logits, targets):
+    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+def _data(kind):
+    g = torch.Generator().manual_seed(0)
+    if kind == "vector":
+        return torch.randn(40, 6, generator=g), torch.randint(0, 3, (40,), generator=g)
+    if kind == "image":
+        return torch.randn(40, 1, 6, 6, generator=g), torch.randint(0, 3, (40,), generator=g)
+    ids = torch.randint(0, 12, (40, 9), generator=g)
+    return ids[:, :-1], ids[:, 1:]
+
+
+CASES = {
+    "mlp": (_mlp, "vector", nn.functional.cross_entropy),
+    "cnn_groupnorm": (_cnn(lambda: nn.GroupNorm(2, 4)), "image", nn.functional.cross_entropy),
+    "cnn_batchnorm": (_cnn(lambda: nn.BatchNorm2d(4)), "image", nn.functional.cross_entropy),
+    "transformer": (lambda seed: TinyTransformer(0.0), "tokens", _lm_loss),
+    "transformer_dropout": (lambda seed: TinyTransformer(0.1), "tokens", _lm_loss),
+}
+
+
+def _task(case):
+    factory, kind, loss = CASES[case]
+    return ModuleTask(case, factory, _data(kind), loss, batch_size=BATCH, heldout=_data(kind))
+
+
+def _alone(task, genome, seed):
+    """What a user writes: seed, build the model, train it with the compiled genome on its data order."""
+    torch.manual_seed(seed)
+    model = task.factory(seed).train()
+    optimizer = evolveopt.build_optimizer(genome, model.parameters(), total_steps=STEPS)
+    order = epoch_orders([seed], len(task.data[0]), "cpu")
+    x, y = task.data
+    for step in range(1, STEPS + 1):
+        index = batch_indices(order, step, BATCH)[0]
+        optimizer.zero_grad()
+        task.loss_fn(model(x[index]), y[index]).backward()
+        optimizer.step()
+    return model
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_each_member_trains_exactly_like_the_module_alone(case):
+    task = _task(case)
+    genomes = [evolveopt.load_genome(n) for n in ("adam", "adam", "lion")]
+    run, _ = train_population(task, genomes, SEEDS, STEPS)
+    assert run.random == case.endswith("dropout")  # the probe found the random layers, and only those
+    for i, (genome, seed) in enumerate(zip(genomes, SEEDS)):
+        alone = _alone(task, genome, seed)
+        for name, tensor in dict(alone.named_parameters()).items():
+            torch.testing.assert_close(run.params[run.names.index(name)][i].detach(), tensor.detach(),
+                                       rtol=0, atol=1e-5, msg=lambda m, n=name: f"member {i}, {n}: {m}")
+        for name, buffer in dict(alone.named_buffers()).items():
+            assert torch.allclose(run.buffers[name][i].float(), buffer.float(), atol=1e-5), (i, name)
+    heldout = run.heldout()
+    assert heldout["loss"].shape == (3,) and torch.isfinite(heldout["loss"]).all()
+
+
+def test_members_differ_by_seed_and_dropout_masks_differ_by_member():
+    task = _task("transformer_dropout")
+    run = task.start([1, 1, 2])
+    losses = run.loss(1)
+    assert losses[0] == losses[1] and losses[0] != losses[2]  # same seed: same init, data and masks
+
+
+@pytest.mark.parametrize("change, problem", [
+    (dict(model=lambda seed: 1 / 0), "the model factory raised ZeroDivisionError"),
+    (dict(model=lambda seed: nn.ReLU()), "the model has no parameters"),
+    (dict(model=lambda seed: nn.Linear(6, 3 + seed % 2)), "differ in their parameter shapes"),
+    (dict(loss=lambda out, y: (out - 0).pow(2).mean(1)), "one scalar per member, got"),
+    (dict(batch_size=41), "batch_size 41 must be an integer from 1 to the 40"),
+    (dict(data=(torch.zeros(3, 6), torch.zeros(4))), "data must be a pair"),
+])
+def test_bad_tasks_fail_with_one_line_naming_the_task(change, problem):
+    options = dict(name="mine", model=_mlp, data=_data("vector"), loss=nn.functional.cross_entropy, batch_size=8)
+    options.update(change)
+    with pytest.raises(TaskError, match=rf"^task 'mine': .*{problem}"):
+        ModuleTask(**options).start([0, 1]).loss(1)

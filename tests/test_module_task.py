@@ -122,3 +122,75 @@ def test_bad_tasks_fail_with_one_line_naming_the_task(change, problem):
     options.update(change)
     with pytest.raises(TaskError, match=rf"^task 'mine': .*{problem}"):
         ModuleTask(**options).start([0, 1]).loss(1)
+
+
+# ----------------------------------------------------------------------------- plug-ins
+
+USER_MODULE = '''
+import torch
+from torch import nn
+from evolveopt.tasks.module import ModuleTask
+
+def regression(width=8, version="1"):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 4, generator=g)
+    y = x @ torch.randn(4, 1, generator=g)
+    return ModuleTask("regression", lambda seed: nn.Sequential(nn.Linear(4, width), nn.Tanh(), nn.Linear(width, 1)),
+                      (x, y), nn.functional.mse_loss, batch_size=16, heldout=(x[:16], y[:16]), version=version)
+
+def broken():
+    raise RuntimeError("no data here")
+'''
+
+
+@pytest.fixture
+def user_package(tmp_path, monkeypatch):
+    """A module the user put on the path, and an installed distribution declaring it as an entry point."""
+    (tmp_path / "my_tasks.py").write_text(USER_MODULE)
+    info = tmp_path / "my_tasks-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: my-tasks\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[evolveopt.tasks]\nmy_regression = my_tasks:regression\n"
+                                           "my_broken = my_tasks:broken\nmy_missing = no_such_module:task\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+def test_a_task_object_trains_through_evaluate(user_package):
+    import my_tasks
+
+    from evolveopt.evaluation import ResultCache
+
+    task = my_tasks.regression()
+    result = evolveopt.evaluate(["adam", "lion"], [task], budget=20, seeds=[0, 1], cache=ResultCache(None))
+    assert result.task_labels == ["regression"] and result.tasks[0]["task_version"] == "1"
+    assert all(r.final_loss < r.initial_loss and "loss" in r.heldout for per_genome in result.results for r in per_genome[0])
+
+
+@pytest.mark.parametrize("spec", [
+    {"name": "registered", "width": 6},  # evolveopt.tasks.register
+    {"name": "my_regression", "width": 6},  # an entry point of an installed package
+    {"name": "my_tasks:regression", "width": 6},  # an import path
+])
+def test_a_user_task_is_found_each_way_with_its_options(user_package, spec):
+    import my_tasks
+
+    from evolveopt.tasks import make_task, register
+
+    register("registered", my_tasks.regression)
+    task = make_task(spec)
+    assert task.spec == {**spec, "task_version": "1"} and task.param_count() == 4 * 6 + 6 + 6 + 1
+    assert make_task(task.spec).spec == task.spec  # a worker rebuilds it from its spec
+
+
+@pytest.mark.parametrize("name, problem", [
+    ("my_broken", r"task 'my_broken': its factory raised RuntimeError: no data here"),
+    ("my_missing", r"task 'my_missing': loading its entry point no_such_module:task failed: ModuleNotFoundError"),
+    ("my_tasks:nothing", r"task 'my_tasks:nothing': loading its import path failed: AttributeError"),
+    ("../my_tasks.py:regression", r"unknown task '../my_tasks.py:regression'"),  # a file path is never run
+])
+def test_user_tasks_that_do_not_load_fail_with_one_line(user_package, name, problem):
+    from evolveopt.tasks import make_task
+
+    with pytest.raises(TaskError, match=problem):
+        make_task(name)

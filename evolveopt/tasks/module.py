@@ -54,10 +54,12 @@ class ModuleTask(Task):
             raise TaskError(f"task '{name}': batch_size {batch_size!r} must be an integer from 1 to the "
                             f"{len(self.data[0])} training examples")
         self.batch_size = batch_size
+        self.origin: dict[str, Any] = {"name": name}  # make_task records how it was built (options too)
 
     @property
     def spec(self) -> dict[str, Any]:
-        return {"name": self.task_name, "version": self.version, "batch_size": self.batch_size}
+        """Identity in caches and work units: how it is built (name or import path, options) and its version."""
+        return {**self.origin, "task_version": self.version}
 
     @property
     def label(self) -> str:

@@ -130,8 +130,12 @@ def cmd_try(args: argparse.Namespace) -> int:
 
 
 def parse_task_arg(text: str) -> dict[str, object]:
-    """``name`` or ``name:key=value,key=value`` → a task spec mapping (numbers parsed)."""
+    """``name`` or ``name:key=value,key=value`` → a task spec mapping (numbers parsed); the name may be
+    an import path ``package.module:factory``."""
     name, _, rest = text.partition(":")
+    if rest and "=" not in rest.partition(":")[0]:  # package.module:factory[:key=value,...]
+        factory, _, rest = rest.partition(":")
+        name = f"{name}:{factory}"
     spec: dict[str, object] = {"name": name}
     for item in filter(None, rest.split(",")):
         key, sep, raw = item.partition("=")

@@ -194,3 +194,14 @@ def test_user_tasks_that_do_not_load_fail_with_one_line(user_package, name, prob
 
     with pytest.raises(TaskError, match=problem):
         make_task(name)
+
+
+def test_the_command_line_trains_a_user_task_by_import_path(user_package, capsys):
+    from evolveopt.cli import main, parse_task_arg
+
+    assert parse_task_arg("my_tasks:regression:width=6") == {"name": "my_tasks:regression", "width": 6}
+    assert parse_task_arg("digits_mlp:hidden=16") == {"name": "digits_mlp", "hidden": 16}
+    assert main(["eval", "adam", "lion", "--task", "my_tasks:regression:width=6", "--budget", "20",
+                 "--seeds", "0", "--cache", str(user_package / "cache.sqlite")]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split()[-1] == "regression" and out.splitlines()[2].startswith("lion")

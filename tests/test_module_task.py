@@ -162,7 +162,7 @@ def test_a_task_object_trains_through_evaluate(user_package):
     from evolveopt.evaluation import ResultCache
 
     task = my_tasks.regression()
-    result = evolveopt.evaluate(["adam", "lion"], [task], budget=20, seeds=[0, 1], cache=ResultCache(None))
+    result = evolveopt.evaluate(["adam", "lion"], [task], budget=20, seeds=[0, 1], cache=ResultCache())
     assert result.task_labels == ["regression"] and result.tasks[0]["task_version"] == "1"
     assert all(r.final_loss < r.initial_loss and "loss" in r.heldout for per_genome in result.results for r in per_genome[0])
 

@@ -49,22 +49,30 @@ class UnitResult:
     results: tuple[MemberResult, ...]
     member_steps: int
     seconds: float
+    threads: int = 0  # torch's CPU threads in the worker that ran it
 
 
-def execute_unit(unit: WorkUnit, device: str = "cpu", threads: int | None = None) -> UnitResult:
-    """Run one unit in this process (what a worker calls).
+def execute_unit(unit: WorkUnit, device: str = "cpu", threads: int | None = None,
+                 reserved: int | None = None) -> UnitResult:
+    """Run one unit in this process (what a worker calls), on ``threads`` CPU threads if given,
+    else as many as :func:`~evolveopt.evaluation.threads.unit_threads` finds free (at most
+    ``reserved``, the CPUs a scheduler granted).
 
     Only numerical divergence is a result (the member is frozen and marked diverged). An
     exception is a bug or a lost resource, never a result: it propagates with its traceback,
     and nothing of the unit reaches a cache.
     """
+    import torch
+
     from evolveopt.evaluation.runner import run_unit
     from evolveopt.evaluation.sizing import configure_host
+    from evolveopt.evaluation.threads import unit_threads
     from evolveopt.tasks import make_task
 
-    configure_host(threads)
+    configure_host(unit_threads(threads, reserved))
     outcome = run_unit(make_task(unit.task), unit.parsed_genomes(), list(unit.seeds), unit.budget, device)
-    return UnitResult(unit.keys, tuple(outcome.results), outcome.member_steps, outcome.seconds)
+    return UnitResult(unit.keys, tuple(outcome.results), outcome.member_steps, outcome.seconds,
+                      threads=torch.get_num_threads())
 
 
 def run_here(units: Sequence[WorkUnit], device: str = "cpu", threads: int | None = None) -> list[UnitResult]:

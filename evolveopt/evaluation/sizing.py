@@ -8,11 +8,11 @@ temporary per parameter for the update, plus the task's activations:
 
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import torch
 
+from evolveopt.evaluation.threads import affinity
 from evolveopt.genome.schema import Genome
 from evolveopt.genome.slots import buffers_per_param
 from evolveopt.tasks import Task
@@ -33,16 +33,16 @@ def max_members(task: Task, genomes: Sequence[Genome], device: str = "cpu", frac
     return max(1, int(free * fraction) // max(1, member_bytes(task, genomes)))
 
 
-def configure_host(threads: int | None = None) -> None:
-    """Set torch's CPU threads (default: this process's CPU allotment) and keep large
-    temporaries in the malloc heap.
+def configure_host(threads: int) -> None:
+    """Run torch on ``threads`` CPU threads (:func:`~evolveopt.evaluation.threads.unit_threads`
+    decides) and keep large temporaries in the malloc heap.
 
     glibc serves every allocation above its mmap threshold (≤ 32 MB) with a fresh mmap, so each
     step's multi-megabyte activations and gradients page-fault anew; raising the threshold lets
     them reuse heap memory. Measured: +14% member-steps/s on the digits MLP at P = 256
     (docs/performance.md). A no-op where glibc is absent.
     """
-    torch.set_num_threads(threads or cpu_threads())
+    torch.set_num_threads(threads)
     try:
         import ctypes
 
@@ -69,10 +69,7 @@ def default_max_members(task: Task, genomes: Sequence[Genome], device: str = "cp
 
 def cpu_threads() -> int:
     """The CPUs this process may run on (its affinity set, which containers and Ray restrict)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    return len(affinity())
 
 
 def _available_host_bytes() -> int:

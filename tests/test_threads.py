@@ -138,6 +138,20 @@ def test_backend_threads_reaches_the_in_process_backend_from_the_config():
     assert config.backend.threads == 1 and make_backend(config.backend).threads == 1
 
 
+def test_a_run_records_the_thread_counts_it_used(tmp_path):
+    from test_evolve import tiny_config
+
+    from evolveopt.evolution import start_run
+
+    start_run(load_config(tiny_config(tmp_path), ["backend.threads=1", "search.generations=1"]), tmp_path / "run",
+              progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "generations.jsonl").read_text().splitlines()]
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert [r["threads"] for r in rows] == [[1]]
+    assert manifest["hardware"]["cpus_allowed"] == len(os.sched_getaffinity(0))
+    assert set(manifest["hardware"]["thread_settings"]) == {THREADS_ENV, "OMP_WAIT_POLICY"}
+
+
 def plain(result) -> str:
     return json.dumps([m.to_json() for m in result.results], sort_keys=True)
 

@@ -94,6 +94,7 @@ class Evaluation:
     cache_misses: int = 0
     units: int = 0
     task_labels: list[str] = field(default_factory=list)
+    threads: tuple[int, ...] = ()  # the CPU thread counts its units ran with (results never depend on them)
 
     @property
     def hit_rate(self) -> float:
@@ -152,16 +153,17 @@ def evaluate(genomes: Sequence[Genome | str], tasks: Sequence[Any], budget: int,
         max_members = min(default_max_members(make_task(spec), genomes, device) for spec in specs) if specs else 1
     units = plan_units(genomes, specs, budget, seeds, skip=set(known), max_members=max_members)
     run = map_units or (lambda us: run_here(us, device))
-    member_steps = 0
+    member_steps, threads = 0, set()
     for outcome in run(units):
         fresh = dict(zip(outcome.keys, outcome.results))
         cache.put_many(fresh)
         known.update(fresh)
         member_steps += outcome.member_steps
+        threads.add(outcome.threads)
     results = [[[known[k] for k in per_task] for per_task in per_genome] for per_genome in keys]
     return Evaluation(
         genomes=genomes, tasks=specs, budget=budget, seeds=list(seeds), results=results,
         member_steps=member_steps, seconds=time.perf_counter() - start,
         cache_hits=cache.hits - hits_before, cache_misses=cache.misses - misses_before,
-        units=len(units), task_labels=labels,
+        units=len(units), task_labels=labels, threads=tuple(sorted(threads)),
     )

@@ -5,7 +5,7 @@ task, a budget, genome dicts and seeds) to their results, in order. The unit is 
 every backend and each member's result depends only on its genome and seed, so a run gives the
 same fitness in-process and on Ray.
 
-Ray: CPU units are Ray tasks (one CPU each); GPU units go to long-lived actors holding a share
+Ray: CPU units are Ray tasks (one CPU each, or ``backend.threads``, and as many threads); GPU units go to long-lived actors holding a share
 of a GPU (``gpus_per_actor``), restarted when they die. A unit whose worker dies, that raises,
 or that outlives ``unit_timeout`` (then cancelled) is retried up to ``max_retries`` times; after
 that the error stops the run (an exception as itself, with the worker's traceback). Only

@@ -322,7 +322,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         rows = run_lineage_benchmark()
         print(json.dumps({"rows": rows}, indent=2) if args.json else format_lineage_bench(rows))
         return 0
-    raise EvolveOptError(f"unknown benchmark '{args.what}' (available: step, eval, fidelity, backends, lineage)")
+    if args.what == "neighbour":
+        from evolveopt.measure.busy_neighbour import format_neighbour, run_neighbour_benchmark
+
+        report = run_neighbour_benchmark(args.neighbours, args.neighbour_threads, budget=args.budget)
+        print(json.dumps(report, indent=2) if args.json else format_neighbour(report))
+        return 0
+    raise EvolveOptError(f"unknown benchmark '{args.what}' (available: step, eval, fidelity, backends, lineage, "
+                         "neighbour)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -447,14 +454,20 @@ def build_parser() -> argparse.ArgumentParser:
     runs.set_defaults(command_function=cmd_runs)
 
     bench = sub.add_parser("bench", help="run a benchmark and print its comparison table")
-    bench.add_argument("what", choices=["step", "eval", "fidelity", "backends", "lineage"],
+    bench.add_argument("what", choices=["step", "eval", "fidelity", "backends", "lineage", "neighbour"],
                        help="step: optimizer step() vs torch.optim; eval: batched vs one-at-a-time training; "
                             "fidelity: rank quality of successive halving's first rung; backends: one "
-                            "generation in-process and on Ray; lineage: rendering a 20,000-individual run")
+                            "generation in-process and on Ray; lineage: rendering a 20,000-individual run; "
+                            "neighbour: a quickstart generation alone and beside busy processes, old and new "
+                            "thread policy")
     bench.add_argument("--sizes", type=at_least(1), nargs="*", help="population sizes for 'eval'")
     bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
     bench.add_argument("--repeats", type=at_least(1), default=50)
     bench.add_argument("--device", default="cpu")
+    bench.add_argument("--neighbours", type=at_least(0), help="busy processes for 'neighbour' (default: one per CPU)")
+    bench.add_argument("--neighbour-threads", type=at_least(1), default=1, help="torch threads of each neighbour")
+    bench.add_argument("--budget", type=at_least(1), help="full training budget for 'neighbour' (default: the "
+                       "quickstart's 270 steps)")
     bench.set_defaults(command_function=cmd_bench)
     return parser
 

@@ -71,11 +71,21 @@ def test_a_bad_thread_variable_is_a_one_line_error(monkeypatch, value):
         unit_threads()
 
 
+def spinners(count: int) -> list[subprocess.Popen]:
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+
+
+def stop(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
 def test_the_load_of_another_busy_process_is_seen_and_our_own_work_is_not():
     """A process spinning on one CPU shows as about one CPU busy elsewhere; our own spinning does not."""
     sampler = OtherLoad()
     sampler.busy_elsewhere()  # first window
-    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    procs = spinners(1)
     try:
         import time
 
@@ -84,8 +94,7 @@ def test_the_load_of_another_busy_process_is_seen_and_our_own_work_is_not():
             pass  # this process busy too: subtracted
         with_neighbour = sampler.busy_elsewhere()
     finally:
-        spinner.kill()
-        spinner.wait()
+        stop(procs)
     print(f"busy elsewhere beside one spinning process: {with_neighbour:.2f} CPUs")
     assert with_neighbour >= 0.5  # at least half of its CPU (the machine is shared; it may get less)
 
@@ -112,6 +121,26 @@ class ThreadProbe(NoisyQuadratic):
 
 def probe_units(budget: int = 5):
     return plan_units([load_genome("adam")], [{"name": "thread_probe"}], budget, [0, 1], skip=set(), max_members=8)
+
+
+def test_beside_a_busy_process_per_cpu_units_run_on_one_thread(monkeypatch):
+    """The bug of issue 10.16: torch's default (one thread per CPU) beside busy neighbours."""
+    import time
+
+    from evolveopt.evaluation.threads import LOAD
+
+    monkeypatch.setitem(TASKS, "thread_probe", ThreadProbe)
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    procs = spinners(len(os.sched_getaffinity(0)))
+    try:
+        time.sleep(0.5)
+        LOAD.busy_elsewhere()  # start a window in which only the neighbours run
+        time.sleep(0.5)
+        [result] = LocalBackend().map_units(probe_units())
+    finally:
+        stop(procs)
+    assert result.threads == 1
+    assert all(m.heldout == {"most_threads": 1, "fewest_threads": 1} for m in result.results)
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
@@ -173,3 +202,30 @@ def test_the_command_line_asks_for_a_passive_openmp_wait_unless_told_otherwise()
     env["OMP_WAIT_POLICY"] = "ACTIVE"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stderr.split()[-1] == "ACTIVE"
+
+
+def children() -> set[int]:
+    """PIDs of this process's living children."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == os.getpid():
+            found.add(int(entry))
+    return found
+
+
+@pytest.mark.slow
+def test_the_neighbour_benchmark_prints_every_policy_alone_and_beside_and_stops_its_neighbours():
+    from evolveopt.measure.busy_neighbour import POLICIES, format_neighbour, run_neighbour_benchmark
+
+    before = children()
+    report = run_neighbour_benchmark(neighbours=1, budget=3, config_path=str(ROOT / "experiments" / "quickstart.yaml"))
+    print(format_neighbour(report))
+    assert [r["policy"] for r in report["rows"]] == list(POLICIES)
+    assert all(r["alone_s"] > 0 and r["beside_s"] > 0 for r in report["rows"])
+    assert report["rows"][0]["threads_alone"] == [len(os.sched_getaffinity(0))]  # old: one per CPU
+    assert children() == before

@@ -5,8 +5,9 @@ processes hold the CPUs, one descheduled worker stalls all the others, and they 
 they wait. Measured on 2 cores beside two busy processes: a quickstart generation took
 42-84 s instead of 2.2 s. So a unit runs as many threads as CPUs are left free (its affinity
 set, less what other processes used of it lately), and OpenMP's idle workers sleep instead of
-spinning (``OMP_WAIT_POLICY=PASSIVE``, read once when torch's OpenMP library loads: set it in
-the environment of a process before it imports torch).
+spinning (``OMP_WAIT_POLICY=PASSIVE``, which GNU and Intel OpenMP both read (Intel's as
+``KMP_BLOCKTIME=0``) once, when torch loads them: set it in the environment of a process before
+it imports torch; torch's thread count, unlike it, can change at any time).
 
 Who decides, first that applies: ``backend.threads`` in the run's config, the environment
 variable ``EVOLVEOPT_THREADS``, then :func:`choose_threads` over a fresh sample of the load.
@@ -24,7 +25,7 @@ from evolveopt.errors import EvolveOptError
 THREADS_ENV = "EVOLVEOPT_THREADS"
 OPENMP_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}  # idle OpenMP workers sleep: no spinning against a neighbour
 FREE_SHARE = 0.75  # a CPU counts as free when other processes leave at least this share of it
-MIN_WINDOW_S = 0.1  # shortest window over which the load of other processes is measured
+MIN_WINDOW_S = 0.2  # shortest window of the load measurement (/proc/stat counts in 10 ms ticks)
 
 
 def choose_threads(cpus: int, busy_elsewhere: float, reserved: int | None = None) -> int:

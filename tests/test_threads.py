@@ -181,6 +181,13 @@ def test_a_run_records_the_thread_counts_it_used(tmp_path):
     assert set(manifest["hardware"]["thread_settings"]) == {THREADS_ENV, "OMP_WAIT_POLICY"}
 
 
+@pytest.mark.parametrize("value, message", [("0", "0 is out of range [1, 4096]"),
+                                             ("two", "expected an integer, got 'two'")])
+def test_a_bad_backend_threads_names_the_file_and_key(value, message):
+    with pytest.raises(EvolveOptError, match=f"quickstart.yaml: backend.threads: {message}"):
+        load_config(ROOT / "experiments" / "quickstart.yaml", [f"backend.threads={value}"])
+
+
 def plain(result) -> str:
     return json.dumps([m.to_json() for m in result.results], sort_keys=True)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -184,7 +185,7 @@ def test_a_run_records_the_thread_counts_it_used(tmp_path):
 @pytest.mark.parametrize("value, message", [("0", "0 is out of range [1, 4096]"),
                                              ("two", "expected an integer, got 'two'")])
 def test_a_bad_backend_threads_names_the_file_and_key(value, message):
-    with pytest.raises(EvolveOptError, match=f"quickstart.yaml: backend.threads: {message}"):
+    with pytest.raises(EvolveOptError, match=re.escape(f"quickstart.yaml: backend.threads: {message}")):
         load_config(ROOT / "experiments" / "quickstart.yaml", [f"backend.threads={value}"])
 
 

@@ -52,11 +52,9 @@ class UnitResult:
     threads: int = 0  # torch's CPU threads in the worker that ran it
 
 
-def execute_unit(unit: WorkUnit, device: str = "cpu", threads: int | None = None,
-                 reserved: int | None = None) -> UnitResult:
+def execute_unit(unit: WorkUnit, device: str = "cpu", threads: int | None = None) -> UnitResult:
     """Run one unit in this process (what a worker calls), on ``threads`` CPU threads if given,
-    else as many as :func:`~evolveopt.evaluation.threads.unit_threads` finds free (at most
-    ``reserved``, the CPUs a scheduler granted).
+    else as many as :func:`~evolveopt.evaluation.threads.unit_threads` decides.
 
     Only numerical divergence is a result (the member is frozen and marked diverged). An
     exception is a bug or a lost resource, never a result: it propagates with its traceback,
@@ -69,7 +67,7 @@ def execute_unit(unit: WorkUnit, device: str = "cpu", threads: int | None = None
     from evolveopt.evaluation.threads import unit_threads
     from evolveopt.tasks import make_task
 
-    configure_host(unit_threads(threads, reserved))
+    configure_host(unit_threads(threads))
     outcome = run_unit(make_task(unit.task), unit.parsed_genomes(), list(unit.seeds), unit.budget, device)
     return UnitResult(unit.keys, tuple(outcome.results), outcome.member_steps, outcome.seconds,
                       threads=torch.get_num_threads())

@@ -28,20 +28,19 @@ FREE_SHARE = 0.75  # a CPU counts as free when other processes leave at least th
 MIN_WINDOW_S = 0.2  # shortest window of the load measurement (/proc/stat counts in 10 ms ticks)
 
 
-def choose_threads(cpus: int, busy_elsewhere: float, reserved: int | None = None) -> int:
+def choose_threads(cpus: int, busy_elsewhere: float) -> int:
     """Threads for work on ``cpus`` CPUs (this process's affinity set) of which other processes
-    kept ``busy_elsewhere`` CPUs' worth busy lately, at most ``reserved`` (what a scheduler
-    granted, e.g. Ray's CPUs per task):
+    kept ``busy_elsewhere`` CPUs' worth busy lately:
 
-        threads = clamp(floor(cpus − busy_elsewhere + 1 − FREE_SHARE), 1, min(cpus, reserved))
+        threads = clamp(floor(cpus − busy_elsewhere + 1 − FREE_SHARE), 1, cpus)
 
     i.e. the CPUs left free, where a CPU counts if others use at most a quarter of it.
     """
     free = math.floor(cpus - max(0.0, busy_elsewhere) + (1 - FREE_SHARE))
-    return max(1, min(free, cpus, reserved or cpus))
+    return max(1, min(free, cpus))
 
 
-def unit_threads(requested: int | None = None, reserved: int | None = None) -> int:
+def unit_threads(requested: int | None = None) -> int:
     """The thread count of the next unit: ``requested`` (``backend.threads``), else
     ``$EVOLVEOPT_THREADS``, else :func:`choose_threads` on this process's CPUs and their load."""
     if requested:
@@ -51,9 +50,7 @@ def unit_threads(requested: int | None = None, reserved: int | None = None) -> i
         if not env.isdigit() or int(env) < 1:
             raise EvolveOptError(f"{THREADS_ENV}={env!r}: expected a whole number of threads >= 1")
         return int(env)
-    if reserved == 1:
-        return 1
-    return choose_threads(len(affinity()), LOAD.busy_elsewhere(), reserved)
+    return choose_threads(len(affinity()), LOAD.busy_elsewhere())
 
 
 def affinity() -> set[int]:

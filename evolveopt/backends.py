@@ -5,7 +5,7 @@ task, a budget, genome dicts and seeds) to their results, in order. The unit is 
 every backend and each member's result depends only on its genome and seed, so a run gives the
 same fitness in-process and on Ray.
 
-Ray: CPU units are Ray tasks (one CPU each); GPU units go to long-lived actors holding a share
+Ray: CPU units are Ray tasks (one CPU each, or ``backend.threads``, and as many threads); GPU units go to long-lived actors holding a share
 of a GPU (``gpus_per_actor``), restarted when they die. A unit whose worker dies, that raises,
 or that outlives ``unit_timeout`` (then cancelled) is retried up to ``max_retries`` times; after
 that the error stops the run (an exception as itself, with the worker's traceback). Only
@@ -26,6 +26,7 @@ from typing import Any, Sequence
 from evolveopt.config import BackendConfig, RunConfig
 from evolveopt.errors import EvolveOptError
 from evolveopt.evaluation.evaluator import UnitResult, WorkUnit, execute_unit, run_here
+from evolveopt.evaluation.threads import openmp_env
 from evolveopt.extras import optional
 
 
@@ -41,12 +42,12 @@ class LocalBackend:
 
     name = "local"
 
-    def __init__(self, device: str = "cpu"):
-        self.device = device
+    def __init__(self, device: str = "cpu", threads: int | None = None):
+        self.device, self.threads = device, threads
         self.workers = 1
 
     def map_units(self, units: Sequence[WorkUnit]) -> list[UnitResult]:
-        return run_here(units, self.device)
+        return run_here(units, self.device, self.threads)
 
     def close(self) -> None:
         pass
@@ -82,10 +83,16 @@ class RayBackend:
             self.workers = max(1, int(resources.get("GPU", 0) / config.gpus_per_actor))
             self._actor_class = ray.remote(num_gpus=config.gpus_per_actor, max_restarts=config.max_retries,
                                            max_task_retries=0)(UnitActor)
-            self._actors = [self._actor_class.remote(device) for _ in range(self.workers)]
+            self._actors = [self._actor_class.remote(device, config.threads) for _ in range(self.workers)]
         else:
-            self.workers = max(1, int(resources.get("CPU", 1)))
-            self._task = ray.remote(num_cpus=1, max_retries=config.max_retries, retry_exceptions=True)(_execute)
+            self.workers = max(1, int(resources.get("CPU", 1)) // self._cpus_per_task)
+            self._task = ray.remote(num_cpus=self._cpus_per_task, max_retries=config.max_retries,
+                                    retry_exceptions=True)(_execute)
+
+    @property
+    def _cpus_per_task(self) -> int:
+        """CPUs Ray reserves for a unit: ``backend.threads`` if set, else 1 (and one thread)."""
+        return self.config.threads or 1
 
     def _wait_for_gpus(self) -> dict[str, float]:
         """The cluster's resources once it offers ``gpus_per_actor`` GPUs; a clear error after
@@ -118,7 +125,7 @@ class RayBackend:
     def _run_as_tasks(self, units: Sequence[WorkUnit], results: dict[int, UnitResult]) -> None:
         ray = self.ray
         attempts = [0] * len(units)
-        refs = {self._task.remote(unit, self.device): (i, time.monotonic()) for i, unit in enumerate(units)}
+        refs = {self._task.remote(unit, self.device, self._cpus_per_task): (i, time.monotonic()) for i, unit in enumerate(units)}
         try:
             while refs:
                 done, _ = ray.wait(list(refs), num_returns=1, timeout=1.0)
@@ -131,7 +138,7 @@ class RayBackend:
                         ray.cancel(ref, force=True)
                         refs.pop(ref)
                         self._count(attempts, index, units[index], self._overtime)
-                        refs[self._task.remote(units[index], self.device)] = (index, time.monotonic())
+                        refs[self._task.remote(units[index], self.device, self._cpus_per_task)] = (index, time.monotonic())
         finally:
             for ref in refs:
                 ray.cancel(ref, force=True)
@@ -156,7 +163,7 @@ class RayBackend:
                     continue
                 except ray.exceptions.RayActorError:
                     self._count(attempts, index, units[index], "lost its actor")
-                    self._actors[actor] = self._actor_class.remote(self.device)
+                    self._actors[actor] = self._actor_class.remote(self.device, self.config.threads)
                 except ray.exceptions.RayTaskError as exc:
                     if attempts[index] >= self.config.max_retries:
                         raise exc.as_instanceof_cause() from None
@@ -167,7 +174,7 @@ class RayBackend:
                 if now - started > self.config.unit_timeout:
                     ray.kill(self._actors[actor])
                     running.pop(ref)
-                    self._actors[actor] = self._actor_class.remote(self.device)
+                    self._actors[actor] = self._actor_class.remote(self.device, self.config.threads)
                     idle.append(actor)
                     self._count(attempts, index, units[index], self._overtime)
                     queue.insert(0, (index, units[index]))
@@ -196,22 +203,24 @@ class RayBackend:
             self.ray.shutdown()
 
 
-def _execute(unit: WorkUnit, device: str) -> UnitResult:
-    return execute_unit(unit, device, threads=1)  # one CPU per task, as Ray reserved
+def _execute(unit: WorkUnit, device: str, cpus: int) -> UnitResult:
+    return execute_unit(unit, device, threads=cpus)  # as many threads as Ray reserved CPUs
 
 
 class UnitActor:
-    """A long-lived evaluator on one GPU share: torch and CUDA start once, not per unit."""
+    """A long-lived evaluator on one GPU share: torch and CUDA start once, not per unit. Its CPU
+    threads: ``threads`` if given, else the CPUs free to it before each unit."""
 
-    def __init__(self, device: str):
-        self.device = device
+    def __init__(self, device: str, threads: int | None = None):
+        self.device, self.threads = device, threads
 
     def run(self, unit: WorkUnit) -> UnitResult:
-        return execute_unit(unit, self.device)
+        return execute_unit(unit, self.device, self.threads)
 
 
 def _runtime_env() -> dict[str, Any]:
-    return {"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}}
+    """Workers' environment: no usage stats, and OpenMP's passive wait set before they import torch."""
+    return {"env_vars": {"RAY_USAGE_STATS_ENABLED": "0", **openmp_env()}}
 
 
 def check_device(device: str) -> None:
@@ -251,4 +260,4 @@ def check_resources(config: RunConfig) -> None:
 def make_backend(config: BackendConfig, device: str = "cpu") -> LocalBackend | RayBackend:
     if config.kind == "ray":
         return RayBackend(config, device)
-    return LocalBackend(device)
+    return LocalBackend(device, config.threads)

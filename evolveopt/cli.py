@@ -15,6 +15,7 @@ import threading
 from typing import Callable, Sequence
 
 from evolveopt.errors import EvolveOptError
+from evolveopt.evaluation.threads import openmp_env
 
 EXIT_USAGE = 2
 
@@ -429,6 +430,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
     bench.add_argument("--repeats", type=at_least(1), default=50)
     bench.add_argument("--device", default="cpu")
+    bench.add_argument("--neighbours", type=at_least(0), help="busy processes for 'neighbour' (default: one per CPU)")
+    bench.add_argument("--neighbour-threads", type=at_least(1), default=1, help="torch threads of each neighbour")
+    bench.add_argument("--budget", type=at_least(1), help="full training budget for 'neighbour' (default: the "
+                       "quickstart's 270 steps)")
     bench.set_defaults(command_function=cmd_bench)
     return parser
 
@@ -447,6 +452,9 @@ def _raise_interrupted(signum: int, frame: object) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if "torch" not in sys.modules:  # OpenMP reads its wait policy once, when torch loads it
+        for key, value in openmp_env().items():
+            os.environ.setdefault(key, value)
     if hasattr(signal, "SIGPIPE"):  # `evolveopt show adan | head` ends quietly
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     # only the main thread may set handlers; not when started with Ctrl-C ignored

@@ -44,6 +44,7 @@ class BackendConfig:
     unit_timeout: float = 1800.0  # seconds before a unit of work is abandoned
     max_retries: int = 3  # retries of a unit whose worker died
     object_store_mb: int = 128
+    threads: int | None = None  # CPU threads per unit; None: the CPUs free to it (evolveopt/evaluation/threads.py)
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ RULES: dict[str, Any] = {
     "backend.unit_timeout": (1.0, 7 * 24 * 3600.0),
     "backend.max_retries": (0, 100),
     "backend.object_store_mb": (64, 1_000_000),
+    "backend.threads": (1, 4096),
 }
 
 

@@ -36,6 +36,7 @@ from evolveopt.backends import check_resources, make_backend
 from evolveopt.config import RunConfig, load_config, parse_config, to_plain
 from evolveopt.evaluation.cache import ResultCache
 from evolveopt.evaluation.scorer import FitnessScorer, FitnessSettings
+from evolveopt.evaluation.threads import OPENMP_ENV, THREADS_ENV, affinity
 from evolveopt.progress import Progress
 from evolveopt.run_directory import RunDir, RunDirError
 from evolveopt.search.algorithm import GeneticSearch, hall_of_fame, statistics, structures
@@ -115,6 +116,7 @@ class Evolution:
         started = time.monotonic()
         steps, hits, misses = (self.scorer.stats.member_steps, self.scorer.stats.cache_hits,
                                self.scorer.stats.cache_misses)
+        self.scorer.stats.threads.clear()
         if generation == 0:
             population = self.search.initial_population()
         else:
@@ -132,8 +134,9 @@ class Evolution:
             "cache_hits": self.scorer.stats.cache_hits - hits, "cache_misses": self.scorer.stats.cache_misses - misses,
             "wall_time": time.monotonic() - started,
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # this process; Linux: KiB
+            "threads": sorted(self.scorer.stats.threads),  # CPU threads per unit (evaluation/threads.py)
         }
-        self.logbook.record(**{k: v for k, v in record.items() if k != "wall_time"})
+        self.logbook.record(**{k: v for k, v in record.items() if k not in ("wall_time", "threads")})
         self.population, self.generation = population, generation
         self._commit(generation, population, new, record)
         if self.progress:
@@ -271,7 +274,8 @@ def _git_commit() -> str | None:
 
 def _hardware() -> dict[str, Any]:
     info: dict[str, Any] = {"platform": platform.platform(), "machine": platform.machine(),
-                            "cpus": os.cpu_count()}
+                            "cpus": os.cpu_count(), "cpus_allowed": len(affinity()),
+                            "thread_settings": {k: os.environ.get(k) for k in (THREADS_ENV, *OPENMP_ENV)}}
     try:
         import torch
 

@@ -102,6 +102,7 @@ def test_run_writes_every_record(tmp_path):
     assert [r["generation"] for r in rows] == [0, 1, 2]
     assert all({"best", "median", "diversity", "evaluations", "cache_hits", "wall_time", "peak_rss_mb"} <= set(r) for r in rows)
     assert all(100 < r["peak_rss_mb"] < 64_000 for r in rows)  # torch alone takes > 100 MB
+    assert all(r["threads"] and all(1 <= t <= len(os.sched_getaffinity(0)) for t in r["threads"]) for r in rows)
     lineage = [json.loads(line) for line in (run / "lineage.jsonl").read_text().splitlines()]
     ids = {r["id"] for r in lineage}
     assert all(set(r["parents"]) <= ids for r in lineage)

@@ -45,6 +45,20 @@ def test_ray_gives_the_same_results_as_in_process(cluster):
     assert plain(remote.results) == plain(local.results)
 
 
+def test_ray_workers_run_one_thread_per_reserved_cpu(cluster):
+    """Tasks reserve backend.threads CPUs (default 1) and torch in the worker runs that many threads;
+    actors run backend.threads, or what the rule finds free."""
+    units = plan_units([evolveopt.load_genome("adam")], [{"name": "nqm"}, {"name": "digits_mlp"}], 5, [0, 1],
+                       skip=set(), max_members=8)
+    assert [r.threads for r in cluster.map_units(units)] == [1, 1]
+    two = RayBackend(BackendConfig(kind="ray", threads=2, max_retries=0, unit_timeout=300))
+    assert two.workers == 1 and [r.threads for r in two.map_units(units)] == [2, 2]
+    actors = RayBackend(BackendConfig(kind="ray", gpus_per_actor=0.5, threads=2, max_retries=0, unit_timeout=300))
+    assert [r.threads for r in actors.map_units(units)] == [2, 2]
+    for actor in actors._actors:
+        ray.kill(actor)
+
+
 def test_gpu_actor_path_gives_the_same_results(cluster):
     actors = RayBackend(BackendConfig(kind="ray", gpus_per_actor=0.5, max_retries=2, unit_timeout=300), device="cpu")
     assert actors.use_gpus and actors.workers == 2

@@ -49,22 +49,28 @@ class UnitResult:
     results: tuple[MemberResult, ...]
     member_steps: int
     seconds: float
+    threads: int = 0  # torch's CPU threads in the worker that ran it
 
 
 def execute_unit(unit: WorkUnit, device: str = "cpu", threads: int | None = None) -> UnitResult:
-    """Run one unit in this process (what a worker calls).
+    """Run one unit in this process (what a worker calls), on ``threads`` CPU threads if given,
+    else as many as :func:`~evolveopt.evaluation.threads.unit_threads` decides.
 
     Only numerical divergence is a result (the member is frozen and marked diverged). An
     exception is a bug or a lost resource, never a result: it propagates with its traceback,
     and nothing of the unit reaches a cache.
     """
+    import torch
+
     from evolveopt.evaluation.runner import run_unit
     from evolveopt.evaluation.sizing import configure_host
+    from evolveopt.evaluation.threads import unit_threads
     from evolveopt.tasks import make_task
 
-    configure_host(threads)
+    configure_host(unit_threads(threads))
     outcome = run_unit(make_task(unit.task), unit.parsed_genomes(), list(unit.seeds), unit.budget, device)
-    return UnitResult(unit.keys, tuple(outcome.results), outcome.member_steps, outcome.seconds)
+    return UnitResult(unit.keys, tuple(outcome.results), outcome.member_steps, outcome.seconds,
+                      threads=torch.get_num_threads())
 
 
 def run_here(units: Sequence[WorkUnit], device: str = "cpu", threads: int | None = None) -> list[UnitResult]:
@@ -86,6 +92,7 @@ class Evaluation:
     cache_misses: int = 0
     units: int = 0
     task_labels: list[str] = field(default_factory=list)
+    threads: tuple[int, ...] = ()  # the CPU thread counts its units ran with (results never depend on them)
 
     @property
     def hit_rate(self) -> float:
@@ -144,16 +151,17 @@ def evaluate(genomes: Sequence[Genome | str], tasks: Sequence[Any], budget: int,
         max_members = min(default_max_members(make_task(spec), genomes, device) for spec in specs) if specs else 1
     units = plan_units(genomes, specs, budget, seeds, skip=set(known), max_members=max_members)
     run = map_units or (lambda us: run_here(us, device))
-    member_steps = 0
+    member_steps, threads = 0, set()
     for outcome in run(units):
         fresh = dict(zip(outcome.keys, outcome.results))
         cache.put_many(fresh)
         known.update(fresh)
         member_steps += outcome.member_steps
+        threads.add(outcome.threads)
     results = [[[known[k] for k in per_task] for per_task in per_genome] for per_genome in keys]
     return Evaluation(
         genomes=genomes, tasks=specs, budget=budget, seeds=list(seeds), results=results,
         member_steps=member_steps, seconds=time.perf_counter() - start,
         cache_hits=cache.hits - hits_before, cache_misses=cache.misses - misses_before,
-        units=len(units), task_labels=labels,
+        units=len(units), task_labels=labels, threads=tuple(sorted(threads)),
     )

@@ -29,6 +29,7 @@ class ScorerStats:
     seconds: float = 0.0
     cache_hits: int = 0
     cache_misses: int = 0
+    threads: set[int] = field(default_factory=set)  # CPU thread counts units ran with
     evaluations: list[Evaluation] = field(default_factory=list, repr=False)
 
 
@@ -51,6 +52,7 @@ class FitnessScorer:
         self.stats.seconds += evaluation.seconds
         self.stats.cache_hits += evaluation.cache_hits
         self.stats.cache_misses += evaluation.cache_misses
+        self.stats.threads.update(evaluation.threads)
         return evaluation
 
     def baselines(self, budget: int) -> list[Baseline]:

@@ -8,11 +8,11 @@ temporary per parameter for the update, plus the task's activations:
 
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import torch
 
+from evolveopt.evaluation.threads import affinity
 from evolveopt.genome.schema import Genome
 from evolveopt.genome.slots import buffers_per_param
 from evolveopt.tasks import Task
@@ -33,10 +33,10 @@ def max_members(task: Task, genomes: Sequence[Genome], device: str = "cpu", frac
     return max(1, int(free * fraction) // max(1, member_bytes(task, genomes)))
 
 
-def configure_host(threads: int | None = None) -> None:
-    """Set torch's CPU threads (default: this process's CPU allotment) and keep large
-    temporaries in the malloc heap (:func:`keep_temporaries_in_heap`)."""
-    torch.set_num_threads(threads or cpu_threads())
+def configure_host(threads: int) -> None:
+    """Run torch on ``threads`` CPU threads (:func:`~evolveopt.evaluation.threads.unit_threads`
+    decides) and keep large temporaries in the malloc heap (:func:`keep_temporaries_in_heap`)."""
+    torch.set_num_threads(threads)
     keep_temporaries_in_heap()
 
 
@@ -74,10 +74,7 @@ def default_max_members(task: Task, genomes: Sequence[Genome], device: str = "cp
 
 def cpu_threads() -> int:
     """The CPUs this process may run on (its affinity set, which containers and Ray restrict)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    return len(affinity())
 
 
 def _available_host_bytes() -> int:

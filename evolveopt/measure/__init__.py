@@ -63,4 +63,8 @@ BENCHMARKS: dict[str, Benchmark] = {
     "lineage": Benchmark("lineage_render", "rendering a 20,000-individual run",
                          lambda m, a: {"rows": m.run_lineage_benchmark()},
                          lambda m, r: m.format_lineage_bench(r["rows"])),
+    "neighbour": Benchmark("busy_neighbour", "a quickstart generation alone and beside busy processes, old and "
+                                             "new thread policy",
+                           lambda m, a: m.run_neighbour_benchmark(a.neighbours, a.neighbour_threads, budget=a.budget),
+                           lambda m, r: m.format_neighbour(r)),
 }

@@ -111,7 +111,7 @@ def _best_over_threads(measure) -> tuple[float, int]:
 
 
 def run_eval_benchmark(sizes: tuple[int, ...] = (1, 8, 64, 256), steps: int = 100, device: str = "cpu") -> dict:
-    configure_host()
+    configure_host(cpu_threads())
     sequential, sequential_threads = _best_over_threads(lambda: sequential_rate(4, 2 * steps, device))
     anchor, anchor_threads = _best_over_threads(lambda: anchor_rate(4, 2 * steps))
     rows = []

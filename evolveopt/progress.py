@@ -23,9 +23,8 @@ import sys
 import time
 from typing import Any
 
-WIDE = 72  # terminal columns from which every column shows; below, the elapsed time goes,
-NARROW = 56  # below this the unit words ("generations", "units") too,
-TINY = 40  # and below this the bar
+# Terminal widths (columns) below which a column goes: elapsed time, then unit words, then the bar.
+WIDE, NARROW, TINY = 72, 56, 40
 STAGES = {"baseline": "Adam lr grid", "genomes": "genomes"}
 
 
@@ -117,6 +116,7 @@ class Progress:
         rate = record["evaluations"] / record["wall_time"] if record["wall_time"] else 0.0
         best = "n/a" if record["best"] is None else f"{record['best']:+.4f}"
         status = f"best {best} | {rate:.1f} evals/s | {record['diversity']} structures"
+        # our own ETA: rich's TimeRemainingColumn forgets progress older than 30 s, so a slow run never gets one
         per_generation = (time.monotonic() - self.started) / max(1, self.done - self.initial)
         eta = per_generation * (self.total - self.done)
         if self._bar is not None:

@@ -264,7 +264,6 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from evolveopt.config import BackendConfig
     from evolveopt.genome import load_genome
     from evolveopt.finished_runs import resolve_genome
-    from evolveopt.progress import TaskProgress
     from evolveopt.tasks import HELDOUT_SUITE, SEARCH_SUITE
 
     check_device(args.device)

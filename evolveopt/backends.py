@@ -1,9 +1,10 @@
 """Where units of evaluation work run: in this process, or on a Ray cluster.
 
 A backend maps a list of :class:`~evolveopt.evaluation.evaluator.WorkUnit` s (plain data: a
-task, a budget, genome dicts and seeds) to their results, in order. The unit is the same on
-every backend and each member's result depends only on its genome and seed, so a run gives the
-same fitness in-process and on Ray.
+task, a budget, genome dicts and seeds) to their results, in order, and calls ``on_done(index)``
+as each unit's result comes in (in-process: in order; Ray: in the order units finish, from
+``ray.wait``). The unit is the same on every backend and each member's result depends only on
+its genome and seed, so a run gives the same fitness in-process and on Ray.
 
 Ray: CPU units are Ray tasks (one CPU each, or ``backend.threads``, and as many threads); GPU units go to long-lived actors holding a share
 of a GPU (``gpus_per_actor``), restarted when they die. A unit whose worker dies, that raises,
@@ -25,7 +26,7 @@ from typing import Any, Sequence
 
 from evolveopt.config import BackendConfig, RunConfig
 from evolveopt.errors import EvolveOptError
-from evolveopt.evaluation.evaluator import UnitResult, WorkUnit, execute_unit, run_here
+from evolveopt.evaluation.evaluator import OnDone, UnitResult, WorkUnit, execute_unit, run_here
 from evolveopt.evaluation.threads import openmp_env
 from evolveopt.extras import optional
 
@@ -46,8 +47,8 @@ class LocalBackend:
         self.device, self.threads = device, threads
         self.workers = 1
 
-    def map_units(self, units: Sequence[WorkUnit]) -> list[UnitResult]:
-        return run_here(units, self.device, self.threads)
+    def map_units(self, units: Sequence[WorkUnit], on_done: OnDone | None = None) -> list[UnitResult]:
+        return run_here(units, self.device, self.threads, on_done=on_done)
 
     def close(self) -> None:
         pass
@@ -111,18 +112,20 @@ class RayBackend:
                                f"{timeout:g} s; join a cluster with GPUs or set backend.gpus_per_actor=0")
         return resources
 
-    def map_units(self, units: Sequence[WorkUnit]) -> list[UnitResult]:
-        """Results in the order of ``units``. Units run as planned, never re-cut: a member's result
-        depends on its neighbours' count through kernel rounding, so re-cutting would break
-        "same fitness as in-process" (``max_members`` sets the grain on every backend)."""
+    def map_units(self, units: Sequence[WorkUnit], on_done: OnDone | None = None) -> list[UnitResult]:
+        """Results in the order of ``units``; ``on_done(index)`` as each one comes in (``ray.wait``).
+        Units run as planned, never re-cut: a member's result depends on its neighbours' count
+        through kernel rounding, so re-cutting would break "same fitness as in-process"
+        (``max_members`` sets the grain on every backend)."""
         results: dict[int, UnitResult] = {}
+        done = on_done or (lambda index: None)
         if self.use_gpus:
-            self._run_on_actors(units, results)
+            self._run_on_actors(units, results, done)
         else:
-            self._run_as_tasks(units, results)
+            self._run_as_tasks(units, results, done)
         return [results[i] for i in range(len(units))]
 
-    def _run_as_tasks(self, units: Sequence[WorkUnit], results: dict[int, UnitResult]) -> None:
+    def _run_as_tasks(self, units: Sequence[WorkUnit], results: dict[int, UnitResult], on_done: OnDone) -> None:
         ray = self.ray
         attempts = [0] * len(units)
         refs = {self._task.remote(unit, self.device, self._cpus_per_task): (i, time.monotonic()) for i, unit in enumerate(units)}
@@ -132,6 +135,7 @@ class RayBackend:
                 for ref in done:
                     index, _ = refs.pop(ref)
                     results[index] = self._get(ref)
+                    on_done(index)
                 now = time.monotonic()
                 for ref, (index, started) in list(refs.items()):
                     if now - started > self.config.unit_timeout:
@@ -143,7 +147,7 @@ class RayBackend:
             for ref in refs:
                 ray.cancel(ref, force=True)
 
-    def _run_on_actors(self, units: Sequence[WorkUnit], results: dict[int, UnitResult]) -> None:
+    def _run_on_actors(self, units: Sequence[WorkUnit], results: dict[int, UnitResult], on_done: OnDone) -> None:
         ray = self.ray
         queue = list(enumerate(units))
         running: dict[Any, tuple[int, int, float]] = {}  # ref -> (unit index, actor index, start)
@@ -160,6 +164,7 @@ class RayBackend:
                 idle.append(actor)
                 try:
                     results[index] = ray.get(ref)
+                    on_done(index)
                     continue
                 except ray.exceptions.RayActorError:
                     self._count(attempts, index, units[index], "lost its actor")

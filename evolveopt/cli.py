@@ -162,6 +162,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from evolveopt.evaluation import ResultCache
     from evolveopt.evaluation.scorer import FitnessScorer, FitnessSettings
     from evolveopt.finished_runs import resolve_genome
+    from evolveopt.progress import TaskProgress
     from evolveopt.tasks import HELDOUT_SUITE, SEARCH_SUITE
 
     check_device(args.device)
@@ -173,11 +174,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         os.makedirs(os.path.dirname(args.cache), exist_ok=True)
         cache = ResultCache(args.cache)
-    scorer = FitnessScorer(FitnessSettings(tasks=list(tasks), budget=args.budget, seeds=args.seeds, rungs=1,
-                                           device=args.device), cache=cache)
     print(f"evaluating {len(genomes)} genome(s) on {len(tasks)} task(s), {args.budget} steps, seeds {args.seeds} "
           f"(Adam baselines tuned on a 9-point lr grid first)", file=sys.stderr)
-    scores = scorer.score(genomes)
+    display = TaskProgress()
+    scorer = FitnessScorer(FitnessSettings(tasks=list(tasks), budget=args.budget, seeds=args.seeds, rungs=1,
+                                           device=args.device), cache=cache, on_progress=display.units)
+    try:
+        scores = scorer.score(genomes)
+    finally:
+        display.close()
     stats = scorer.stats
     rate = stats.member_steps / stats.seconds if stats.seconds else 0.0
     if args.json:

@@ -64,7 +64,8 @@ class Evolution:
         fit = config.fitness
         settings = FitnessSettings(tasks=list(fit.tasks), budget=fit.budget, seeds=list(fit.seeds), eta=fit.eta,
                                    rungs=fit.rungs, max_members=fit.max_members, device=config.device)
-        self.scorer = FitnessScorer(settings, ResultCache(rundir.file("cache.sqlite")), self.backend.map_units)
+        self.scorer = FitnessScorer(settings, ResultCache(rundir.file("cache.sqlite")), self.backend.map_units,
+                                    on_progress=progress.units if progress else None)
         self.rng = np.random.default_rng(config.seed)
         _seed_torch(config.seed)
         self.search = GeneticSearch(config.search, config.space, self.rng)
@@ -123,7 +124,7 @@ class Evolution:
             population = self.search.next_generation(self.population, generation)
         new = [ind for ind in population if not ind.fitness.valid]
         if self.progress:
-            self.progress.phase(f"generation {generation}: evaluating {len(new)} genomes")
+            self.progress.phase(f"generation {generation + 1}: {len(new)} new genomes")
         self._evaluate(new)
         self.hof.update(population)
         record = {

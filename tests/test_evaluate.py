@@ -132,6 +132,43 @@ def test_successive_halving_promotes_the_best_third():
     assert outcomes[8].budget == 90 and outcomes[8].scores_by_rung == [80, 240, 720]
 
 
+def test_the_scorer_reports_units_done_of_total_and_the_rung_in_order():
+    from evolveopt.backends import LocalBackend
+
+    tasks = [{"name": "nqm"}, {"name": "digits_mlp", "hidden": 16}]
+    labels = [make_task(t).label for t in tasks]
+    events = []
+    scorer = FitnessScorer(FitnessSettings(tasks=tasks, budget=27, seeds=[0], eta=3, rungs=3, max_members=2),
+                           map_units=LocalBackend().map_units, on_progress=events.append)
+    scorer.score_with_halving([evolveopt.load_genome(n) for n in ("lion", "sgd", "nesterov", "momentum")])
+    expected = []  # per rung: Adam's 9-rate grid per task (5 units of 2), then the survivors (4, 2, 1) on both tasks
+    for rung, (budget, alive) in enumerate(zip([3, 9, 27], [4, 2, 1])):
+        for label in labels:
+            expected += [("baseline", rung, 3, budget, ((label, done, 5),)) for done in range(6)]
+        per_task = math.ceil(alive / 2)
+        for step in range(2 * per_task + 1):  # in-process: nqm's units, then digits_mlp's
+            nqm = min(step, per_task)
+            expected.append(("genomes", rung, 3, budget, ((labels[0], nqm, per_task),
+                                                          (labels[1], step - nqm, per_task))))
+    assert [(e.stage, e.rung, e.rungs, e.budget, tuple(tuple(t) for t in e.tasks)) for e in events] == expected
+    assert [e.done for e in events[:6]] == list(range(6)) and {e.total for e in events[:6]} == {5}
+    assert [e.finished for e in events[:6]] == [None] + [labels[0]] * 5  # each event names the task of its unit
+
+
+def test_eval_command_reports_units_per_task_on_a_log(tmp_path, capsys):
+    from evolveopt.cli import main
+
+    argv = ["eval", "adam", "lion", "--task", "nqm", "--task", "digits_mlp:hidden=16", "--budget", "10", "--seeds",
+            "0", "--no-cache"]
+    assert main(argv) == 0
+    lines = capsys.readouterr().err.splitlines()
+    progress = [line.split(" (t=")[0] for line in lines if line.startswith("[eval]")]
+    assert progress == ["[eval] nqm: Adam lr grid 1/1 units", "[eval] digits_mlp[hidden=16]: Adam lr grid 1/1 units",
+                        "[eval] nqm: genomes 1/1 units", "[eval] digits_mlp[hidden=16]: genomes 1/1 units"]
+    assert lines[0].startswith("evaluating 2 genome(s)") and lines[1:5] == [
+        line for line in lines if line.startswith("[eval]")]  # between the first line and the table
+
+
 def test_eval_command_reports_fitness_and_reuses_its_cache(tmp_path, capsys):
     import json
 

@@ -91,9 +91,11 @@ def test_a_generation_has_no_duplicate_genomes():
 # ----------------------------------------------------------------------------- runs
 
 
-def test_run_writes_every_record(tmp_path):
+def test_run_writes_every_record(tmp_path, capsys):
     summary = start_run(load_config(tiny_config(tmp_path)), tmp_path / "run", progress=False)
     run = tmp_path / "run"
+    log = capsys.readouterr().err.splitlines()  # not a terminal: one line per generation, nothing per unit or rung
+    assert [line.split(":")[0] for line in log] == [f"[tiny] generation {g}/3" for g in (1, 2, 3)]
     assert summary.generations == 3 and summary.best is not None
     for name in ("config.yaml", "manifest.json", "generations.jsonl", "lineage.jsonl", "hall_of_fame.json",
                  "checkpoint.json", "population/gen_0000.json", "population/gen_0002.json"):

@@ -40,9 +40,15 @@ def plain(results) -> str:
 
 
 def test_ray_gives_the_same_results_as_in_process(cluster):
-    local = evaluate(GENOMES, ["digits_mlp", "nqm"], 40, [0, 1], cache=ResultCache())
-    remote = evaluate(GENOMES, ["digits_mlp", "nqm"], 40, [0, 1], cache=ResultCache(), map_units=cluster.map_units)
+    local = evaluate(GENOMES, ["digits_mlp", "nqm"], 40, [0, 1], cache=ResultCache(), max_members=4)
+    events = []
+    remote = evaluate(GENOMES, ["digits_mlp", "nqm"], 40, [0, 1], cache=ResultCache(), map_units=cluster.map_units,
+                      max_members=4, on_progress=events.append)
     assert plain(remote.results) == plain(local.results)
+    total = remote.units  # 10 members per task in units of 4: 3 per task
+    assert total == 6 and [e.done for e in events] == list(range(total + 1))  # one event per unit, as each finishes
+    assert events[0].finished is None and all(e.total == total for e in events)
+    assert [e.finished for e in events[1:]].count("nqm") == 3
 
 
 def test_ray_workers_run_one_thread_per_reserved_cpu(cluster):
@@ -63,8 +69,11 @@ def test_gpu_actor_path_gives_the_same_results(cluster):
     actors = RayBackend(BackendConfig(kind="ray", gpus_per_actor=0.5, max_retries=2, unit_timeout=300), device="cpu")
     assert actors.use_gpus and actors.workers == 2
     local = evaluate(GENOMES, ["digits_mlp", "nqm"], 30, [0, 1], cache=ResultCache())
-    remote = evaluate(GENOMES, ["digits_mlp", "nqm"], 30, [0, 1], cache=ResultCache(), map_units=actors.map_units)
+    done = []
+    remote = evaluate(GENOMES, ["digits_mlp", "nqm"], 30, [0, 1], cache=ResultCache(), map_units=actors.map_units,
+                      on_progress=lambda event: done.append(event.done))
     assert plain(remote.results) == plain(local.results)
+    assert done == list(range(remote.units + 1))  # actors report each unit as it finishes
     for actor in actors._actors:
         ray.kill(actor)
 

@@ -6,14 +6,16 @@ structure's members sit side by side and share one update (one gene tensor per g
 while the forward and backward pass covers all of them at once. Runs are cut into
 :class:`WorkUnit` s of at most ``max_members``. Equal genomes in one call are trained once.
 Units are plain data, so a backend can ship them to other processes (``map_units``); the
-default runs them here, one after another.
+default runs them here, one after another. A backend reports each unit as it finishes
+(``on_done(index)``), and ``evaluate`` turns that into :class:`UnitProgress` events for whoever
+shows progress: data flows out through the callback, no display code lives here.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 from evolveopt.errors import EvaluationError
 from evolveopt.evaluation.cache import ResultCache, result_key
@@ -73,8 +75,75 @@ def execute_unit(unit: WorkUnit, device: str = "cpu", threads: int | None = None
                       threads=torch.get_num_threads())
 
 
-def run_here(units: Sequence[WorkUnit], device: str = "cpu", threads: int | None = None) -> list[UnitResult]:
-    return [execute_unit(u, device, threads) for u in units]
+OnDone = Callable[[int], None]  # a backend calls it with a unit's index as soon as that unit's result is in
+MapUnits = Callable[..., list[UnitResult]]  # map_units(units, on_done=None) -> results in the order of units
+
+
+def run_here(units: Sequence[WorkUnit], device: str = "cpu", threads: int | None = None,
+             on_done: OnDone | None = None) -> list[UnitResult]:
+    results = []
+    for index, unit in enumerate(units):
+        results.append(execute_unit(unit, device, threads))
+        if on_done is not None:
+            on_done(index)
+    return results
+
+
+class TaskUnits(NamedTuple):
+    label: str
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
+class UnitProgress:
+    """Where one ``evaluate`` call stands: sent once its units are planned (``finished`` None) and
+    after each unit's result is in (``finished``: that unit's task label).
+
+    ``tasks`` holds units done and planned per task, in task order (cached members need no unit).
+    The scorer fills in what the call is for: ``stage`` "baseline" (Adam's learning-rate grid) or
+    "genomes", and the successive-halving ``rung`` of ``rungs`` (None outside successive halving).
+    """
+
+    tasks: tuple[TaskUnits, ...]
+    budget: int
+    finished: str | None = None
+    stage: str = "genomes"
+    rung: int | None = None
+    rungs: int = 1
+
+    @property
+    def done(self) -> int:
+        return sum(t.done for t in self.tasks)
+
+    @property
+    def total(self) -> int:
+        return sum(t.total for t in self.tasks)
+
+
+OnProgress = Callable[[UnitProgress], None]
+
+
+class _UnitCounter:
+    """Counts finished units per task and sends a :class:`UnitProgress` for each."""
+
+    def __init__(self, units: Sequence[WorkUnit], specs: Sequence[dict[str, Any]], labels: Sequence[str],
+                 budget: int, on_progress: OnProgress | None):
+        self.task_of = [specs.index(unit.task) for unit in units]
+        self.labels, self.budget, self.on_progress = list(labels), budget, on_progress
+        self.totals = [self.task_of.count(k) for k in range(len(labels))]
+        self.done = [0] * len(labels)
+        self._send(None)
+
+    def __call__(self, index: int) -> None:
+        task = self.task_of[index]
+        self.done[task] += 1
+        self._send(self.labels[task])
+
+    def _send(self, finished: str | None) -> None:
+        if self.on_progress is not None:
+            tasks = tuple(TaskUnits(*row) for row in zip(self.labels, self.done, self.totals))
+            self.on_progress(UnitProgress(tasks, self.budget, finished))
 
 
 @dataclass
@@ -128,8 +197,9 @@ def plan_units(genomes: Sequence[Genome], tasks: Sequence[dict[str, Any]], budge
 
 def evaluate(genomes: Sequence[Genome | str], tasks: Sequence[Any], budget: int, seeds: Sequence[int], *,
              cache: ResultCache | None = None, device: str = "cpu", max_members: int | None = None,
-             map_units: Callable[[list[WorkUnit]], list[UnitResult]] | None = None) -> Evaluation:
-    """Train each genome on each task for ``budget`` steps from each seed; see the module docstring."""
+             map_units: MapUnits | None = None, on_progress: OnProgress | None = None) -> Evaluation:
+    """Train each genome on each task for ``budget`` steps from each seed; see the module docstring.
+    ``on_progress`` receives a :class:`UnitProgress` after planning and after every finished unit."""
     from evolveopt.tasks import make_task
 
     genomes = [load_genome(g) for g in genomes]
@@ -150,9 +220,9 @@ def evaluate(genomes: Sequence[Genome | str], tasks: Sequence[Any], budget: int,
 
         max_members = min(default_max_members(make_task(spec), genomes, device) for spec in specs) if specs else 1
     units = plan_units(genomes, specs, budget, seeds, skip=set(known), max_members=max_members)
-    run = map_units or (lambda us: run_here(us, device))
+    run = map_units or (lambda us, on_done: run_here(us, device, on_done=on_done))
     member_steps, threads = 0, set()
-    for outcome in run(units):
+    for outcome in run(units, on_done=_UnitCounter(units, specs, labels, budget, on_progress)):
         fresh = dict(zip(outcome.keys, outcome.results))
         cache.put_many(fresh)
         known.update(fresh)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Sequence
 
 from evolveopt.evaluation.cache import ResultCache
-from evolveopt.evaluation.evaluator import Evaluation, UnitResult, WorkUnit, evaluate
+from evolveopt.evaluation.evaluator import Evaluation, MapUnits, OnProgress, evaluate
 from evolveopt.evaluation.halving import RungOutcome, successive_halving
 from evolveopt.evaluation.fitness import Baseline, GenomeFitness, score_evaluation, tune_adam
 from evolveopt.genome.schema import Genome
@@ -34,20 +34,27 @@ class ScorerStats:
 
 
 class FitnessScorer:
-    """Scores genomes against tuned Adam on the settings' tasks (with successive halving)."""
+    """Scores genomes against tuned Adam on the settings' tasks (with successive halving).
+
+    ``on_progress`` receives every :class:`UnitProgress` of the evaluations it runs, marked with
+    the stage (Adam's baseline grid or the genomes) and, under successive halving, the rung.
+    """
 
     def __init__(self, settings: FitnessSettings, cache: ResultCache | None = None,
-                 map_units: Callable[[list[WorkUnit]], list[UnitResult]] | None = None):
+                 map_units: MapUnits | None = None, on_progress: OnProgress | None = None):
         self.settings = settings
         self.cache = cache if cache is not None else ResultCache()
         self.map_units = map_units
+        self.on_progress = on_progress
         self.stats = ScorerStats()
         self._baselines: dict[int, list[Baseline]] = {}
+        self._rung: tuple[int | None, int] = (None, 1)  # (rung, rungs) of the successive halving under way
 
     def _evaluate(self, genomes: Sequence[Genome], tasks: Sequence[Any], budget: int, seeds: Sequence[int],
-                  cache: ResultCache) -> Evaluation:
+                  cache: ResultCache, stage: str = "genomes") -> Evaluation:
         evaluation = evaluate(genomes, tasks, budget, seeds, cache=cache, device=self.settings.device,
-                              max_members=self.settings.max_members, map_units=self.map_units)
+                              max_members=self.settings.max_members, map_units=self.map_units,
+                              on_progress=self._reporter(stage))
         self.stats.member_steps += evaluation.member_steps
         self.stats.seconds += evaluation.seconds
         self.stats.cache_hits += evaluation.cache_hits
@@ -55,13 +62,18 @@ class FitnessScorer:
         self.stats.threads.update(evaluation.threads)
         return evaluation
 
+    def _reporter(self, stage: str) -> OnProgress | None:
+        if self.on_progress is None:
+            return None
+        rung, rungs = self._rung
+        send = self.on_progress
+        return lambda event: send(replace(event, stage=stage, rung=rung, rungs=rungs))
+
     def baselines(self, budget: int) -> list[Baseline]:
         if budget not in self._baselines:
             s = self.settings
-            self._baselines[budget] = [
-                tune_adam(task, budget, s.seeds, self.cache, run=lambda *a, **k: self._evaluate(*a, cache=k["cache"]))
-                for task in s.tasks
-            ]
+            run = lambda *a, **k: self._evaluate(*a, cache=k["cache"], stage="baseline")  # noqa: E731
+            self._baselines[budget] = [tune_adam(task, budget, s.seeds, self.cache, run=run) for task in s.tasks]
         return self._baselines[budget]
 
     def score(self, genomes: Sequence[Genome], budget: int | None = None) -> list[GenomeFitness]:
@@ -74,5 +86,14 @@ class FitnessScorer:
     def score_with_halving(self, genomes: Sequence[Genome]) -> list[RungOutcome]:
         """Successive halving over the settings' rungs; each outcome's ``score`` is a GenomeFitness."""
         s = self.settings
-        return successive_halving(genomes, self.score, key=lambda f: f.fitness, budget=s.budget, eta=s.eta,
-                                  rungs=s.rungs)
+        rungs = iter(range(s.rungs))
+
+        def score_rung(candidates: list[Genome], budget: int) -> list[GenomeFitness]:
+            self._rung = (next(rungs), s.rungs)
+            return self.score(candidates, budget)
+
+        try:
+            return successive_halving(genomes, score_rung, key=lambda f: f.fitness, budget=s.budget, eta=s.eta,
+                                      rungs=s.rungs)
+        finally:
+            self._rung = (None, 1)

@@ -177,3 +177,12 @@ def test_a_unit_over_its_timeout_is_retried_then_stops_with_an_error_and_is_neve
     with pytest.raises(BackendError, match=r"ran over unit_timeout=0.5 s 2 times"):
         evaluate(["adam"], ["digits_mlp"], 5000, [0], cache=cache, max_members=8, map_units=backend.map_units)
     assert _cached_results(tmp_path / "cache.sqlite") == 0
+
+
+def test_a_user_module_task_from_an_installed_entry_point_trains_on_ray_as_in_process(cluster):
+    """Workers rebuild the user's task from its spec (entry point of the installed examples package)."""
+    task = {"name": "digits_cnn_bn", "channels": 4}
+    local = evaluate(["adam", "lion"], [task], 20, [0, 1], cache=ResultCache())
+    remote = evaluate(["adam", "lion"], [task], 20, [0, 1], cache=ResultCache(), map_units=cluster.map_units)
+    assert local.tasks[0]["task_version"] == "1"
+    assert plain(remote.results) == plain(local.results)

@@ -6,7 +6,8 @@ different learning rates and betas. Three ways to train P genomes:
 (a) sequential: each genome alone, ``torch.optim.Adam(foreach=True)``, pre-indexed batches;
 (b) anchor loop: each genome alone, a ``DataLoader`` and a per-parameter Python-loop Adam update
     (the style of the published GA's notebook);
-(c) batched: all P genomes stacked in one run (``evolveopt.evaluation.runner``).
+(c) batched: all P genomes stacked in one run (``evolveopt.evaluation.runner``), on the
+    hand-written stacked task and on the same MLP as an ``nn.Module`` task (``ModuleTask``: vmap).
 
 (a) and (b) do not depend on P (one model at a time), so they are timed once on a few genomes,
 each at its best thread count (1 or all cores: tiny models often run faster on one thread).
@@ -84,10 +85,19 @@ def anchor_rate(genomes: int, steps: int) -> float:
     return genomes * steps / (time.perf_counter() - start)
 
 
-def batched_rate(members: int, steps: int, device: str = "cpu") -> float:
+def module_mlp_task():
+    """The digits MLP written as a user would: an nn.Module population task (vmap over functional_call)."""
+    from evolveopt.tasks.module import ModuleTask
+
+    x, y, x_test, y_test = sklearn_classification("digits")
+    return ModuleTask("digits_mlp_module", lambda seed: _mlp(), (x, y), nn.functional.cross_entropy,
+                      batch_size=BATCH, heldout=(x_test, y_test))
+
+
+def batched_rate(members: int, steps: int, device: str = "cpu", task=None) -> float:
     adam = evolveopt.load_genome("adam")
     genomes = [adam.with_genes(**_genes(i)) for i in range(members)]
-    task = make_task("digits_mlp")
+    task = task or make_task("digits_mlp")
     train_population(task, genomes[:2], [0, 1], 3, device)  # warm-up
     _sync(device)
     start = time.perf_counter()
@@ -117,9 +127,11 @@ def run_eval_benchmark(sizes: tuple[int, ...] = (1, 8, 64, 256), steps: int = 10
     rows = []
     for p in sizes:
         batched = batched_rate(p, steps if p >= 8 else 4 * steps, device)
+        module = batched_rate(p, steps if p >= 8 else 4 * steps, device, task=module_mlp_task())
         rows.append({"P": p, "sequential_member_steps_per_s": sequential, "anchor_loop_member_steps_per_s": anchor,
                      "batched_member_steps_per_s": batched, "batched_vs_sequential": batched / sequential,
-                     "batched_vs_anchor": batched / anchor})
+                     "batched_vs_anchor": batched / anchor, "module_member_steps_per_s": module,
+                     "module_vs_batched": module / batched})
     return {"task": "digits_mlp (64-128-10, batch 128), Adam genomes with per-member lr/betas",
             "device": device, "sequential_threads": sequential_threads, "anchor_threads": anchor_threads, "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
             "rows": rows}
@@ -128,8 +140,10 @@ def run_eval_benchmark(sizes: tuple[int, ...] = (1, 8, 64, 256), steps: int = 10
 def format_eval_table(report: dict) -> str:
     lines = [report["task"], f"device {report['device']}: {report['machine']}; one-at-a-time loops best at "
              f"{report['sequential_threads']} (sequential) and {report['anchor_threads']} (anchor) thread(s)",
-             f"{'P':>6} {'sequential/s':>13} {'anchor/s':>10} {'batched/s':>11} {'vs seq':>7} {'vs anchor':>9}"]
+             f"{'P':>6} {'sequential/s':>13} {'anchor/s':>10} {'batched/s':>11} {'vs seq':>7} {'vs anchor':>9} "
+             f"{'nn.Module/s':>12} {'vs batched':>10}"]
     for r in report["rows"]:
         lines.append(f"{r['P']:>6} {r['sequential_member_steps_per_s']:>13.0f} {r['anchor_loop_member_steps_per_s']:>10.0f} "
-                     f"{r['batched_member_steps_per_s']:>11.0f} {r['batched_vs_sequential']:>6.2f}x {r['batched_vs_anchor']:>8.2f}x")
+                     f"{r['batched_member_steps_per_s']:>11.0f} {r['batched_vs_sequential']:>6.2f}x {r['batched_vs_anchor']:>8.2f}x "
+                     f"{r['module_member_steps_per_s']:>12.0f} {r['module_vs_batched']:>9.2f}x")
     return "\n".join(lines)

@@ -205,3 +205,29 @@ def test_the_command_line_trains_a_user_task_by_import_path(user_package, capsys
                  "--seeds", "0", "--cache", str(user_package / "cache.sqlite")]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0].split()[-1] == "regression" and out.splitlines()[2].startswith("lion")
+
+
+def test_a_run_whose_task_no_longer_loads_stops_with_one_line_and_keeps_its_records(user_package, tmp_path,
+                                                                                      monkeypatch, capsys):
+    import sys
+
+    import yaml
+
+    from evolveopt.cli import main
+
+    config = tmp_path / "mine.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "mine", "seed": 0,
+        "search": {"population": 4, "generations": 2, "elites": 1, "tournament": 2, "seed_genomes": ["adam", "lion"],
+                   "seed_variants": 0, "hall_of_fame": 2},
+        "fitness": {"tasks": [{"name": "my_tasks:regression", "width": 4}], "budget": 12, "seeds": [0]}}))
+    run = tmp_path / "run"
+    assert main(["evolve", str(config), "--out", str(run)]) == 0
+    records = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    monkeypatch.delitem(sys.modules, "my_tasks")
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(user_package)])
+    capsys.readouterr()
+    assert main(["resume", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "task 'my_tasks:regression': loading its import path failed: ModuleNotFoundError" in err[0]
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == records

@@ -37,7 +37,7 @@ from evolveopt.config import RunConfig, load_config, parse_config, to_plain
 from evolveopt.evaluation.cache import ResultCache
 from evolveopt.evaluation.scorer import FitnessScorer, FitnessSettings
 from evolveopt.progress import Progress
-from evolveopt.run_directory import RunDir, RunDirError
+from evolveopt.run_directory import NoGenerationYet, RunDir, RunDirError
 from evolveopt.search.algorithm import GeneticSearch, hall_of_fame, statistics, structures
 from evolveopt.search.individual import Individual
 from evolveopt.extras import optional
@@ -193,8 +193,9 @@ def start_run(config: RunConfig, out: str | Path, argv: list[str] | None = None,
 
 
 def resume_run(path: str | Path, progress: bool | None = None, backend: str | None = None,
-               address: str | None = None) -> RunSummary:
-    """Continue a run from its newest intact checkpoint (or from the start if it has none)."""
+               address: str | None = None, restart: bool = False) -> RunSummary:
+    """Continue a run from its newest intact checkpoint, or from generation 0 if it never completed one.
+    ``restart``: start over from generation 0 in the same folder, the old records moved to ``replaced-*/``."""
     rundir = RunDir(path)
     rundir.check_exists()
     config = load_config(rundir.file("config.yaml"))
@@ -202,25 +203,29 @@ def resume_run(path: str | Path, progress: bool | None = None, backend: str | No
         config = replace(config, backend=replace(config.backend, kind=backend or config.backend.kind,
                                                  address=address or config.backend.address))
     check_resources(config)
-    return _execute(config, rundir, progress, resume=True)
+    return _execute(config, rundir, progress, resume=not restart, restart=restart)
 
 
-def _execute(config: RunConfig, rundir: RunDir, progress: bool | None, resume: bool = False) -> RunSummary:
+def _execute(config: RunConfig, rundir: RunDir, progress: bool | None, resume: bool = False,
+             restart: bool = False) -> RunSummary:
     rundir.lock()  # atomic: a second process resuming the same run stops here
     try:
         checkpoint, warnings = None, []
+        if restart:
+            backup = rundir.set_aside()
+            warnings.append(f"starting {rundir.path} over from generation 0; its old records are in {backup}")
         if resume:
             try:
                 checkpoint, warnings = rundir.read_checkpoint()
-            except RunDirError as exc:
-                if "no completed generation" not in str(exc):
-                    raise
+                warnings = [f"warning: {w}; resuming from the previous checkpoint" for w in warnings]
+            except NoGenerationYet:
+                pass
         if checkpoint:
             _check_fitness(checkpoint, rundir)
         done = checkpoint["generation"] + 1 if checkpoint else 0
         display = Progress(config.search.generations, done, label=config.name, live=progress)
         for warning in warnings:
-            display.message(f"warning: {warning}; resuming from the previous checkpoint")
+            display.message(warning)
         try:
             evolution = Evolution(config, rundir, display)
             if checkpoint:

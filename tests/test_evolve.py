@@ -189,6 +189,38 @@ def test_an_exception_stops_the_run_uncached_and_resume_after_the_fix_equals_a_c
     assert run_files(tmp_path / "run") == run_files(tmp_path / "clean")
 
 
+def test_resume_with_both_checkpoints_gone_refuses_and_restart_starts_over_keeping_the_old_records(tmp_path, capsys):
+    run = tmp_path / "run"
+    start_run(load_config(tiny_config(tmp_path)), run, progress=False)
+    before, log = run_files(run), (run / "generations.jsonl").read_bytes()
+    for name in ("checkpoint.json", "checkpoint.prev.json"):
+        (run / name).unlink()
+    capsys.readouterr()
+    assert main(["resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no checkpoint is left" in err and f"evolveopt resume {run} --restart" in err
+    assert (run / "generations.jsonl").read_bytes() == log  # refused before touching anything
+    assert main(["resume", str(run), "--restart"]) == 0
+    assert "starting" in capsys.readouterr().err
+    (backup,) = run.glob("replaced-*")
+    assert (backup / "generations.jsonl").read_bytes() == log and (backup / "population" / "gen_0002.json").exists()
+    assert run_files(run) == before and RunDir(run).read_checkpoint()[0]["generation"] == 2
+
+
+def test_a_run_that_died_in_generation_0_resumes_from_generation_0_without_restart(tmp_path, capsys):
+    run = tmp_path / "run"
+    start_run(load_config(tiny_config(tmp_path)), run, progress=False)
+    before = run_files(run)
+    for name in ("checkpoint.json", "checkpoint.prev.json", "hall_of_fame.json", "population/gen_0001.json",
+                 "population/gen_0002.json"):
+        (run / name).unlink()
+    (run / "generations.jsonl").write_text("")  # killed inside generation 0's commit: population file and
+    lines = (run / "lineage.jsonl").read_text().splitlines(keepends=True)  # lineage written, no checkpoint yet
+    (run / "lineage.jsonl").write_text("".join(lines[:6]))
+    assert main(["resume", str(run)]) == 0
+    assert run_files(run) == before and not list(run.glob("replaced-*"))
+
+
 def test_resume_of_a_checkpoint_holding_a_null_fitness_is_one_clear_line(tmp_path, capsys):
     from evolveopt.run_directory import _digest, _verified, dumps
 

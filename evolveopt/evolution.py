@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import base64
 import importlib.metadata
-import json
-import math
 import os
 import platform
 import resource
@@ -36,8 +34,9 @@ from evolveopt.backends import check_resources, make_backend
 from evolveopt.config import RunConfig, load_config, parse_config, to_plain
 from evolveopt.evaluation.cache import ResultCache
 from evolveopt.evaluation.scorer import FitnessScorer, FitnessSettings
+from evolveopt.finished_runs import verify_run
 from evolveopt.progress import Progress
-from evolveopt.run_directory import NoGenerationYet, RunDir, RunDirError
+from evolveopt.run_directory import RunDir, RunDirError, lineage_record
 from evolveopt.search.algorithm import GeneticSearch, hall_of_fame, statistics, structures
 from evolveopt.search.individual import Individual
 from evolveopt.extras import optional
@@ -133,7 +132,7 @@ class Evolution:
             "wall_time": time.monotonic() - started,
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # this process; Linux: KiB
         }
-        self.logbook.record(**{k: v for k, v in record.items() if k != "wall_time"})
+        self.logbook.record(**record)  # the whole line: generations.jsonl can be rebuilt from a checkpoint
         self.population, self.generation = population, generation
         self._commit(generation, population, new, record)
         if self.progress:
@@ -169,14 +168,6 @@ class Evolution:
         rd.append_lines("generations.jsonl", [record])
         rd.write_json("hall_of_fame.json", [ind.to_json() for ind in self.hof])
         rd.write_checkpoint(self.checkpoint_state())
-
-
-def lineage_record(ind: Individual) -> dict[str, Any]:
-    return {
-        "id": ind.id, "parents": list(ind.parents), "operators": list(ind.operators), "details": ind.details,
-        "generation": ind.generation, "hash": ind.hash, "structure": ind.structure,
-        "fitness": ind.result.get("fitness"), "rung": ind.result.get("rung"), "budget": ind.result.get("budget"),
-    }
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -215,13 +206,7 @@ def _execute(config: RunConfig, rundir: RunDir, progress: bool | None, resume: b
             backup = rundir.set_aside()
             warnings.append(f"starting {rundir.path} over from generation 0; its old records are in {backup}")
         if resume:
-            try:
-                checkpoint, warnings = rundir.read_checkpoint()
-                warnings = [f"warning: {w}; resuming from the previous checkpoint" for w in warnings]
-            except NoGenerationYet:
-                pass
-        if checkpoint:
-            _check_fitness(checkpoint, rundir)
+            checkpoint, warnings = _verified_checkpoint(rundir, config.search.generations)
         done = checkpoint["generation"] + 1 if checkpoint else 0
         display = Progress(config.search.generations, done, label=config.name, live=progress)
         for warning in warnings:
@@ -240,14 +225,14 @@ def _execute(config: RunConfig, rundir: RunDir, progress: bool | None, resume: b
         rundir.unlock()
 
 
-def _check_fitness(checkpoint: dict[str, Any], rundir: RunDir) -> None:
-    """Every fitness the checkpoint holds is a finite number (selection compares them)."""
-    for data in checkpoint["population"] + checkpoint["hall_of_fame"]:
-        values = data.get("fitness") or []
-        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
-            raise RunDirError(f"{rundir.path}: the checkpoint's individual #{data.get('id')} has fitness "
-                              f"{json.dumps(values)} (null: a NaN score written by an older evolveopt); the run "
-                              f"cannot continue from it")
+def _verified_checkpoint(rundir: RunDir, total: int) -> tuple[dict[str, Any] | None, list[str]]:
+    """The checkpoint to continue from, once ``verify_run`` found the run trustworthy and repaired what it
+    could; a warning line per repair. What cannot be repaired is an error, one line per problem, and the
+    run is left untouched."""
+    check = verify_run(rundir.path, total)
+    if not check.trusted:
+        raise RunDirError("\n".join(p.text for p in check.problems if p.repair is None))
+    return check.checkpoint, [f"warning: {line}" for line in check.repair()]
 
 
 def manifest(config: RunConfig, argv: list[str] | None) -> dict[str, Any]:

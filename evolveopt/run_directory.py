@@ -148,6 +148,12 @@ class RunDir:
             os.replace(latest, self.file("checkpoint.prev.json"))
         atomic_write(latest, text)
 
+    def reseal_checkpoint(self, checkpoint: dict[str, Any], files: dict[str, int]) -> dict[str, Any]:
+        """Rewrite ``checkpoint.json`` as ``checkpoint`` with new JSONL sizes (a repair rebuilt a log)."""
+        body = {k: v for k, v in checkpoint.items() if k != "sha256"} | {"files": files}
+        atomic_write(self.file("checkpoint.json"), dumps({**body, "sha256": _digest(body)}) + "\n")
+        return body
+
     def read_checkpoint(self) -> tuple[dict[str, Any], list[str]]:
         """The newest intact checkpoint and warnings about any damaged one skipped."""
         warnings = []
@@ -262,6 +268,15 @@ class RunDir:
         except PermissionError:
             return pid
         return pid
+
+
+def lineage_record(ind: Any) -> dict[str, Any]:
+    """The ``lineage.jsonl`` line of an individual (an ``Individual``: id, ancestry, hash, result)."""
+    return {
+        "id": ind.id, "parents": list(ind.parents), "operators": list(ind.operators), "details": ind.details,
+        "generation": ind.generation, "hash": ind.hash, "structure": ind.structure,
+        "fitness": ind.result.get("fitness"), "rung": ind.result.get("rung"), "budget": ind.result.get("budget"),
+    }
 
 
 def _digest(body: dict[str, Any]) -> str:

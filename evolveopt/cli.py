@@ -213,7 +213,7 @@ def cmd_evolve(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     from evolveopt.evolution import resume_run
 
-    return _report_run(resume_run(args.run_dir, backend=args.backend, address=args.address))
+    return _report_run(resume_run(args.run_dir, backend=args.backend, address=args.address, restart=args.restart))
 
 
 def _report_run(summary) -> int:  # noqa: ANN001 - RunSummary
@@ -420,6 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("run_dir", metavar="RUN")
     resume.add_argument("--backend", choices=["local", "ray"])
     resume.add_argument("--address")
+    resume.add_argument("--restart", action="store_true",
+                        help="start the run over from generation 0 in the same folder; its old records (logs, "
+                             "population, hall of fame, checkpoints, report) are moved to RUN/replaced-TIMESTAMP/")
     resume.set_defaults(command_function=cmd_resume)
 
     runs = sub.add_parser("runs", help="list the runs under a folder with status and best fitness")

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import base64
 import importlib.metadata
-import json
-import math
 import os
 import platform
 import resource
@@ -37,8 +35,9 @@ from evolveopt.config import RunConfig, load_config, parse_config, to_plain
 from evolveopt.evaluation.cache import ResultCache
 from evolveopt.evaluation.scorer import FitnessScorer, FitnessSettings
 from evolveopt.evaluation.threads import OPENMP_ENV, THREADS_ENV, affinity
+from evolveopt.finished_runs import verify_run
 from evolveopt.progress import Progress
-from evolveopt.run_directory import RunDir, RunDirError
+from evolveopt.run_directory import RunDir, RunDirError, lineage_record
 from evolveopt.search.algorithm import GeneticSearch, hall_of_fame, statistics, structures
 from evolveopt.search.individual import Individual
 from evolveopt.extras import optional
@@ -137,7 +136,7 @@ class Evolution:
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # this process; Linux: KiB
             "threads": sorted(self.scorer.stats.threads),  # CPU threads per unit (evaluation/threads.py)
         }
-        self.logbook.record(**{k: v for k, v in record.items() if k not in ("wall_time", "threads")})
+        self.logbook.record(**record)  # the whole line: generations.jsonl can be rebuilt from a checkpoint
         self.population, self.generation = population, generation
         self._commit(generation, population, new, record)
         if self.progress:
@@ -175,14 +174,6 @@ class Evolution:
         rd.write_checkpoint(self.checkpoint_state())
 
 
-def lineage_record(ind: Individual) -> dict[str, Any]:
-    return {
-        "id": ind.id, "parents": list(ind.parents), "operators": list(ind.operators), "details": ind.details,
-        "generation": ind.generation, "hash": ind.hash, "structure": ind.structure,
-        "fitness": ind.result.get("fitness"), "rung": ind.result.get("rung"), "budget": ind.result.get("budget"),
-    }
-
-
 # ----------------------------------------------------------------------------- entry points
 
 
@@ -197,8 +188,9 @@ def start_run(config: RunConfig, out: str | Path, argv: list[str] | None = None,
 
 
 def resume_run(path: str | Path, progress: bool | None = None, backend: str | None = None,
-               address: str | None = None) -> RunSummary:
-    """Continue a run from its newest intact checkpoint (or from the start if it has none)."""
+               address: str | None = None, restart: bool = False) -> RunSummary:
+    """Continue a run from its newest intact checkpoint, or from generation 0 if it never completed one.
+    ``restart``: start over from generation 0 in the same folder, the old records moved to ``replaced-*/``."""
     rundir = RunDir(path)
     rundir.check_exists()
     config = load_config(rundir.file("config.yaml"))
@@ -206,25 +198,23 @@ def resume_run(path: str | Path, progress: bool | None = None, backend: str | No
         config = replace(config, backend=replace(config.backend, kind=backend or config.backend.kind,
                                                  address=address or config.backend.address))
     check_resources(config)
-    return _execute(config, rundir, progress, resume=True)
+    return _execute(config, rundir, progress, resume=not restart, restart=restart)
 
 
-def _execute(config: RunConfig, rundir: RunDir, progress: bool | None, resume: bool = False) -> RunSummary:
+def _execute(config: RunConfig, rundir: RunDir, progress: bool | None, resume: bool = False,
+             restart: bool = False) -> RunSummary:
     rundir.lock()  # atomic: a second process resuming the same run stops here
     try:
         checkpoint, warnings = None, []
+        if restart:
+            backup = rundir.set_aside()
+            warnings.append(f"starting {rundir.path} over from generation 0; its old records are in {backup}")
         if resume:
-            try:
-                checkpoint, warnings = rundir.read_checkpoint()
-            except RunDirError as exc:
-                if "no completed generation" not in str(exc):
-                    raise
-        if checkpoint:
-            _check_fitness(checkpoint, rundir)
+            checkpoint, warnings = _verified_checkpoint(rundir, config.search.generations)
         done = checkpoint["generation"] + 1 if checkpoint else 0
         display = Progress(config.search.generations, done, label=config.name, live=progress)
         for warning in warnings:
-            display.message(f"warning: {warning}; resuming from the previous checkpoint")
+            display.message(warning)
         try:
             evolution = Evolution(config, rundir, display)
             if checkpoint:
@@ -239,14 +229,14 @@ def _execute(config: RunConfig, rundir: RunDir, progress: bool | None, resume: b
         rundir.unlock()
 
 
-def _check_fitness(checkpoint: dict[str, Any], rundir: RunDir) -> None:
-    """Every fitness the checkpoint holds is a finite number (selection compares them)."""
-    for data in checkpoint["population"] + checkpoint["hall_of_fame"]:
-        values = data.get("fitness") or []
-        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
-            raise RunDirError(f"{rundir.path}: the checkpoint's individual #{data.get('id')} has fitness "
-                              f"{json.dumps(values)} (null: a NaN score written by an older evolveopt); the run "
-                              f"cannot continue from it")
+def _verified_checkpoint(rundir: RunDir, total: int) -> tuple[dict[str, Any] | None, list[str]]:
+    """The checkpoint to continue from, once ``verify_run`` found the run trustworthy and repaired what it
+    could; a warning line per repair. What cannot be repaired is an error, one line per problem, and the
+    run is left untouched."""
+    check = verify_run(rundir.path, total)
+    if not check.trusted:
+        raise RunDirError("\n".join(p.text for p in check.problems if p.repair is None))
+    return check.checkpoint, [f"warning: {line}" for line in check.repair()]
 
 
 def manifest(config: RunConfig, argv: list[str] | None) -> dict[str, Any]:

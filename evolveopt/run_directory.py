@@ -35,6 +35,10 @@ class RunDirError(EvolveOptError, ValueError):
     """A run directory is missing, incomplete or damaged."""
 
 
+class NoGenerationYet(RunDirError):
+    """The run never completed a generation, so it never wrote a checkpoint: it starts from generation 0."""
+
+
 def atomic_write(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` so readers see the old or the new file, never a torn one."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -144,6 +148,12 @@ class RunDir:
             os.replace(latest, self.file("checkpoint.prev.json"))
         atomic_write(latest, text)
 
+    def reseal_checkpoint(self, checkpoint: dict[str, Any], files: dict[str, int]) -> dict[str, Any]:
+        """Rewrite ``checkpoint.json`` as ``checkpoint`` with new JSONL sizes (a repair rebuilt a log)."""
+        body = {k: v for k, v in checkpoint.items() if k != "sha256"} | {"files": files}
+        atomic_write(self.file("checkpoint.json"), dumps({**body, "sha256": _digest(body)}) + "\n")
+        return body
+
     def read_checkpoint(self) -> tuple[dict[str, Any], list[str]]:
         """The newest intact checkpoint and warnings about any damaged one skipped."""
         warnings = []
@@ -155,9 +165,51 @@ class RunDir:
                 return _verified(path), warnings
             except RunDirError as exc:
                 warnings.append(str(exc))
+        restart = (f"`evolveopt resume {self.path} --restart` starts the run over from generation 0 in this folder "
+                   f"(the old records are moved to {self.path}/replaced-TIMESTAMP/)")
         if warnings:
-            raise RunDirError("; ".join(warnings) + "; no intact checkpoint to resume from")
-        raise RunDirError(f"{self.path}: no completed generation yet (checkpoint.json is missing)")
+            raise RunDirError("; ".join(warnings) + f"; no intact checkpoint to resume from; {restart}")
+        evidence = self.completed_generation_records()
+        if evidence:
+            raise RunDirError(f"{self.path}: no checkpoint is left (checkpoint.json and checkpoint.prev.json are "
+                              f"missing) although {evidence} completed generations; {restart}")
+        raise NoGenerationYet(f"{self.path}: no completed generation yet (checkpoint.json is missing)")
+
+    def completed_generation_records(self) -> str | None:
+        """Which files say that a generation was completed, hence that a checkpoint was written (None: none do).
+
+        A generation commits population file, lineage, generation line, hall of fame, then checkpoint; so
+        a generation line, a hall of fame or a population file of generation >= 1 exists only once a
+        checkpoint has been written (gen_0000.json or lineage lines alone: the run died inside generation
+        0's commit, before its checkpoint)."""
+        found = []
+        if self.file("generations.jsonl").is_file() and self.file("generations.jsonl").stat().st_size:
+            found.append("generations.jsonl")
+        if self.file("hall_of_fame.json").exists():
+            found.append("hall_of_fame.json")
+        if any(p.name != "gen_0000.json" for p in (self.path / "population").glob("gen_*.json")):
+            found.append("population/")
+        if not found:
+            return None
+        return ", ".join(found[:-1]) + (" and " if len(found) > 1 else "") + found[-1] + (" record" if len(found) > 1 else " records")
+
+    def set_aside(self) -> Path:
+        """Move the records of the run (logs, population, hall of fame, checkpoints, report) into a new
+        ``replaced-TIMESTAMP/`` folder and leave empty logs, so the run starts over from generation 0.
+        The config, manifest and evaluation cache stay (the cache answers by genome hash: same results)."""
+        backup = self.file(f"replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+        suffix = 1
+        while backup.exists():
+            backup, suffix = self.file(f"replaced-{time.strftime('%Y%m%d-%H%M%S')}-{suffix}"), suffix + 1
+        backup.mkdir()
+        for name in (*LOG_FILES, "hall_of_fame.json", "checkpoint.json", "checkpoint.prev.json", "population", "report"):
+            if self.file(name).exists():
+                os.replace(self.file(name), backup / name)
+        (self.path / "population").mkdir()
+        for name in LOG_FILES:
+            self.file(name).touch()
+        _fsync_dir(self.path)
+        return backup
 
     def truncate_logs(self, sizes: dict[str, int]) -> None:
         """Cut the JSONL files back to what the checkpoint saw."""
@@ -216,6 +268,15 @@ class RunDir:
         except PermissionError:
             return pid
         return pid
+
+
+def lineage_record(ind: Any) -> dict[str, Any]:
+    """The ``lineage.jsonl`` line of an individual (an ``Individual``: id, ancestry, hash, result)."""
+    return {
+        "id": ind.id, "parents": list(ind.parents), "operators": list(ind.operators), "details": ind.details,
+        "generation": ind.generation, "hash": ind.hash, "structure": ind.structure,
+        "fitness": ind.result.get("fitness"), "rung": ind.result.get("rung"), "budget": ind.result.get("budget"),
+    }
 
 
 def _digest(body: dict[str, Any]) -> str:

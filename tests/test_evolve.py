@@ -192,6 +192,183 @@ def test_an_exception_stops_the_run_uncached_and_resume_after_the_fix_equals_a_c
     assert run_files(tmp_path / "run") == run_files(tmp_path / "clean")
 
 
+def test_resume_with_both_checkpoints_gone_refuses_and_restart_starts_over_keeping_the_old_records(tmp_path, capsys):
+    run = tmp_path / "run"
+    start_run(load_config(tiny_config(tmp_path)), run, progress=False)
+    before, log = run_files(run), (run / "generations.jsonl").read_bytes()
+    for name in ("checkpoint.json", "checkpoint.prev.json"):
+        (run / name).unlink()
+    capsys.readouterr()
+    assert main(["resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no checkpoint is left" in err and f"evolveopt resume {run} --restart" in err
+    assert (run / "generations.jsonl").read_bytes() == log  # refused before touching anything
+    assert main(["resume", str(run), "--restart"]) == 0
+    assert "starting" in capsys.readouterr().err
+    (backup,) = run.glob("replaced-*")
+    assert (backup / "generations.jsonl").read_bytes() == log and (backup / "population" / "gen_0002.json").exists()
+    assert run_files(run) == before and RunDir(run).read_checkpoint()[0]["generation"] == 2
+
+
+def test_a_run_that_died_in_generation_0_resumes_from_generation_0_without_restart(tmp_path, capsys):
+    run = tmp_path / "run"
+    start_run(load_config(tiny_config(tmp_path)), run, progress=False)
+    before = run_files(run)
+    for name in ("checkpoint.json", "checkpoint.prev.json", "hall_of_fame.json", "population/gen_0001.json",
+                 "population/gen_0002.json"):
+        (run / name).unlink()
+    (run / "generations.jsonl").write_text("")  # killed inside generation 0's commit: population file and
+    lines = (run / "lineage.jsonl").read_text().splitlines(keepends=True)  # lineage written, no checkpoint yet
+    (run / "lineage.jsonl").write_text("".join(lines[:6]))
+    assert main(["resume", str(run)]) == 0
+    assert run_files(run) == before and not list(run.glob("replaced-*"))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """One finished tiny run; tests damage copies of it."""
+    folder = tmp_path_factory.mktemp("finished")
+    start_run(load_config(tiny_config(folder)), folder / "run", progress=False)
+    return folder / "run"
+
+
+def _copy_of(run: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    shutil.copytree(run, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def _runs_line(run: Path, capsys) -> str:
+    capsys.readouterr()
+    assert main(["runs", str(run)]) == 0
+    return capsys.readouterr().out
+
+
+REPAIRABLE = {  # damage -> (file named in the one line, how it is repaired)
+    "lineage.jsonl cut short": (lambda run: _cut(run / "lineage.jsonl", 0.5), "lineage.jsonl", "rebuilt from the population files"),
+    "generations.jsonl cut mid-line": (lambda run: _cut(run / "generations.jsonl", 0.7), "generations.jsonl",
+                                       "rebuilt from the checkpoint's logbook"),
+    "generations.jsonl emptied": (lambda run: (run / "generations.jsonl").write_text(""), "generations.jsonl", "rebuilt"),
+    "lineage.jsonl record edited": (lambda run: _edit_line(run / "lineage.jsonl", 3, '{"generation": 7}'), "lineage.jsonl",
+                                    "rebuilt from the population files"),
+    "garbage after the last checkpoint": (lambda run: _append(run / "lineage.jsonl", b"{garbage\n"), "lineage.jsonl",
+                                          "cut back to the checkpoint"),
+    "hall of fame garbage": (lambda run: (run / "hall_of_fame.json").write_text("[{]"), "hall_of_fame.json",
+                             "rewritten from the checkpoint"),
+    "hall of fame emptied": (lambda run: (run / "hall_of_fame.json").write_text("[]\n"), "hall_of_fame.json",
+                             "rewritten from the checkpoint"),
+    "last population file gone": (lambda run: (run / "population" / "gen_0002.json").unlink(), "gen_0002.json",
+                                  "rewritten from the checkpoint"),
+}
+
+
+def _cut(path: Path, fraction: float) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * fraction)])
+
+
+def _append(path: Path, data: bytes) -> None:
+    path.write_bytes(path.read_bytes() + data)
+
+
+def _edit_line(path: Path, index: int, text: str) -> None:
+    lines = path.read_text().splitlines(keepends=True)
+    lines[index] = text + "\n"
+    path.write_text("".join(lines))
+
+
+@pytest.mark.parametrize("case", sorted(REPAIRABLE))
+def test_a_damaged_log_or_hall_of_fame_is_repairable_in_runs_and_repaired_by_resume_to_the_same_bytes(
+        case, finished_run, tmp_path, capsys):
+    damage, name, how = REPAIRABLE[case]
+    run = _copy_of(finished_run, tmp_path)
+    whole = {**run_files(run), "generations.jsonl": (run / "generations.jsonl").read_bytes()}
+    damage(run)
+    out = _runs_line(run, capsys)
+    assert "complete" not in out and " repairable " in out and "3/3" in out
+    (problem,) = [line for line in out.splitlines() if line.startswith("  ")]
+    assert name in problem and how in problem and "`evolveopt resume` repairs it" in problem
+    assert main(["resume", str(run)]) == 0
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if line.startswith("warning: ")] == [f"warning: {problem.strip().split('; `')[0]}; "
+                                                                                 f"{problem.split('repairs it (')[1][:-1]}"]
+    assert {**run_files(run), "generations.jsonl": (run / "generations.jsonl").read_bytes()} == whole
+    assert " complete " in _runs_line(run, capsys)
+    assert main(["lineage", str(run)]) == 0
+
+
+def test_history_that_cannot_be_rebuilt_is_damaged_in_runs_and_resume_refuses_touching_nothing(
+        finished_run, tmp_path, capsys):
+    run = _copy_of(finished_run, tmp_path)
+    (run / "population" / "gen_0000.json").unlink()
+    _cut(run / "lineage.jsonl", 0.5)
+    (run / "hall_of_fame.json").write_text("{")
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    out = _runs_line(run, capsys)
+    assert " damaged " in out and "complete" not in out
+    problems = [line.strip() for line in out.splitlines() if line.startswith("  ")]
+    assert len(problems) == 3 and "gen_0000.json: missing; cannot be rebuilt" in problems[0]
+    assert "lineage.jsonl" in problems[1] and "cannot be rebuilt without every population file" in problems[1]
+    assert "hall_of_fame.json" in problems[2] and problems[2].endswith("; repairable (rewritten from the checkpoint)")
+    assert main(["resume", str(run)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"evolveopt: error: {problems[0]}", problems[1]]
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_garbage_checkpoints_are_never_complete(finished_run, tmp_path, capsys):
+    run = _copy_of(finished_run, tmp_path)
+    (run / "checkpoint.json").write_text("garbage")
+    out = _runs_line(run, capsys)
+    assert " repairable " in out and "2/3" in out and "checkpoint.json: damaged" in out
+    (run / "checkpoint.prev.json").write_text("{}")
+    out = _runs_line(run, capsys)
+    assert " damaged " in out and "0/3" in out and "no intact checkpoint" in out and "--restart" in out
+
+
+def test_a_repaired_stopped_run_resumes_to_the_same_result_as_an_uninterrupted_one(finished_run, tmp_path, capsys):
+    run = _copy_of(finished_run, tmp_path)
+    (run / "checkpoint.json").write_text("garbage")  # falls back to generation 1, ...
+    previous = json.loads((run / "checkpoint.prev.json").read_text())
+    _cut(run / "lineage.jsonl", previous["files"]["lineage.jsonl"] / (run / "lineage.jsonl").stat().st_size / 2)
+    (run / "population" / "gen_0001.json").write_text("")  # ... whose log and population file are damaged
+    assert main(["resume", str(run)]) == 0
+    err = capsys.readouterr().err
+    assert "lineage.jsonl" in err and "rebuilt from the population files" in err and "gen_0001.json" in err
+    assert run_files(run) == run_files(finished_run)
+
+
+def test_what_a_kill_inside_a_generations_commit_leaves_is_no_problem(finished_run, tmp_path, capsys):
+    """Killed while generation 2 was being committed: its population file, part of its lineage lines, its
+    generation line and hall of fame written, its checkpoint not. That is a stopped run, which resume continues."""
+    run = _copy_of(finished_run, tmp_path)
+    os.replace(run / "checkpoint.prev.json", run / "checkpoint.json")
+    previous = json.loads((run / "checkpoint.json").read_text())
+    _cut(run / "lineage.jsonl", (previous["files"]["lineage.jsonl"] + 10) / (run / "lineage.jsonl").stat().st_size)
+    out = _runs_line(run, capsys)
+    assert " stopped " in out and "2/3" in out and "\n  " not in out
+    assert main(["resume", str(run)]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert run_files(run) == run_files(finished_run)
+
+
+def test_generations_rebuilt_from_an_older_logbook_without_wall_time_reseal_the_checkpoint(finished_run, tmp_path, capsys):
+    from evolveopt.run_directory import _digest, _verified, dumps
+
+    run = _copy_of(finished_run, tmp_path)
+    state = _verified(run / "checkpoint.json")
+    state["logbook"] = [{k: v for k, v in row.items() if k != "wall_time"} for row in state["logbook"]]
+    (run / "checkpoint.json").write_text(dumps({**state, "sha256": _digest(state)}) + "\n")
+    _cut(run / "generations.jsonl", 0.5)
+    assert main(["resume", str(run)]) == 0
+    rows = [json.loads(line) for line in (run / "generations.jsonl").read_text().splitlines()]
+    assert [r["generation"] for r in rows] == [0, 1, 2] and all(r["wall_time"] is None for r in rows)
+    assert _verified(run / "checkpoint.json")["files"]["generations.jsonl"] == (run / "generations.jsonl").stat().st_size
+    out = _runs_line(run, capsys)
+    assert " complete " in out and "  " + str(run) not in out
+
+
 def test_resume_of_a_checkpoint_holding_a_null_fitness_is_one_clear_line(tmp_path, capsys):
     from evolveopt.run_directory import _digest, _verified, dumps
 

@@ -231,3 +231,12 @@ def test_a_run_whose_task_no_longer_loads_stops_with_one_line_and_keeps_its_reco
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "task 'my_tasks:regression': loading its import path failed: ModuleNotFoundError" in err[0]
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == records
+
+
+def test_activation_memory_is_measured_so_populations_are_sized_by_it():
+    from evolveopt.evaluation.sizing import member_bytes
+
+    small, large = (ModuleTask("t", lambda seed: TinyTransformer(0.0), _data("tokens"), _lm_loss, batch_size=b)
+                    for b in (4, 16))
+    assert 0 < small.activation_bytes() < large.activation_bytes()
+    assert member_bytes(large, [evolveopt.load_genome("adam")]) > large.activation_bytes() + 4 * large.param_count()

@@ -97,6 +97,25 @@ class ModuleTask(Task):
     def param_count(self) -> int:
         return sum(p.numel() for p in self.model(0)[0].parameters())
 
+    def activation_bytes(self) -> int:
+        """Bytes autograd saves for the backward of one member's step, measured once on one batch
+        (``saved_tensors_hooks`` sees every saved tensor), so population sizing counts them."""
+        if not hasattr(self, "_activation_bytes"):
+            model, state = self.model(0)
+            saved = 0
+
+            def pack(tensor: Tensor) -> Tensor:
+                nonlocal saved
+                saved += tensor.numel() * tensor.element_size()
+                return tensor
+
+            x, y = self.data[0][:self.batch_size], self.data[1][:self.batch_size]
+            with torch.random.fork_rng(devices=[]), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                torch.set_rng_state(state)
+                self.loss_fn(model.train()(x), y)
+            self._activation_bytes = saved
+        return self._activation_bytes
+
 
 class ModuleRun(TaskRun):
     """P members of a :class:`ModuleTask` in training (``params`` in the module's parameter order)."""

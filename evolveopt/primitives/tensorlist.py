@@ -10,7 +10,8 @@ population) and on ``Scalar`` hyperparameters:
 * a 0-d tensor: one value, kept on the device (no host sync).
 
 A ``Factor`` is a Scalar or a list of Scalars, one per tensor (per-tensor quantities such as a
-trust ratio). With ``member_dims = 1`` reductions run over every axis but the first.
+trust ratio). A ``Step`` count t is a Python int, or a 0-d float64 tensor where the step must not
+read the host (``capturable=True``, ``torch.compile``): functions of t then return tensors. With ``member_dims = 1`` reductions run over every axis but the first.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch import Tensor
 TensorList = list[Tensor]
 Scalar = Union[float, Tensor]
 Factor = Union[Scalar, Sequence[Scalar]]
+Step = Union[int, Tensor]
 
 
 def broadcast(s: Scalar, like: Tensor) -> Scalar:

@@ -290,10 +290,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     check_device(args.device)
     if args.what == "step":
-        from evolveopt.measure.step_time import format_table, run_step_benchmark
+        from evolveopt.measure import step_time
 
-        rows = run_step_benchmark(repeats=args.repeats, device=args.device)
-        print(json.dumps({"rows": rows}, indent=2) if args.json else format_table(rows))
+        if args.compile:
+            rows = step_time.run_compile_benchmark(repeats=args.repeats, device=args.device)
+            print(json.dumps({"rows": rows}, indent=2) if args.json else step_time.format_compile_table(rows))
+            return 0
+        rows = step_time.run_step_benchmark(repeats=args.repeats, device=args.device)
+        print(json.dumps({"rows": rows}, indent=2) if args.json else step_time.format_table(rows))
         return 0
     if args.what == "eval":
         from evolveopt.measure.batched_training import format_eval_table, run_eval_benchmark
@@ -454,6 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
     bench.add_argument("--repeats", type=at_least(1), default=50)
     bench.add_argument("--device", default="cpu")
+    bench.add_argument("--compile", action="store_true",
+                       help="'step': eager vs torch.compile'd step of an exported Adam genome and torch Adam")
     bench.set_defaults(command_function=cmd_bench)
     return parser
 

@@ -209,3 +209,14 @@ def test_compiled_training_step_with_an_exported_optimizer_does_not_recompile(fr
             step(x, y)
         results.append([p.detach().clone() for p in model.parameters()])
     assert_same_training(results[1], results[0])
+
+
+@pytest.mark.slow
+def test_compile_benchmark_times_eager_and_compiled_side_by_side():
+    from evolveopt.measure.step_time import format_compile_table, run_compile_benchmark
+
+    rows = run_compile_benchmark(repeats=2, rounds=1, models={"3x100": (3, 100)})
+    assert [(r["optimizer"], r["mode"]) for r in rows] == [
+        ("torch Adam", "eager"), ("torch Adam", "compiled"), ("exported adam", "eager"), ("exported adam", "compiled")]
+    assert rows[0]["ratio_to_torch_eager"] == 1.0 and all(r["ms_per_step"] > 0 for r in rows)
+    assert "exported adam   compiled" in format_compile_table(rows)

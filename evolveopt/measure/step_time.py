@@ -188,7 +188,8 @@ def run_compile_benchmark(repeats: int = 50, rounds: int = 5, device: str = "cpu
 def format_compile_table(rows: list[dict]) -> str:
     lines = [f"device: {rows[0].get('device', '?')}, {platform.processor() or platform.machine()}, "
              f"torch {torch.__version__}, {torch.get_num_threads()} threads",
-             f"{'model':<8} {'optimizer':<15} {'mode':<9} {'ms/step':>9} {'vs torch eager':>14} {'first 2 steps s':>15}"]
+             f"{'model':<8} {'optimizer':<15} {'mode':<9} {'ms/step':>9} {'vs torch eager':>14} "
+             f"{'first 2 steps s':>15}"]
     for r in rows:
         lines.append(f"{r['model']:<8} {r['optimizer']:<15} {r['mode']:<9} {r['ms_per_step']:>9.3f} "
                      f"{r['ratio_to_torch_eager']:>13.2f}x {r['first_two_steps_s']:>15.2f}")

@@ -11,7 +11,8 @@ population) and on ``Scalar`` hyperparameters:
 
 A ``Factor`` is a Scalar or a list of Scalars, one per tensor (per-tensor quantities such as a
 trust ratio). A ``Step`` count t is a Python int, or a 0-d float64 tensor where the step must not
-read the host (``capturable=True``, ``torch.compile``): functions of t then return tensors. With ``member_dims = 1`` reductions run over every axis but the first.
+read the host (``capturable=True``, ``torch.compile``): functions of t then return tensors.
+With ``member_dims = 1`` reductions run over every axis but the first.
 """
 
 from __future__ import annotations

@@ -222,7 +222,7 @@ class Rule:
         genes, t = ctx.genes, ctx.t
         stat = self._statistic(term, state, cache, ctx)
         beta = genes[pre.beta] if pre.beta else None
-        bias = 1.0 - beta**t if pre.bias_correction else 1.0
+        bias = 1.0 - tl.power(beta, t) if pre.bias_correction else 1.0
         den, coef = preconditioners.denominator(stat, genes[pre.eps], pre.eps_mode, bias, ctx.feedback)
         normalized, plain = coef, 0.0
         if pre.rectify:
@@ -256,7 +256,7 @@ class Rule:
 
 def _momentum_readout(mom: Momentum, m: TensorList, x: TensorList, beta: Scalar, t: Step) -> moments.Parts:
     """The output of an EMA/Nesterov momentum whose buffer another term advanced this step."""
-    bias = 1.0 / (1.0 - beta**t) if mom.bias_correction else 1.0
+    bias = 1.0 / (1.0 - tl.power(beta, t)) if mom.bias_correction else 1.0
     if mom.kind == "ema":
         return [(bias, m)]
     return [(tl.mul(bias, 1.0 - beta if mom.dampening else 1.0), x), (tl.mul(bias, beta), m)]

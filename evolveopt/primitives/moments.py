@@ -26,13 +26,13 @@ def ema_update_(m: TensorList, x: TensorList, beta: Scalar, dampening: bool) -> 
 def ema(m: TensorList, x: TensorList, beta: Scalar, t: Step, dampening: bool, bias_correction: bool) -> Parts:
     """EMA momentum (Polyak; Adam's first moment): out m, or m/(1−β^t) with bias correction."""
     ema_update_(m, x, beta, dampening)
-    return [(1.0 / (1.0 - beta**t) if bias_correction else 1.0, m)]
+    return [(1.0 / (1.0 - tl.power(beta, t)) if bias_correction else 1.0, m)]
 
 
 def nesterov(m: TensorList, x: TensorList, beta: Scalar, t: Step, dampening: bool, bias_correction: bool) -> Parts:
     """Nesterov look-ahead (Sutskever et al. 2013; torch SGD): out (1−β)x + βm or x + βm."""
     ema_update_(m, x, beta, dampening)
-    scale = 1.0 / (1.0 - beta**t) if bias_correction else 1.0
+    scale = 1.0 / (1.0 - tl.power(beta, t)) if bias_correction else 1.0
     return [(tl.mul(scale, 1.0 - beta if dampening else 1.0), x), (tl.mul(scale, beta), m)]
 
 
@@ -46,7 +46,7 @@ def interp(m: TensorList, x: TensorList, beta: Scalar, mix: Scalar) -> Parts:
 
 def nadam_mu(beta: Scalar, decay: Scalar, t: Step) -> Scalar:
     """μ_t = β(1 − ½·0.96^{tψ}) (Dozat 2016, as in torch.optim.NAdam)."""
-    return beta * (1.0 - 0.5 * 0.96 ** (t * decay))
+    return beta * (1.0 - 0.5 * tl.power(0.96, t * decay))
 
 
 def nadam(m: TensorList, x: TensorList, mu_products: TensorList, beta: Scalar, decay: Scalar, t: Step) -> Parts:

@@ -67,7 +67,7 @@ def rectification(beta: Scalar, t: Step) -> tuple[Scalar, Scalar]:
     With a tensor β or t the choice is a ``torch.where`` (no host sync).
     """
     rho_inf = 2.0 / (1.0 - beta) - 1.0
-    beta_t = beta**t
+    beta_t = tl.power(beta, t)
     rho_t = rho_inf - 2.0 * t * beta_t / (1.0 - beta_t)
     if tl.is_float(beta) and tl.is_float(t):
         if rho_t > 5.0:

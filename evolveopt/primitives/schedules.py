@@ -49,7 +49,7 @@ def schedule_factor(kind: str, t: Step, total_steps: int | None, warmup: Scalar 
     if kind == "constant":
         return 1.0
     if kind == "exponential":
-        return gamma ** (t - 1)
+        return tl.power(gamma, t - 1)
     assert total_steps is not None, f"schedule '{kind}' needs total_steps"
     if kind == "linear_warmup":
         return warmup_factor(t, warmup, total_steps)

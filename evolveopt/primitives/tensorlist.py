@@ -72,6 +72,15 @@ def sqrt(s: Scalar) -> Scalar:
     return math.sqrt(s) if is_float(s) else torch.sqrt(s)
 
 
+def power(base: Scalar, t: Step) -> Scalar:
+    """base^t; with a tensor t, exp(t·ln base): inductor computes a reused exp once per kernel
+    instead of a double ``pow`` per vectorized iteration (base ≥ 0)."""
+    if is_float(t):
+        return base**t
+    log_base = torch.log(base) if isinstance(base, Tensor) else (math.log(base) if base > 0 else -math.inf)
+    return torch.exp(t * log_base)
+
+
 def mul(f: Factor, g: Factor) -> Factor:
     """Product of two factors (either may be per-tensor)."""
     if is_one(f):

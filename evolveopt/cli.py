@@ -442,6 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--neighbour-threads", type=at_least(1), default=1, help="torch threads of each neighbour")
     bench.add_argument("--budget", type=at_least(1), help="full training budget for 'neighbour' (default: the "
                        "quickstart's 270 steps)")
+    bench.add_argument("--compile", action="store_true",
+                       help="'step': eager vs torch.compile'd step of an exported Adam genome and torch Adam")
     bench.set_defaults(command_function=cmd_bench)
     return parser
 

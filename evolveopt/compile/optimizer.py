@@ -5,7 +5,11 @@ groups carry their own values, ``add_param_group`` fills in the genome's, and ev
 ``torch.optim.lr_scheduler`` works on ``lr``; the genome's own schedule multiplies it. Groups
 also hold torch's ``betas`` = (β1, β2[, β3]) or, with beta1 only, ``momentum`` = β1, kept in step
 with those genes both ways, so momentum-cycling schedulers (OneCycleLR, CyclicLR) drive them.
-State per parameter is a dict of named buffers plus ``step``; Eve's loss-feedback state is kept
+State per parameter is a dict of named buffers plus ``step``: a Python int on the eager path, a
+float32 tensor (torch.optim.Adam's layout; on the parameter's device when ``capturable``) once
+``capturable=True`` or ``torch.compile`` runs the step, which then computes every function of
+the step count with tensor ops, never reading it on the host, so compiled code does not
+recompile per step and CUDA graphs can capture it. Eve's loss-feedback state is kept
 per group under the key ``"loss_feedback.<group index>"``. Everything in ``state_dict()`` is
 plain tensors, numbers and strings, so ``torch.load(weights_only=True)`` reads it. Complex
 parameters, gradients and buffers are stepped as real pairs (``torch.view_as_real``), as torch.optim does.
@@ -65,6 +69,7 @@ class RuleOptimizer(torch.optim.Optimizer):
         self.genome = genome
         self.rule = Rule(genome)
         self._checked: dict[int, tuple[dict[str, Any], dict[str, float]]] = {}
+        self._labels: dict[int, tuple[dict[str, Any], list[int | None]]] = {}  # see _cohorts
         defaults: dict[str, Any] = {**genome.genes, **(tensors or {})}
         alias, names = torch_alias(genome)
         if alias:
@@ -171,15 +176,16 @@ class RuleOptimizer(torch.optim.Optimizer):
                   for index, group in enumerate(self.param_groups)]  # every group is checked before any moves
         norm = None
         if self.rule.clips_global_norm:
-            norm = tensorlist.global_norm([g for *_, grads in groups for g in grads], member_dims=0)
-        for index, group, genes, params, grads in groups:
+            norm = tensorlist.global_norm([g for *_, grads, _ in groups for g in grads], member_dims=0)
+        for index, group, genes, params, grads, positions in groups:
             if params:
-                self._step_group(index, group, genes, params, grads, loss, norm)
+                self._step_group(index, group, genes, params, grads, positions, loss, norm)
         return loss
 
-    def _collect(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor]]:
-        params, grads = [], []
-        for p in group["params"]:
+    def _collect(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor], list[int]]:
+        """(parameters with a gradient, their gradients as real tensors, their indices in the group)."""
+        params, grads, positions = [], [], []
+        for position, p in enumerate(group["params"]):
             if p.grad is None:
                 continue
             if p.grad.is_sparse:
@@ -189,22 +195,29 @@ class RuleOptimizer(torch.optim.Optimizer):
                 )
             params.append(p)
             grads.append(_real(p.grad))
-        return params, grads
+            positions.append(position)
+        return params, grads, positions
 
     def _step_group(self, index: int, group: dict[str, Any], genes: dict[str, float], params: list[Tensor],
-                    grads: list[Tensor], loss: Any, norm: Tensor | None) -> None:
+                    grads: list[Tensor], positions: list[int], loss: Any, norm: Tensor | None) -> None:
         feedback = self._loss_feedback(index, genes, loss) if self.genome.uses_loss else None
         global_clip = gradient.clip_factor(norm, genes[self.genome.clip.threshold]) if norm is not None else None
+        tensor_steps = group["capturable"] or torch.compiler.is_compiling()
+        labels = self._cohorts(group, positions) if tensor_steps else self._labels.pop(id(group), None)
         for p in params:
             state = self.state[p]
             if not state:
-                state.update(self.rule.init_state(p))
+                state.update(self.rule.init_state(p, capturable=group["capturable"]))
                 state["step"] = 0
+            if tensor_steps and not isinstance(state["step"], Tensor):
+                state["step"] = _step_tensor(state["step"], p, group["capturable"])
             state["step"] += 1
-        for chunk in self._chunks(group, params):
+        for chunk in self._chunks(group, params, labels if tensor_steps else None):
             chunk_params = [params[i] for i in chunk]
-            t = self.state[chunk_params[0]]["step"]
-            self._warn_past_horizon(t, group["total_steps"])
+            step = self.state[chunk_params[0]]["step"]
+            t = step.to(torch.float64) if tensor_steps else _step_int(step)
+            if not tensor_steps:
+                self._warn_past_horizon(t, group["total_steps"])
             ctx = StepContext(
                 t=t, genes=genes, lr=_as_float(group["lr"]) * self.rule.schedule(t, genes, group["total_steps"]),
                 maximize=group["maximize"], global_clip=global_clip, feedback=feedback,
@@ -213,7 +226,8 @@ class RuleOptimizer(torch.optim.Optimizer):
             self.rule.step([_real(p) for p in chunk_params], [grads[i] for i in chunk], slots, ctx)
 
     def _warn_past_horizon(self, t: int, total_steps: int | None) -> None:
-        """Once per optimizer: a decaying schedule is 0 past its horizon, so nothing moves any more."""
+        """Once per optimizer: a decaying schedule is 0 past its horizon, so nothing moves any more
+        (checked on the Python-int path only: a tensor step is never read on the host)."""
         kind = self.genome.schedule.kind
         if kind in DECAYING_SCHEDULES and t > total_steps and not getattr(self, "_warned_horizon", False):
             self._warned_horizon = True
@@ -221,14 +235,46 @@ class RuleOptimizer(torch.optim.Optimizer):
                           f"'{kind}' schedule is 0 from here on, so the parameters no longer move "
                           "(pass the number of steps you train as total_steps)", stacklevel=6)
 
-    def _chunks(self, group: dict[str, Any], params: list[Tensor]) -> list[list[int]]:
-        """Indices of tensors sharing device, dtype and step count (one at a time without foreach)."""
+    def _chunks(self, group: dict[str, Any], params: list[Tensor], labels: list[int] | None) -> list[list[int]]:
+        """Indices of tensors sharing device, dtype and step count (one at a time without foreach).
+        With tensor step counts, ``labels`` (:meth:`_cohorts`) stand for the counts."""
         if not _use_foreach(group["foreach"], params):
             return [[i] for i in range(len(params))]
         chunks: dict[tuple, list[int]] = defaultdict(list)
         for i, p in enumerate(params):
-            chunks[(p.device, p.dtype, self.state[p]["step"])].append(i)
+            count = labels[i] if labels is not None else _step_int(self.state[p]["step"])
+            chunks[(p.device, p.dtype, count)].append(i)
         return list(chunks.values())
+
+    def _cohorts(self, group: dict[str, Any], positions: list[int]) -> list[int]:
+        """A label for each stepped parameter such that equal labels mean equal step counts, kept
+        without reading tensor counts on the host (that would sync a device and, under
+        ``torch.compile``, make every count a constant to recompile for).
+
+        Parameters stepped together from their first step share a label; a label splits only when
+        some of its parameters have a gradient and others not, so the labels, unlike the counts,
+        stay the same from step to step. ``positions`` index ``group["params"]``; labels are kept
+        per group and rebuilt from the counts when missing (first use, load_state_dict, copies)."""
+        record = self._labels.get(id(group))
+        labels = record[1] if record is not None and record[0] is group else None
+        if labels is None or len(labels) != len(group["params"]):
+            counts = [_step_int(self.state[p]["step"]) if self.state.get(p) else None for p in group["params"]]
+            distinct = sorted(set(counts) - {None})
+            labels = [None if c is None else distinct.index(c) for c in counts]
+            self._labels[id(group)] = (group, labels)
+        members: dict[int, int] = defaultdict(int)
+        for label in labels:
+            members[label] += 1
+        stepped: dict[int | None, list[int]] = defaultdict(list)
+        for i in positions:
+            stepped[labels[i]].append(i)  # None: no state yet
+        fresh = max([-1] + [label for label in labels if label is not None]) + 1
+        for label, indices in stepped.items():
+            if label is None or len(indices) < members[label]:
+                for i in indices:
+                    labels[i] = fresh
+                fresh += 1
+        return [labels[i] for i in positions]
 
     def _loss_feedback(self, index: int, genes: dict[str, float], loss: Any) -> Tensor:
         fb = self.genome.loss_feedback
@@ -245,10 +291,10 @@ class RuleOptimizer(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
         scalars = {name for name, kind in self.rule.slots.items() if kind != PARAM_SHAPED}
         saved = [i for group in state_dict["param_groups"] for i in group["params"]]
-        params = [p for group in self.param_groups for p in group["params"]]
-        for i, p in zip(saved, params):
+        params = [(p, group["capturable"]) for group in self.param_groups for p in group["params"]]
+        for i, (p, capturable) in zip(saved, params):
             for key in scalars & state_dict["state"].get(i, {}).keys():
-                self.state[p][key] = state_dict["state"][i][key].clone()
+                self.state[p][key] = state_dict["state"][i][key].to(p.device if capturable else "cpu", copy=True)
 
     def __getstate__(self) -> dict[str, Any]:
         """torch keeps defaults, state and param groups; the genome makes the copy a working optimizer."""
@@ -259,6 +305,7 @@ class RuleOptimizer(torch.optim.Optimizer):
         if "genome" in state:
             self.rule = Rule(self.genome)
         self._checked = {}
+        self._labels = {}
         for group in self.param_groups:
             group.setdefault("total_steps", None)
             group.setdefault("maximize", False)
@@ -330,6 +377,16 @@ def _use_foreach(choice: bool | None, params: list[Tensor]) -> bool:
     if all(p.is_cuda for p in params):
         return True
     return sum(p.numel() for p in params) / len(params) <= FOREACH_MAX_MEAN_NUMEL
+
+
+def _step_tensor(count: int, param: Tensor, capturable: bool) -> Tensor:
+    """A step count as torch.optim.Adam keeps it: a float32 tensor, on the parameter's device when
+    capturable, else on the host."""
+    return torch.tensor(float(count), dtype=torch.float32, device=param.device if capturable else None)
+
+
+def _step_int(step: int | Tensor) -> int:
+    return int(step.item()) if isinstance(step, Tensor) else step
 
 
 def _real(x: Tensor) -> Tensor:

@@ -23,7 +23,7 @@ from evolveopt.genome.schema import Genome, Momentum, Signal, Term
 from evolveopt.genome.slots import PARAM_SHAPED, momentum_slot, nadam_slot, precondition_slots, signal_name, state_slots
 from evolveopt.primitives import decay, gradient, layerwise, moments, preconditioners, schedules
 from evolveopt.primitives import tensorlist as tl
-from evolveopt.primitives.tensorlist import Factor, Scalar, TensorList
+from evolveopt.primitives.tensorlist import Factor, Scalar, Step, TensorList
 
 
 @dataclass
@@ -37,9 +37,10 @@ class Part:
 
 @dataclass
 class StepContext:
-    """Everything a step needs besides tensors: step count t (1-based), gene values, η_t."""
+    """Everything a step needs besides tensors: step count t (1-based; a Python int, or a 0-d
+    float64 tensor on the capturable/compiled path), gene values, η_t."""
 
-    t: int
+    t: Step
     genes: Mapping[str, Scalar]
     lr: Scalar
     member_dims: int = 0
@@ -65,14 +66,15 @@ class Rule:
         self.genome = genome
         self.slots = state_slots(genome)
 
-    def init_state(self, param: Tensor, member_dims: int = 0) -> dict[str, Tensor]:
-        """Fresh state for one parameter tensor (``[P, ...]`` when member_dims is 1)."""
+    def init_state(self, param: Tensor, member_dims: int = 0, capturable: bool = False) -> dict[str, Tensor]:
+        """Fresh state for one parameter tensor (``[P, ...]`` when member_dims is 1); scalar slots
+        live on the host (read without a device sync) unless ``capturable`` puts them on the device."""
         state = {}
         for name, kind in self.slots.items():
             if kind == PARAM_SHAPED:
                 state[name] = torch.zeros_like(param, memory_format=torch.preserve_format)
-            elif member_dims == 0:  # host scalar: read without a device sync
-                state[name] = torch.ones((), dtype=torch.float64)
+            elif member_dims == 0:
+                state[name] = torch.ones((), dtype=torch.float64, device=param.device if capturable else None)
             else:
                 state[name] = torch.ones(param.shape[:member_dims], dtype=param.dtype, device=param.device)
         return state
@@ -84,7 +86,7 @@ class Rule:
 
     # ------------------------------------------------------------------ per-step scalars
 
-    def schedule(self, t: int, genes: Mapping[str, Scalar], total_steps: int | None) -> Scalar:
+    def schedule(self, t: Step, genes: Mapping[str, Scalar], total_steps: int | None) -> Scalar:
         """s(t), the multiplier of lr."""
         s = self.genome.schedule
         return schedules.schedule_factor(
@@ -220,7 +222,7 @@ class Rule:
         genes, t = ctx.genes, ctx.t
         stat = self._statistic(term, state, cache, ctx)
         beta = genes[pre.beta] if pre.beta else None
-        bias = 1.0 - beta**t if pre.bias_correction else 1.0
+        bias = 1.0 - tl.power(beta, t) if pre.bias_correction else 1.0
         den, coef = preconditioners.denominator(stat, genes[pre.eps], pre.eps_mode, bias, ctx.feedback)
         normalized, plain = coef, 0.0
         if pre.rectify:
@@ -252,9 +254,9 @@ class Rule:
         return state[slots[-1]]
 
 
-def _momentum_readout(mom: Momentum, m: TensorList, x: TensorList, beta: Scalar, t: int) -> moments.Parts:
+def _momentum_readout(mom: Momentum, m: TensorList, x: TensorList, beta: Scalar, t: Step) -> moments.Parts:
     """The output of an EMA/Nesterov momentum whose buffer another term advanced this step."""
-    bias = 1.0 / (1.0 - beta**t) if mom.bias_correction else 1.0
+    bias = 1.0 / (1.0 - tl.power(beta, t)) if mom.bias_correction else 1.0
     if mom.kind == "ema":
         return [(bias, m)]
     return [(tl.mul(bias, 1.0 - beta if mom.dampening else 1.0), x), (tl.mul(bias, beta), m)]

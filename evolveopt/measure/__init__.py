@@ -46,9 +46,11 @@ def _eval_sizes(args: argparse.Namespace) -> tuple[int, ...]:
 
 
 BENCHMARKS: dict[str, Benchmark] = {
-    "step": Benchmark("step_time", "optimizer step() vs torch.optim",
-                      lambda m, a: {"rows": m.run_step_benchmark(repeats=a.repeats, device=a.device)},
-                      lambda m, r: m.format_table(r["rows"])),
+    "step": Benchmark("step_time", "optimizer step() vs torch.optim (--compile: eager vs torch.compile)",
+                      lambda m, a: {"compile": a.compile, "rows": (m.run_compile_benchmark if a.compile else
+                                                                   m.run_step_benchmark)(repeats=a.repeats,
+                                                                                         device=a.device)},
+                      lambda m, r: (m.format_compile_table if r["compile"] else m.format_table)(r["rows"])),
     "eval": Benchmark("batched_training", "batched vs one-at-a-time training",
                       lambda m, a: m.run_eval_benchmark(sizes=_eval_sizes(a), device=a.device),
                       lambda m, r: m.format_eval_table(r)),

@@ -25,7 +25,10 @@ def init_feedback(loss: Tensor) -> dict[str, Tensor]:
 
 
 def update_feedback_(state: dict[str, Tensor], loss: Tensor, beta: Scalar, low: Scalar, high: Scalar) -> Tensor:
-    """Advance f̂ and d in place (t > 1) and return d_t."""
+    """Advance f̂ and d (t > 1), as new tensors in ``state``, and return d_t.
+
+    New tensors, not in-place updates: torch.compile (torch 2.13, aot_autograd) silently drops
+    in-place updates of 0-d float64 CPU inputs, which these are."""
     f = loss.detach().to(torch.float64)
     f_prev = state["smoothed_loss"]
     rising = f >= f_prev
@@ -34,6 +37,6 @@ def update_feedback_(state: dict[str, Tensor], loss: Tensor, beta: Scalar, low: 
     ratio = torch.minimum(torch.maximum(f / f_prev, lo), hi)
     f_new = ratio * f_prev
     change = torch.abs(f_new - f_prev) / torch.minimum(f_new, f_prev)
-    state["factor"].mul_(beta).add_((1.0 - beta) * change)
-    state["smoothed_loss"].copy_(f_new)
+    state["factor"] = beta * state["factor"] + (1.0 - beta) * change
+    state["smoothed_loss"] = f_new
     return state["factor"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from evolveopt.primitives import tensorlist as tl
-from evolveopt.primitives.tensorlist import Scalar, TensorList
+from evolveopt.primitives.tensorlist import Scalar, Step, TensorList
 
 
 def clip_by_value(grads: TensorList, c: Scalar) -> TensorList:
@@ -35,8 +35,12 @@ def clip_by_global_norm(grads: TensorList, factor: Scalar) -> TensorList:
     return tl.scaled(grads, factor)
 
 
-def grad_diff(grads: TensorList, prev: TensorList, t: int) -> TensorList:
-    """d_t = g_t − g_{t−1}, with d_1 = 0 (Adan initialises g_0 to g_1)."""
+def grad_diff(grads: TensorList, prev: TensorList, t: Step) -> TensorList:
+    """d_t = g_t − g_{t−1}, with d_1 = 0 (Adan initialises g_0 to g_1); a tensor t multiplies by [t > 1]."""
+    if not tl.is_float(t):
+        diff = tl.added(grads, prev, -1.0)
+        tl.scale_(diff, (t > 1).to(t.dtype))
+        return diff
     if t == 1:
         return [torch.zeros_like(g) for g in grads]
     return tl.added(grads, prev, -1.0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from evolveopt.primitives import tensorlist as tl
-from evolveopt.primitives.tensorlist import Factor, Scalar, TensorList
+from evolveopt.primitives.tensorlist import Factor, Scalar, Step, TensorList
 
 Parts = list[tuple[Factor, TensorList]]
 
@@ -23,16 +23,16 @@ def ema_update_(m: TensorList, x: TensorList, beta: Scalar, dampening: bool) -> 
         torch._foreach_add_(m, x)
 
 
-def ema(m: TensorList, x: TensorList, beta: Scalar, t: int, dampening: bool, bias_correction: bool) -> Parts:
+def ema(m: TensorList, x: TensorList, beta: Scalar, t: Step, dampening: bool, bias_correction: bool) -> Parts:
     """EMA momentum (Polyak; Adam's first moment): out m, or m/(1−β^t) with bias correction."""
     ema_update_(m, x, beta, dampening)
-    return [(1.0 / (1.0 - beta**t) if bias_correction else 1.0, m)]
+    return [(1.0 / (1.0 - tl.power(beta, t)) if bias_correction else 1.0, m)]
 
 
-def nesterov(m: TensorList, x: TensorList, beta: Scalar, t: int, dampening: bool, bias_correction: bool) -> Parts:
+def nesterov(m: TensorList, x: TensorList, beta: Scalar, t: Step, dampening: bool, bias_correction: bool) -> Parts:
     """Nesterov look-ahead (Sutskever et al. 2013; torch SGD): out (1−β)x + βm or x + βm."""
     ema_update_(m, x, beta, dampening)
-    scale = 1.0 / (1.0 - beta**t) if bias_correction else 1.0
+    scale = 1.0 / (1.0 - tl.power(beta, t)) if bias_correction else 1.0
     return [(tl.mul(scale, 1.0 - beta if dampening else 1.0), x), (tl.mul(scale, beta), m)]
 
 
@@ -44,21 +44,22 @@ def interp(m: TensorList, x: TensorList, beta: Scalar, mix: Scalar) -> Parts:
     return [(1.0, c)]
 
 
-def nadam_mu(beta: Scalar, decay: Scalar, t: int) -> Scalar:
+def nadam_mu(beta: Scalar, decay: Scalar, t: Step) -> Scalar:
     """μ_t = β(1 − ½·0.96^{tψ}) (Dozat 2016, as in torch.optim.NAdam)."""
-    return beta * (1.0 - 0.5 * 0.96 ** (t * decay))
+    return beta * (1.0 - 0.5 * tl.power(0.96, t * decay))
 
 
-def nadam(m: TensorList, x: TensorList, mu_products: TensorList, beta: Scalar, decay: Scalar, t: int) -> Parts:
+def nadam(m: TensorList, x: TensorList, mu_products: TensorList, beta: Scalar, decay: Scalar, t: Step) -> Parts:
     """NAdam momentum: m ← βm + (1−β)x; Πμ ← Πμ·μ_t (``mu_products``, in place);
     out (1−μ_t)/(1−Πμ)·x + μ_{t+1}/(1−Πμ·μ_{t+1})·m.
 
     Each tensor keeps its own product (torch convention); within one call they are equal, so
-    the first is read: a host float for one model, a per-member tensor for a population.
+    the first is read: a host float for one model with a Python-int t, else a tensor (0-d with a
+    tensor t, so no ``.item()``; per member for a population).
     """
     mu, mu_next = nadam_mu(beta, decay, t), nadam_mu(beta, decay, t + 1)
     torch._foreach_mul_(mu_products, mu if tl.is_float(mu) else [mu.to(p) for p in mu_products])
     first = mu_products[0]
-    product: Scalar = first.item() if first.ndim == 0 else first  # a [P] tensor in population runs
+    product: Scalar = first.item() if first.ndim == 0 and tl.is_float(mu) else first
     tl.lerp_(m, x, 1.0 - beta)
     return [((1.0 - mu) / (1.0 - product), x), (mu_next / (1.0 - product * mu_next), m)]

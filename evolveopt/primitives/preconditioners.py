@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from evolveopt.primitives import tensorlist as tl
-from evolveopt.primitives.tensorlist import Scalar, TensorList
+from evolveopt.primitives.tensorlist import Scalar, Step, TensorList
 
 
 def update_statistic_(kind: str, v: TensorList, x: TensorList, beta: Scalar | None, eps: Scalar) -> None:
@@ -59,16 +59,17 @@ def denominator(stat: TensorList, eps: Scalar, eps_mode: str, bias: Scalar, feed
     return den, coef
 
 
-def rectification(beta: Scalar, t: int) -> tuple[Scalar, Scalar]:
+def rectification(beta: Scalar, t: Step) -> tuple[Scalar, Scalar]:
     """RAdam (Liu et al. 2020): factors (a, b) so the term is a·r_t·(y/den) + b·y.
 
     ρ∞ = 2/(1−β) − 1, ρ_t = ρ∞ − 2tβ^t/(1−β^t), r_t = √((ρ_t−4)(ρ_t−2)ρ∞ / ((ρ∞−4)(ρ∞−2)ρ_t));
     (a, b) = (r_t, 0) when ρ_t > 5, else (0, 1): plain momentum while the variance is unreliable.
+    With a tensor β or t the choice is a ``torch.where`` (no host sync).
     """
     rho_inf = 2.0 / (1.0 - beta) - 1.0
-    beta_t = beta**t
+    beta_t = tl.power(beta, t)
     rho_t = rho_inf - 2.0 * t * beta_t / (1.0 - beta_t)
-    if tl.is_float(beta):
+    if tl.is_float(beta) and tl.is_float(t):
         if rho_t > 5.0:
             return ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5, 0.0
         return 0.0, 1.0

@@ -10,7 +10,9 @@ population) and on ``Scalar`` hyperparameters:
 * a 0-d tensor: one value, kept on the device (no host sync).
 
 A ``Factor`` is a Scalar or a list of Scalars, one per tensor (per-tensor quantities such as a
-trust ratio). With ``member_dims = 1`` reductions run over every axis but the first.
+trust ratio). A ``Step`` count t is a Python int, or a 0-d float64 tensor where the step must not
+read the host (``capturable=True``, ``torch.compile``): functions of t then return tensors.
+With ``member_dims = 1`` reductions run over every axis but the first.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from torch import Tensor
 TensorList = list[Tensor]
 Scalar = Union[float, Tensor]
 Factor = Union[Scalar, Sequence[Scalar]]
+Step = Union[int, Tensor]
 
 
 def broadcast(s: Scalar, like: Tensor) -> Scalar:
@@ -67,6 +70,15 @@ def is_one(f: Factor) -> bool:
 
 def sqrt(s: Scalar) -> Scalar:
     return math.sqrt(s) if is_float(s) else torch.sqrt(s)
+
+
+def power(base: Scalar, t: Step) -> Scalar:
+    """base^t; with a tensor t, exp(t·ln base): inductor computes a reused exp once per kernel
+    instead of a double ``pow`` per vectorized iteration (base ≥ 0)."""
+    if is_float(t):
+        return base**t
+    log_base = torch.log(base) if isinstance(base, Tensor) else (math.log(base) if base > 0 else -math.inf)
+    return torch.exp(t * log_base)
 
 
 def mul(f: Factor, g: Factor) -> Factor:

@@ -196,8 +196,7 @@ def resume_run(path: str | Path, progress: bool | None = None, backend: str | No
                address: str | None = None) -> RunSummary:
     """Continue a run from its newest intact checkpoint (or from the start if it has none)."""
     rundir = RunDir(path)
-    rundir.check_exists()
-    config = load_config(rundir.file("config.yaml"))
+    config = rundir.read_config()
     if backend or address:
         config = replace(config, backend=replace(config.backend, kind=backend or config.backend.kind,
                                                  address=address or config.backend.address))

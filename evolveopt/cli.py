@@ -233,7 +233,6 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    import time
     from pathlib import Path
 
     if args.summarize:
@@ -253,7 +252,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from evolveopt.config import BackendConfig
     from evolveopt.genome import load_genome
     from evolveopt.finished_runs import resolve_genome
-    from evolveopt.run_directory import output_folder
+    from evolveopt.run_directory import default_folder, output_folder
     from evolveopt.tasks import HELDOUT_SUITE, SEARCH_SUITE
 
     check_device(args.device)
@@ -267,7 +266,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     tasks = [parse_task_arg(t) for t in args.task] if args.task else suites[args.suite]
     settings = BenchmarkSettings(tasks=tuple(tasks), budget=args.budget, trials=args.trials, seeds=args.seeds,
                                  tuning_seeds=args.tuning_seeds, device=args.device)
-    out = Path(args.out or f"runs/benchmark-{time.strftime('%Y%m%d-%H%M%S')}")
+    out = Path(args.out) if args.out else default_folder("benchmark")
     with output_folder(out, "the benchmark folder"):  # made before any training; removed again if that fails
         backend = make_backend(BackendConfig(kind=args.backend, address=args.address), args.device)
         print(f"benchmarking {', '.join(genomes)} on {len(tasks)} task(s): {args.trials} tuning trials each, "

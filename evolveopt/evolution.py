@@ -37,7 +37,7 @@ from evolveopt.config import RunConfig, load_config, parse_config, to_plain
 from evolveopt.evaluation.cache import ResultCache
 from evolveopt.evaluation.scorer import FitnessScorer, FitnessSettings
 from evolveopt.progress import Progress
-from evolveopt.run_directory import RunDir, RunDirError
+from evolveopt.run_directory import RunDir, RunDirError, default_folder
 from evolveopt.search.algorithm import GeneticSearch, hall_of_fame, statistics, structures
 from evolveopt.search.individual import Individual
 from evolveopt.extras import optional
@@ -313,7 +313,7 @@ def run_config_file(path: str | Path, out: str | Path | None = None, overrides: 
     if seed is not None:
         extra.append(f"seed={seed}")
     config = load_config(path, extra)
-    out = Path(out) if out else Path("runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = Path(out) if out else default_folder(config.name)
     return start_run(config, out, progress=progress)
 
 

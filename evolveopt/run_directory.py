@@ -47,6 +47,11 @@ class OutputError(EvolveOptError):
 # what and where (the CLI exits 2) and a failed command leaves nothing half-made behind.
 
 
+def default_folder(name: str) -> Path:
+    """Where a command writes when no --out is given: ``runs/NAME-YYYYMMDD-HHMMSS`` (local time)."""
+    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
 def make_folder(path: str | Path, what: str) -> Path:
     """``mkdir -p path``, or one :class:`OutputError` line saying why not."""
     path = Path(path)

@@ -89,7 +89,7 @@ def render_pictures(run: str) -> str:
         doc = text[found.start():text.index("    def __init__", found.start())]
         terminal_png(f"evolveopt export {run} -o champion.py; sed -n '/^class/,/__init__/p' champion.py", doc,
                      IMAGES / "export.png", max_lines=60)
-    capture(["report", run])
+    capture(["report", run, "--checkup-seeds", "0"])  # the picture only; the checkup adds minutes, no picture
     shutil.copy(Path(run) / "report" / "fitness.png", IMAGES / "report_fitness.png")
     return found.group(1)
 

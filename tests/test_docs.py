@@ -39,7 +39,7 @@ def test_the_docs_name_the_champion_a_fresh_quickstart_run_exports(quickstart_ru
 
     champion = select_individual(quickstart_run)
     perf = (ROOT / "docs" / "performance.md").read_text()
-    said = re.search(r"champion \(#(\d+):.*?\) scores ([+-][\d.]+) against Adam tuned per task \(([+-][\d.]+) on "
+    said = re.search(r"champion[^(]*\(#(\d+): [^)]*\) scores ([+-][\d.]+) against Adam tuned per task \(([+-][\d.]+) on "
                      r"digits, ([+-][\d.]+) on the\s+quadratic\)", perf, re.S)
     scores = champion["result"]["task_scores"]
     digits, nqm = (next(v for k, v in scores.items() if k.startswith(prefix)) for prefix in ("digits_mlp", "nqm"))

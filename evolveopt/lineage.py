@@ -20,7 +20,8 @@ from evolveopt.run_directory import RunDir, RunDirError, output_file
 from evolveopt.extras import optional
 
 FORMATS = ("text", "dot", "csv", "json", "png", "svg", "html")
-FILE_FORMATS = ("png", "svg", "html")
+FILE_FORMATS = ("png", "svg", "html")  # the command line writes these only with -o FILE
+PICTURES = ("png", "svg")  # drawn by matplotlib straight into a file
 
 
 @dataclass(frozen=True)
@@ -206,7 +207,7 @@ def render(lineage: Lineage, ident: int, fmt: str, depth: int | None = None, tit
     """The text of ``text``, ``dot``, ``csv``, ``json`` or ``html`` (``png``/``svg`` are only written: :func:`write`)."""
     if fmt not in FORMATS:
         raise EvolveOptError(f"unknown lineage format '{fmt}' (formats: {', '.join(FORMATS)})")
-    if fmt in FILE_FORMATS and fmt != "html":
+    if fmt in PICTURES:
         raise EvolveOptError(f"lineage --format {fmt} writes a file: give -o FILE")
     writers = {"text": lambda: to_text(lineage, ident, depth) + "\n", "dot": lambda: to_dot(lineage, ident, depth),
                "csv": lambda: to_csv(lineage, ident, depth), "json": lambda: to_json(lineage, ident, depth),
@@ -217,7 +218,7 @@ def render(lineage: Lineage, ident: int, fmt: str, depth: int | None = None, tit
 def write(lineage: Lineage, ident: int, fmt: str, out: str | Path, depth: int | None = None, title: str = "") -> Path:
     """Any format into the file ``out``; one :class:`OutputError` line if it cannot be written there."""
     with output_file(out, f"the {fmt} lineage") as path:
-        if fmt in ("png", "svg"):
+        if fmt in PICTURES:
             draw(lineage, ident, path, depth, title)
         else:
             path.write_text(render(lineage, ident, fmt, depth, title), encoding="utf-8")

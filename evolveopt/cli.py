@@ -73,26 +73,18 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from evolveopt.lineage import FILE_FORMATS, Lineage, champion_id, render
+    from evolveopt.lineage import FILE_FORMATS, Lineage, champion_id, render, write
     from evolveopt.finished_runs import run_name
 
     lineage = Lineage.from_run(args.run_dir)
     ident = args.id if args.id is not None else champion_id(args.run_dir)
-    out = Path(args.output) if args.output else None
-    if out is not None and not out.parent.is_dir():
-        raise EvolveOptError(f"{out}: cannot write (no folder {out.parent})")
-    text = render(lineage, ident, args.format, args.depth, out, title=f"{run_name(args.run_dir)}: lineage of #{ident}")
-    if text is not None:
-        if out is None:
-            sys.stdout.write(text)
-        else:
-            from evolveopt.export import write_export
-
-            write_export(text, out)
-    if args.format in FILE_FORMATS or out is not None:
-        print(f"wrote {out}", file=sys.stderr)
+    title = f"{run_name(args.run_dir)}: lineage of #{ident}"
+    if args.output is None:
+        if args.format in FILE_FORMATS:
+            raise EvolveOptError(f"lineage --format {args.format} writes a file: give -o FILE")
+        sys.stdout.write(render(lineage, ident, args.format, args.depth, title))
+    else:
+        print(f"wrote {write(lineage, ident, args.format, args.output, args.depth, title)}", file=sys.stderr)
     return 0
 
 
@@ -172,7 +164,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.no_cache:
         cache = ResultCache()
     else:
-        os.makedirs(os.path.dirname(args.cache), exist_ok=True)
+        from evolveopt.run_directory import make_folder
+
+        make_folder(os.path.dirname(args.cache) or ".", "the cache's folder")
         cache = ResultCache(args.cache)
     print(f"evaluating {len(genomes)} genome(s) on {len(tasks)} task(s), {args.budget} steps, seeds {args.seeds} "
           f"(Adam baselines tuned on a 9-point lr grid first)", file=sys.stderr)
@@ -249,7 +243,6 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    import time
     from pathlib import Path
 
     if args.summarize:
@@ -269,6 +262,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from evolveopt.config import BackendConfig
     from evolveopt.genome import load_genome
     from evolveopt.finished_runs import resolve_genome
+    from evolveopt.run_directory import default_folder, output_folder
     from evolveopt.tasks import HELDOUT_SUITE, SEARCH_SUITE
 
     check_device(args.device)
@@ -282,16 +276,17 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     tasks = [parse_task_arg(t) for t in args.task] if args.task else suites[args.suite]
     settings = BenchmarkSettings(tasks=tuple(tasks), budget=args.budget, trials=args.trials, seeds=args.seeds,
                                  tuning_seeds=args.tuning_seeds, device=args.device)
-    backend = make_backend(BackendConfig(kind=args.backend, address=args.address), args.device)
-    out = Path(args.out or f"runs/benchmark-{time.strftime('%Y%m%d-%H%M%S')}")
-    print(f"benchmarking {', '.join(genomes)} on {len(tasks)} task(s): {args.trials} tuning trials each, "
-          f"then {args.seeds} fresh seeds", file=sys.stderr)
-    try:
-        runs = run_benchmark(genomes, settings, map_units=backend.map_units,
-                             on_task=lambda t: print(f"  {t.label}: {t.seconds:.1f} s", file=sys.stderr))
-    finally:
-        backend.close()
-    print(write_report(build_report(runs, genomes, settings), out))
+    out = Path(args.out) if args.out else default_folder("benchmark")
+    with output_folder(out, "the benchmark folder"):  # made before any training; removed again if that fails
+        backend = make_backend(BackendConfig(kind=args.backend, address=args.address), args.device)
+        print(f"benchmarking {', '.join(genomes)} on {len(tasks)} task(s): {args.trials} tuning trials each, "
+              f"then {args.seeds} fresh seeds", file=sys.stderr)
+        try:
+            runs = run_benchmark(genomes, settings, map_units=backend.map_units,
+                                 on_task=lambda t: print(f"  {t.label}: {t.seconds:.1f} s", file=sys.stderr))
+        finally:
+            backend.close()
+        print(write_report(build_report(runs, genomes, settings), out))
     return 0
 
 

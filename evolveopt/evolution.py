@@ -37,7 +37,7 @@ from evolveopt.evaluation.scorer import FitnessScorer, FitnessSettings
 from evolveopt.evaluation.threads import OPENMP_ENV, THREADS_ENV, affinity
 from evolveopt.finished_runs import verify_run
 from evolveopt.progress import Progress
-from evolveopt.run_directory import RunDir, RunDirError, lineage_record
+from evolveopt.run_directory import RunDir, RunDirError, default_folder, lineage_record
 from evolveopt.search.algorithm import GeneticSearch, hall_of_fame, statistics, structures
 from evolveopt.search.individual import Individual
 from evolveopt.extras import optional
@@ -192,8 +192,7 @@ def resume_run(path: str | Path, progress: bool | None = None, backend: str | No
     """Continue a run from its newest intact checkpoint, or from generation 0 if it never completed one.
     ``restart``: start over from generation 0 in the same folder, the old records moved to ``replaced-*/``."""
     rundir = RunDir(path)
-    rundir.check_exists()
-    config = load_config(rundir.file("config.yaml"))
+    config = rundir.read_config()
     if backend or address:
         config = replace(config, backend=replace(config.backend, kind=backend or config.backend.kind,
                                                  address=address or config.backend.address))
@@ -309,7 +308,7 @@ def run_config_file(path: str | Path, out: str | Path | None = None, overrides: 
     if seed is not None:
         extra.append(f"seed={seed}")
     config = load_config(path, extra)
-    out = Path(out) if out else Path("runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = Path(out) if out else default_folder(config.name)
     return start_run(config, out, progress=progress)
 
 

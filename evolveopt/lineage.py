@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from evolveopt.errors import EvolveOptError
-from evolveopt.run_directory import RunDir, RunDirError
+from evolveopt.run_directory import RunDir, RunDirError, output_file
 from evolveopt.extras import optional
 
 FORMATS = ("text", "dot", "csv", "json", "png", "svg", "html")
-FILE_FORMATS = ("png", "svg", "html")
+FILE_FORMATS = ("png", "svg", "html")  # the command line writes these only with -o FILE
+PICTURES = ("png", "svg")  # drawn by matplotlib straight into a file
 
 
 @dataclass(frozen=True)
@@ -202,26 +203,26 @@ def _draw_to(stream: io.StringIO, lineage: Lineage, ident: int, depth: int | Non
     stream.write(text[text.index("<svg"):])
 
 
-def render(lineage: Lineage, ident: int, fmt: str, depth: int | None = None, out: Path | None = None,
-           title: str = "") -> str | None:
-    """Text for ``text``/``dot``/``csv``/``json``; writes ``png``/``svg``/``html`` to ``out``."""
+def render(lineage: Lineage, ident: int, fmt: str, depth: int | None = None, title: str = "") -> str:
+    """The text of ``text``, ``dot``, ``csv``, ``json`` or ``html`` (``png``/``svg`` are only written: :func:`write`)."""
     if fmt not in FORMATS:
         raise EvolveOptError(f"unknown lineage format '{fmt}' (formats: {', '.join(FORMATS)})")
-    if fmt == "text":
-        return to_text(lineage, ident, depth) + "\n"
-    if fmt == "dot":
-        return to_dot(lineage, ident, depth)
-    if fmt == "csv":
-        return to_csv(lineage, ident, depth)
-    if fmt == "json":
-        return to_json(lineage, ident, depth)
-    if out is None:
+    if fmt in PICTURES:
         raise EvolveOptError(f"lineage --format {fmt} writes a file: give -o FILE")
-    if fmt == "html":
-        out.write_text(to_html(lineage, ident, depth, title), encoding="utf-8")
-    else:
-        draw(lineage, ident, out, depth, title)
-    return None
+    writers = {"text": lambda: to_text(lineage, ident, depth) + "\n", "dot": lambda: to_dot(lineage, ident, depth),
+               "csv": lambda: to_csv(lineage, ident, depth), "json": lambda: to_json(lineage, ident, depth),
+               "html": lambda: to_html(lineage, ident, depth, title)}
+    return writers[fmt]()
+
+
+def write(lineage: Lineage, ident: int, fmt: str, out: str | Path, depth: int | None = None, title: str = "") -> Path:
+    """Any format into the file ``out``; one :class:`OutputError` line if it cannot be written there."""
+    with output_file(out, f"the {fmt} lineage") as path:
+        if fmt in PICTURES:
+            draw(lineage, ident, path, depth, title)
+        else:
+            path.write_text(render(lineage, ident, fmt, depth, title), encoding="utf-8")
+    return path
 
 
 def champion_id(path: str | Path) -> int:

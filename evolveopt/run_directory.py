@@ -21,9 +21,11 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from evolveopt.errors import EvolveOptError
 
@@ -37,6 +39,96 @@ class RunDirError(EvolveOptError, ValueError):
 
 class NoGenerationYet(RunDirError):
     """The run never completed a generation, so it never wrote a checkpoint: it starts from generation 0."""
+
+
+class OutputError(EvolveOptError):
+    """An output file or folder cannot be written where the user asked (missing folder, a file in the way,
+    no permission, a read-only file system)."""
+
+
+# ----------------------------------------------------------------------------- outputs
+# Every file and folder a command writes goes through these, so a bad -o/--out is one line naming
+# what and where (the CLI exits 2) and a failed command leaves nothing half-made behind.
+
+
+def default_folder(name: str) -> Path:
+    """Where a command writes when no --out is given: ``runs/NAME-YYYYMMDD-HHMMSS`` (local time)."""
+    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def make_folder(path: str | Path, what: str) -> Path:
+    """``mkdir -p path``, or one :class:`OutputError` line saying why not."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot create {what} ({_reason(exc, path)})") from None
+    return path
+
+
+@contextmanager
+def output_folder(path: str | Path, what: str) -> Iterator[Path]:
+    """Make the folder ``path`` (parents too) for the block to fill.
+
+    An OSError on a path inside it becomes an :class:`OutputError`; when the block fails (any exception,
+    Ctrl-C included) the folders this call made are removed again, with whatever the block put there.
+    """
+    path = Path(path)
+    made = _first_missing(path)
+    make_folder(path, what)
+    try:
+        yield path
+    except BaseException as exc:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        if isinstance(exc, OSError) and _inside(exc.filename, path):
+            raise OutputError(f"{exc.filename}: cannot write {what} ({_reason(exc, path)})") from None
+        raise
+
+
+@contextmanager
+def output_file(path: str | Path, what: str) -> Iterator[Path]:
+    """Check that the file ``path`` can go where it is asked for, then let the block write it.
+
+    An OSError in the block becomes an :class:`OutputError`; a file the block began is removed when it fails.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise OutputError(f"{path}: cannot write {what} ({_reason(None, path.parent)})")
+    existed = path.exists()
+    try:
+        yield path
+    except BaseException as exc:
+        if not existed and path.is_file():
+            path.unlink()
+        if isinstance(exc, OSError):
+            raise OutputError(f"{path}: cannot write {what} ({_reason(exc, path.parent)})") from None
+        raise
+
+
+def _inside(filename: object, folder: Path) -> bool:
+    return filename is not None and Path(os.fsdecode(filename)).resolve().is_relative_to(folder.resolve())
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost of ``path`` and its parents that does not exist yet (what ``mkdir -p`` would make)."""
+    missing = None
+    for candidate in (path, *path.parents):
+        if candidate.exists() or candidate.is_symlink():
+            return missing
+        missing = candidate
+    return missing
+
+
+def _reason(exc: OSError | None, folder: Path) -> str:
+    """Why nothing can be written in ``folder``, in words: a file where a folder must be, the OS's reason,
+    or (without one) a missing folder."""
+    blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        return f"{blocker} is a file, not a folder"
+    if exc is not None:
+        return exc.strerror or str(exc)
+    return f"no folder {folder}"
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -91,17 +183,29 @@ class RunDir:
     def create(self, config_yaml: str, manifest: dict[str, Any]) -> None:
         if self.file("checkpoint.json").exists() or self.file("config.yaml").exists():
             raise RunDirError(f"{self.path}: already holds a run (use 'evolveopt resume {self.path}' or another --out)")
-        (self.path / "population").mkdir(parents=True, exist_ok=True)
-        atomic_write(self.file("config.yaml"), config_yaml)
-        atomic_write(self.file("manifest.json"), json.dumps(manifest, indent=2, sort_keys=True))
-        for name in LOG_FILES:
-            self.file(name).touch()
+        with output_folder(self.path, "the run folder"):
+            (self.path / "population").mkdir(exist_ok=True)
+            atomic_write(self.file("config.yaml"), config_yaml)
+            atomic_write(self.file("manifest.json"), json.dumps(manifest, indent=2, sort_keys=True))
+            for name in LOG_FILES:
+                self.file(name).touch()
 
     def check_exists(self) -> None:
         if not self.path.is_dir():
             raise RunDirError(f"{self.path}: no such run directory")
         if not self.file("config.yaml").is_file():
             raise RunDirError(f"{self.path}: not a run directory (config.yaml is missing)")
+
+    def read_config(self) -> Any:
+        """The run's resolved config (a ``RunConfig``). An empty ``config.yaml`` is damage here, not the
+        defaults it means in a user's config file."""
+        from evolveopt.config import load_config
+
+        self.check_exists()
+        path = self.file("config.yaml")
+        if not path.read_text(encoding="utf-8", errors="replace").strip():
+            raise RunDirError(f"{path}: empty (a run's config.yaml holds the config it ran with; damaged run)")
+        return load_config(path)
 
     def append_lines(self, name: str, records: list[dict[str, Any]]) -> None:
         with open(self.file(name), "a", encoding="utf-8") as f:

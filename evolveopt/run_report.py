@@ -15,7 +15,8 @@ import yaml
 from evolveopt.genome.equations import render_equations
 from evolveopt.genome.schema import parse_genome
 from evolveopt.lineage import Lineage, draw, lineage_summary
-from evolveopt.run_directory import RunDir, dumps
+from evolveopt.config import to_plain
+from evolveopt.run_directory import RunDir, dumps, output_folder
 from evolveopt.finished_runs import read_individuals, run_name, select_individual
 from evolveopt.extras import optional
 
@@ -85,21 +86,27 @@ def _checkup_section(run: RunDir, config: dict, genome, out: Path, seeds: int) -
 
 
 def write_report(path: str | Path, checkup_seeds: int = 5) -> Path:
+    """Write ``RUN/report/`` (made if missing, removed again if the report fails) and return its report.md."""
     run = RunDir(path)
-    run.check_exists()
+    config = to_plain(run.read_config())
     rows = run.read_lines("generations.jsonl")
     champion = select_individual(path)
-    out = run.path / "report"
-    out.mkdir(exist_ok=True)
-    plot_fitness(rows, out / "fitness.png")
     lineage = Lineage.from_run(path)
-    draw(lineage, champion["id"], out / "lineage.png", title=f"ancestry of #{champion['id']}")
     genome = parse_genome(champion["genome"], source=f"{path}#{champion['id']}")
-    config = yaml.safe_load(run.file("config.yaml").read_text())
-    table = _baseline_table(path, run, config, champion, genome)
-    checkup = _checkup_section(run, config, genome, out, checkup_seeds)
+    with output_folder(run.path / "report", "the report folder") as out:
+        plot_fitness(rows, out / "fitness.png")
+        draw(lineage, champion["id"], out / "lineage.png", title=f"ancestry of #{champion['id']}")
+        table = _baseline_table(path, run, config, champion, genome)
+        checkup = _checkup_section(run, config, genome, out, checkup_seeds)
+        (out / "report.md").write_text(_markdown(path, rows, config, champion, genome, lineage, table, checkup),
+                                       encoding="utf-8")
+    return out / "report.md"
+
+
+def _markdown(path: str | Path, rows: list[dict], config: dict, champion: dict, genome, lineage: Lineage,
+              table: list[str], checkup: list[str]) -> str:
     summary = lineage_summary(lineage, champion["id"])
-    text = "\n".join([
+    return "\n".join([
         f"# Run report: {run_name(path)}", "",
         f"{len(rows)} generation(s) of population {config['search']['population']}, "
         f"budget {config['fitness']['budget']} steps, seeds {config['fitness']['seeds']}, "
@@ -118,5 +125,3 @@ def write_report(path: str | Path, checkup_seeds: int = 5) -> Path:
         "the way: " + ", ".join(f"{k} ×{v}" for k, v in sorted(summary['operators'].items())) + ".", "",
         "## Configuration", "", "```yaml", yaml.safe_dump(config, sort_keys=False).rstrip(), "```", "",
     ])
-    (out / "report.md").write_text(text, encoding="utf-8")
-    return out / "report.md"

@@ -1,13 +1,20 @@
-"""Render the pictures of docs/cli/*.md from a real run: python scripts/render_docs_images.py RUN
+"""Regenerate the pictures of docs/cli/*.md and the names README.md and docs/cli quote, from the current code:
 
-Terminal output is drawn as an image with matplotlib; the lineage and fitness pictures are the
-files the commands themselves write.
+    python scripts/render_docs_images.py [RUN]        # RUN: runs/qs, the run the docs show
+
+Without a finished RUN it first runs ``evolveopt evolve experiments/quickstart.yaml --out RUN`` (the
+config's seed fixes the champion; ~45 s on 2 quiet cores); a finished RUN is reused, so delete it
+to rerun after a code change. Terminal output is drawn as an image with matplotlib; the lineage
+and fitness pictures are the files the commands themselves write. Then the champion's exported
+class name (``Quickstart<ID>``) is written wherever README.md and docs/cli/*.md quote it, and the
+champion is printed for docs/performance.md. ``tests/test_docs.py`` checks the names and paths.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 import shutil
 import sys
@@ -21,7 +28,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from evolveopt.cli import main  # noqa: E402
 
-IMAGES = Path(__file__).resolve().parent.parent / "docs" / "images"
+ROOT = Path(__file__).resolve().parent.parent
+IMAGES = ROOT / "docs" / "images"
+DOCS_RUN = "runs/qs"
+QUICKSTART = "experiments/quickstart.yaml"
+CLASS_QUOTED = re.compile(r"\bQuickstart\d+\b")  # the exported class of the quickstart champion, as the docs name it
+
+
+def quoting_docs() -> list[Path]:
+    """The pages that quote the quickstart champion's class name."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs" / "cli").glob("*.md"))]
 
 
 def capture(argv: list[str]) -> str:
@@ -45,7 +61,20 @@ def terminal_png(command: str, text: str, path: Path, max_lines: int = 48) -> No
     plt.close(fig)
 
 
-def main_cli(run: str) -> None:
+def finished_run(run: str) -> None:
+    """Run the quickstart into ``run`` unless a finished run is there."""
+    from evolveopt.finished_runs import run_status
+
+    if Path(run).is_dir() and run_status(Path(run)).status == "complete":
+        print(f"reusing {run} (delete it to rerun with the current code)", file=sys.stderr)
+        return
+    if Path(run).exists():
+        raise SystemExit(f"{run} holds an unfinished or damaged run: delete it first")
+    capture(["evolve", QUICKSTART, "--out", run])
+
+
+def render_pictures(run: str) -> str:
+    """Every picture of docs/cli; returns the exported champion's class name."""
     IMAGES.mkdir(parents=True, exist_ok=True)
     terminal_png("evolveopt show adan", capture(["show", "adan"]), IMAGES / "show.png")
     terminal_png(f"evolveopt diff adam {run}", capture(["diff", "adam", run]), IMAGES / "diff.png")
@@ -56,13 +85,30 @@ def main_cli(run: str) -> None:
         module = Path(tmp) / "champion.py"
         capture(["export", run, "-o", str(module)])
         text = module.read_text()
-        start = re.search(r"^class \w+\(torch\.optim\.Optimizer\)", text, re.M).start()
-        doc = text[start:text.index("    def __init__", start)]
+        found = re.search(r"^class (\w+)\(torch\.optim\.Optimizer\)", text, re.M)
+        doc = text[found.start():text.index("    def __init__", found.start())]
         terminal_png(f"evolveopt export {run} -o champion.py; sed -n '/^class/,/__init__/p' champion.py", doc,
                      IMAGES / "export.png", max_lines=60)
-    capture(["report", run])
+    capture(["report", run, "--checkup-seeds", "0"])  # the picture only; the checkup adds minutes, no picture
     shutil.copy(Path(run) / "report" / "fitness.png", IMAGES / "report_fitness.png")
+    return found.group(1)
+
+
+def quote_class_name(name: str) -> None:
+    """Write the champion's class name wherever the docs quote one."""
+    for page in quoting_docs():
+        text = page.read_text(encoding="utf-8")
+        if CLASS_QUOTED.search(text):
+            page.write_text(CLASS_QUOTED.sub(name, text), encoding="utf-8")
+            print(f"{page.relative_to(ROOT)}: quotes {name}", file=sys.stderr)
+
+
+def main_cli(run: str = DOCS_RUN) -> None:
+    os.chdir(ROOT)  # the commands drawn name paths as the docs do, relative to the repository
+    finished_run(run)
+    quote_class_name(render_pictures(run))
+    print(capture(["show", run]), end="")  # the champion for docs/performance.md's quickstart paragraph
 
 
 if __name__ == "__main__":
-    main_cli(sys.argv[1])
+    main_cli(*sys.argv[1:2])

@@ -92,3 +92,14 @@ def exported_class(name: str) -> type:
         class_name = re.search(r"^class (\w+)\(torch\.optim\.Optimizer\)", text, re.M).group(1)
         _EXPORTED[name] = getattr(module, class_name)
     return _EXPORTED[name]
+
+
+@pytest.fixture(scope="session")
+def quickstart_run(tmp_path_factory) -> Path:
+    """A fresh ``evolveopt evolve experiments/quickstart.yaml --out DIR`` with the config's own seed
+    (~45 s on 2 quiet cores): the run the docs show."""
+    from evolveopt.evolution import run_config_file
+
+    out = tmp_path_factory.mktemp("quickstart") / "qs"
+    run_config_file(ROOT / "experiments" / "quickstart.yaml", out=out, progress=False)
+    return out

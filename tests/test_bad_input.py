@@ -158,3 +158,104 @@ def test_numbers_as_people_write_them_are_numbers(tmp_path):
         load_config(config, ["fitness.budget=2.5e0"])
     with pytest.raises(evolveopt.errors.GenomeError, match="expected a number"):
         evolveopt.genome.parse_genome(yaml.safe_load(ADAM.replace("lr: 1.0e-3", "lr: 3e-4x")))
+
+
+# ----------------------------------------------------------------------------- outputs that cannot be written
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    from test_evolve import tiny_config
+
+    from evolveopt.config import load_config
+    from evolveopt.evolution import start_run
+
+    folder = tmp_path_factory.mktemp("finished")
+    start_run(load_config(tiny_config(folder)), folder / "run", progress=False)
+    return folder / "run"
+
+
+def unwritable_cases(run: Path, config: Path, a_file: Path, missing: Path) -> dict[str, tuple[list[str], str]]:
+    """argv -> the words the one-line error must hold; ``a_file`` is a file, ``missing`` a folder that is not."""
+    cases = {
+        "evolve_under_a_file": (["evolve", str(config), "--out", str(a_file / "sub")], "cannot create the run folder"),
+        "evolve_onto_a_file": (["evolve", str(config), "--out", str(a_file)], "cannot create the run folder"),
+        "export_under_a_file": (["export", str(run), "-o", str(a_file / "x.py")], "cannot write the export"),
+        "export_missing_folder": (["export", str(run), "-o", str(missing / "x.py")], f"(no folder {missing})"),
+        "benchmark_under_a_file": (["benchmark", "adam", "--task", "nqm", "--budget", "5", "--trials", "1", "--seeds",
+                                    "1", "--out", str(a_file / "b")], "cannot create the benchmark folder"),
+        "benchmark_summarize_into_a_file": (["benchmark", "--summarize", str(a_file)], "no benchmark.json"),
+        "eval_cache_under_a_file": (["eval", "adam", "--task", "nqm", "--budget", "5", "--seeds", "0", "--cache",
+                                     str(a_file / "c" / "r.sqlite")], "cannot create the cache's folder"),
+    }
+    for fmt in ("text", "dot", "csv", "json", "png", "svg", "html"):
+        cases[f"lineage_{fmt}_under_a_file"] = (["lineage", str(run), "--format", fmt, "-o", str(a_file / f"x.{fmt}")],
+                                                f"cannot write the {fmt} lineage")
+    if Path("/proc/self").is_dir():  # Linux: /proc takes no new files or folders, even from root
+        cases["evolve_in_proc"] = (["evolve", str(config), "--out", "/proc/evo"], "/proc/evo: cannot create the run folder")
+        cases["lineage_png_in_proc"] = (["lineage", str(run), "--format", "png", "-o", "/proc/x.png"],
+                                        "/proc/x.png: cannot write the png lineage")
+        cases["export_in_proc"] = (["export", str(run), "-o", "/proc/x.py"], "/proc/x.py: cannot write the export")
+    return cases
+
+
+def test_every_unwritable_output_is_one_line_exit_2_and_leaves_nothing(finished_run, tmp_path, capsys):
+    from test_evolve import tiny_config
+
+    config = tiny_config(tmp_path)
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("a file, not a folder\n")
+    before = sorted(tmp_path.rglob("*"))
+    for name, (argv, says) in unwritable_cases(finished_run, config, a_file, tmp_path / "missing").items():
+        assert main(argv) == 2, name
+        err = one_line_error(capsys)
+        assert says in err, (name, err)
+        assert str(a_file) in err or "/proc" in err or "missing" in err, (name, err)
+        assert sorted(tmp_path.rglob("*")) == before, name  # no half-made run, report or benchmark folder
+    assert a_file.read_text() == "a file, not a folder\n"
+
+
+def test_report_over_a_file_or_from_an_empty_config_is_one_line(finished_run, tmp_path, capsys):
+    import shutil
+
+    blocked = shutil.copytree(finished_run, tmp_path / "blocked")
+    (blocked / "report").write_text("in the way\n")
+    assert main(["report", str(blocked), "--checkup-seeds", "0"]) == 2
+    assert f"{blocked / 'report'}: cannot create the report folder ({blocked / 'report'} is a file, not a folder)" \
+        in one_line_error(capsys)
+    assert (blocked / "report").read_text() == "in the way\n"
+    empty = shutil.copytree(finished_run, tmp_path / "empty_config")
+    (empty / "config.yaml").write_text("")
+    for command in (["report", str(empty), "--checkup-seeds", "0"], ["resume", str(empty)]):
+        assert main(command) == 2
+        assert f"{empty / 'config.yaml'}: empty" in one_line_error(capsys)
+    assert not (empty / "report").exists()
+
+
+def test_a_failed_command_removes_the_folders_it_made_and_nothing_else(tmp_path):
+    from evolveopt.run_directory import OutputError, output_folder
+
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    for interruption in (KeyboardInterrupt, evolveopt.EvolveOptError):
+        with pytest.raises(interruption):
+            with output_folder(kept / "new" / "run", "the run folder") as folder:
+                (folder / "half.json").write_text("{")
+                raise interruption()
+        assert sorted(tmp_path.rglob("*")) == [kept]
+    with pytest.raises(OutputError, match=r"kept/x/half\.json: cannot write the run folder \(Is a directory\)"):
+        with output_folder(kept / "x", "the run folder") as folder:
+            (folder / "half.json").mkdir()
+            (folder / "half.json").write_text("{")
+    assert sorted(tmp_path.rglob("*")) == [kept]
+    with output_folder(kept, "the run folder") as folder:
+        (folder / "done.json").write_text("{}")
+    assert (kept / "done.json").read_text() == "{}"
+
+
+def test_benchmark_that_fails_midway_leaves_no_output_folder(tmp_path, capsys):
+    out = tmp_path / "new" / "bench"
+    assert main(["benchmark", "adam", "--task", "nosuch", "--budget", "5", "--trials", "1", "--seeds", "1",
+                 "--out", str(out)]) == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith("evolveopt: error: unknown task 'nosuch'")
+    assert not (tmp_path / "new").exists()

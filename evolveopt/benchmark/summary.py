@@ -211,11 +211,11 @@ def build_report(runs: list[TaskBenchmark], genomes: dict[str, Genome], settings
 
 
 def write_report(report: dict[str, Any], out: Path) -> Path:
-    from evolveopt.run_directory import dumps
+    from evolveopt.run_directory import dumps, output_folder
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "benchmark.json").write_text(json.dumps(json.loads(dumps(report)), indent=1) + "\n")
-    plot_curves(report, out / "curves.png")
-    plot_profile(report, out / "profile.png")
-    (out / "benchmark.md").write_text(markdown(report), encoding="utf-8")
+    with output_folder(out, "the benchmark report") as out:
+        (out / "benchmark.json").write_text(json.dumps(json.loads(dumps(report)), indent=1) + "\n")
+        plot_curves(report, out / "curves.png")
+        plot_profile(report, out / "profile.png")
+        (out / "benchmark.md").write_text(markdown(report), encoding="utf-8")
     return out / "benchmark.md"

@@ -12,6 +12,7 @@ from evolveopt.errors import EvolveOptError
 from evolveopt.genome.canonical import genome_hash
 from evolveopt.genome.io import dump_genome
 from evolveopt.genome.schema import Genome
+from evolveopt.run_directory import output_file
 
 
 def export_text(genome: Genome, fmt: str, label: str, provenance: dict[str, Any]) -> str:
@@ -28,9 +29,6 @@ def export_text(genome: Genome, fmt: str, label: str, provenance: dict[str, Any]
 
 
 def write_export(text: str, path: str | Path) -> Path:
-    path = Path(path)
-    try:
-        path.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise EvolveOptError(f"{path}: cannot write ({exc.strerror})") from None
-    return path
+    with output_file(path, "the export") as out:
+        out.write_text(text, encoding="utf-8")
+    return out

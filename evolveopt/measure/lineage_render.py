@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evolveopt.lineage import Lineage, render
+from evolveopt.lineage import FILE_FORMATS, Lineage, render, write
 
 
 def synthetic_run(folder: Path, population: int = 200, generations: int = 100, seed: int = 0) -> int:
@@ -45,7 +45,10 @@ def run_lineage_benchmark() -> list[dict]:
         rows.append({"format": "load lineage.jsonl", "seconds": time.perf_counter() - start})
         for fmt in ("text", "dot", "csv", "json", "png", "html"):
             start = time.perf_counter()
-            render(lineage, ident, fmt, out=folder / f"lineage.{fmt}")
+            if fmt in FILE_FORMATS:
+                write(lineage, ident, fmt, folder / f"lineage.{fmt}")
+            else:
+                render(lineage, ident, fmt)
             rows.append({"format": fmt, "seconds": time.perf_counter() - start,
                          "ancestors": len(lineage.ancestry(ident)) - 1})
     return rows

@@ -225,3 +225,53 @@ def test_try_trains_on_exactly_the_digits_mlp_tasks_data():
     run = make_task("digits_mlp").start([0])
     for mine, task in zip(digits_split(), (run.x_train, run.y_train, run.x_test, run.y_test)):
         assert torch.equal(mine, task)
+
+
+# ----------------------------------------------------------------------------- cache keys
+
+
+def test_a_result_computed_under_another_torch_is_never_read_back(monkeypatch):
+    cache = ResultCache()
+    first = evaluate([ADAM], ["nqm"], 5, [0], cache=cache)
+    assert evaluate([ADAM], ["nqm"], 5, [0], cache=cache).cache_hits == 1
+    monkeypatch.setattr(torch, "__version__", "0.0.1+other")  # only the version string the key reads
+    again = evaluate([ADAM], ["nqm"], 5, [0], cache=cache)
+    assert again.cache_hits == 0 and again.cache_misses == 1
+    assert again.results == first.results
+
+
+@pytest.mark.parametrize("task_class", ["char_lm", "char_rnn"])
+def test_the_result_key_holds_a_digest_of_the_text_a_task_trains_on(task_class):
+    import hashlib
+
+    from evolveopt.evaluation.cache import result_key
+    from evolveopt.tasks import TASKS
+
+    class OtherText(TASKS[task_class]):
+        def text(self) -> str:
+            return "the same task over another text, as another Python release might ship it\n" * 40
+
+    shipped, other = TASKS[task_class](), OtherText()
+    assert shipped.spec == other.spec
+    assert other.data_digest() == hashlib.sha256(other.text().encode("utf-8")).hexdigest()
+    assert shipped.data_digest() == hashlib.sha256(shipped.text().encode("utf-8")).hexdigest()
+    genome = evolveopt.genome_hash(ADAM)
+    assert result_key(genome, shipped, 10, 0) != result_key(genome, other, 10, 0)
+    assert result_key(genome, shipped, 10, 0) == result_key(genome, TASKS[task_class](), 10, 0)
+
+
+def test_an_adam_genome_in_the_working_directory_is_the_baseline_and_is_never_mixed_with_the_bundled_one(
+        tmp_path, monkeypatch):
+    from evolveopt.evaluation.fitness import tune_adam
+
+    cache = ResultCache()
+    bundled = tune_adam({"name": "nqm"}, 10, [0], cache, grid=(1e-2, 1e-1))
+    (tmp_path / "genomes").mkdir()
+    (tmp_path / "genomes" / "adam.yaml").write_text(
+        (evolveopt.genome.io.bundled_genome_dir() / "adam.yaml").read_text().replace("beta2: 0.999", "beta2: 0.9"))
+    monkeypatch.chdir(tmp_path)
+    assert evolveopt.load_genome("adam") == ADAM.with_genes(beta2=0.9)  # ./genomes comes before the bundled set
+    local = tune_adam({"name": "nqm"}, 10, [0], cache, grid=(1e-2, 1e-1))
+    assert local.losses != bundled.losses
+    grid = evaluate([ADAM.with_genes(beta2=0.9, lr=lr) for lr in (1e-2, 1e-1)], ["nqm"], 10, [0])
+    assert local.losses == {0: grid.results[(1e-2, 1e-1).index(local.lr)][0][0].ema_loss}

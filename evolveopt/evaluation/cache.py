@@ -1,7 +1,10 @@
 """A persistent cache of member results (SQLite; one row per genome × task × budget × seed).
 
-Keys hash (canonical genome hash, task spec, budget, seed, evaluator version), so a repeated
-genome, an elite carried to the next generation, or a rerun of a run is never trained twice.
+A key hashes everything a result depends on: the canonical genome hash, the task spec, a digest
+of the task's data (text that ships with Python changes with its patch release), the budget,
+the seed, the evaluator version and torch's version. So a repeated genome, an elite carried to
+the next generation, or a rerun of a run is never trained twice, and a result is never read
+back where it would not be recomputed the same.
 """
 
 from __future__ import annotations
@@ -11,18 +14,39 @@ import json
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
+
+import torch
 
 from evolveopt.errors import EvolveOptError
 from evolveopt.evaluation.results import MemberResult
 
-EVALUATOR_VERSION = 3  # bump when anything changes what a result means (2: loss curves; 3: errors are never results)
+if TYPE_CHECKING:
+    from evolveopt.tasks import Task
+
+EVALUATOR_VERSION = 4  # bump when anything changes what a result means
+# (2: loss curves; 3: errors are never results; 4: keys hold torch's version, data digests, the baseline's hash)
 
 
-def result_key(genome_hash: str, task_spec: dict[str, Any], budget: int, seed: int) -> str:
-    text = json.dumps({"genome": genome_hash, "task": task_spec, "budget": budget, "seed": seed,
-                       "evaluator": EVALUATOR_VERSION}, sort_keys=True)
+def code_versions() -> dict[str, Any]:
+    """What every key holds besides its own parts: the evaluator's version and torch's (read at
+    each call, so a key always names the torch that computes it)."""
+    return {"evaluator": EVALUATOR_VERSION, "torch": str(torch.__version__)}
+
+
+def digest_key(parts: dict[str, Any]) -> str:
+    """sha256 of ``parts`` and :func:`code_versions` as canonical JSON."""
+    text = json.dumps({**parts, **code_versions()}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def task_identity(task: "Task") -> dict[str, Any]:
+    """The task's spec and the digest of its data."""
+    return {"task": task.spec, "data": task.data_digest()}
+
+
+def result_key(genome_hash: str, task: "Task", budget: int, seed: int) -> str:
+    return digest_key({"genome": genome_hash, **task_identity(task), "budget": budget, "seed": seed})
 
 
 class ResultCache:

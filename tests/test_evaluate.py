@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
 
 import evolveopt
 from evolveopt.evaluation import ResultCache, evaluate
+from evolveopt.evaluation.results import MemberResult
 from evolveopt.evaluation.halving import halving_cost, rung_budgets, successive_halving
 from evolveopt.evaluation.runner import train_population
 from evolveopt.evaluation.scorer import FitnessScorer, FitnessSettings
@@ -275,3 +277,51 @@ def test_an_adam_genome_in_the_working_directory_is_the_baseline_and_is_never_mi
     assert local.losses != bundled.losses
     grid = evaluate([ADAM.with_genes(beta2=0.9, lr=lr) for lr in (1e-2, 1e-1)], ["nqm"], 10, [0])
     assert local.losses == {0: grid.results[(1e-2, 1e-1).index(local.lr)][0][0].ema_loss}
+
+
+# ----------------------------------------------------------------------------- a damaged cache file
+
+DAMAGES = {
+    "random bytes over the whole file": lambda f, size: f.write(os.urandom(size)),
+    "random bytes over some pages": lambda f, size: (f.seek(size // 3), f.write(os.urandom(3 * 4096))),
+    "truncated to half": lambda f, size: f.truncate(size // 2),
+    "truncated to its header": lambda f, size: f.truncate(100),
+}
+
+
+def filled_cache(path, entries=3000):
+    cache = ResultCache(path)
+    cache.put_many({f"key {i}": MemberResult(1.0 + i, 2.0, curve=[0.5] * 32) for i in range(entries)})
+    cache.put_record("baseline", {"lr": 0.01})
+    cache.close()
+    return path.stat().st_size
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_a_damaged_cache_file_is_moved_aside_and_an_empty_cache_starts(tmp_path, capsys, damage):
+    path = tmp_path / "cache.sqlite"
+    for n in (1, 2):  # a second damage goes to the next free name
+        size = filled_cache(path)
+        assert len(ResultCache(path).get_many([f"key {i}" for i in range(3000)])) == 3000
+        with open(path, "r+b") as f:
+            DAMAGES[damage](f, size)
+        damaged = path.read_bytes()
+        cache = ResultCache(path)
+        warning = capsys.readouterr().err
+        assert warning.count("\n") == 1 and f"warning: {path}: damaged evaluation cache" in warning
+        assert f"moved to {path}.corrupt-{n}," in warning
+        assert (tmp_path / f"cache.sqlite.corrupt-{n}").read_bytes() == damaged
+        assert cache.get_many(["key 0"]) == {} and cache.get_record("baseline") is None
+        cache.put_many({"key 0": MemberResult(1.0, 2.0)})
+        cache.close()
+        assert ResultCache(path).get_many(["key 0"]) == {"key 0": MemberResult(1.0, 2.0)}
+        assert capsys.readouterr().err == ""
+        path.unlink()
+
+
+def test_a_cache_that_cannot_be_opened_is_still_one_clear_error(tmp_path):
+    from evolveopt.errors import EvolveOptError
+
+    with pytest.raises(EvolveOptError, match=r"not a usable evaluation cache \(unable to open"):
+        ResultCache(tmp_path / "no such folder" / "cache.sqlite")
+    assert list(tmp_path.iterdir()) == []

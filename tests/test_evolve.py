@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -332,3 +333,20 @@ def test_the_run_lock_is_atomic_one_of_racing_processes_gets_it(tmp_path):
     rundir.lock()
     assert rundir.file("run.lock").read_text() == str(os.getpid())
     rundir.unlock()
+
+
+def test_resume_and_report_of_a_finished_run_start_an_empty_cache_over_a_damaged_one(tmp_path, capsys):
+    start_run(load_config(tiny_config(tmp_path)), tmp_path / "run", progress=False)
+    run, cache = tmp_path / "run", tmp_path / "run" / "cache.sqlite"
+    before = run_files(run)
+    for n, command in enumerate((["resume", str(run)], ["report", str(run), "--checkup-seeds", "0"]), start=1):
+        gc.collect()  # closes the last command's cache connection, which folds its WAL into the file, as an exit does
+        assert not (run / "cache.sqlite-wal").exists()
+        cache.write_bytes(os.urandom(cache.stat().st_size))
+        capsys.readouterr()
+        assert main(command) == 0
+        err = capsys.readouterr().err
+        assert f"warning: {cache}: damaged evaluation cache (file is not a database); moved to {cache}.corrupt-{n}," in err
+        assert (run / f"cache.sqlite.corrupt-{n}").exists()
+    assert (run / "report" / "report.md").exists()
+    assert run_files(run) == before

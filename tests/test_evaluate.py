@@ -325,3 +325,50 @@ def test_a_cache_that_cannot_be_opened_is_still_one_clear_error(tmp_path):
     with pytest.raises(EvolveOptError, match=r"not a usable evaluation cache \(unable to open"):
         ResultCache(tmp_path / "no such folder" / "cache.sqlite")
     assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- results do not depend on the unit
+
+COMPOSITION_TASKS = [{"name": "digits_mlp", "hidden": 30}, {"name": "nqm"},
+                     {"name": "large_batch", "width": 32, "depth": 1, "batch_size": 1024}]
+
+
+@pytest.fixture
+def two_threads():
+    """Two CPU threads: a one-member stack then takes torch's threaded single-GEMM path."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+def same_structure_neighbour(genome):
+    """Another learning rate, and weight decay where ``genome`` has none (a shared zero gene)."""
+    return genome.with_genes(lr=genome.genes["lr"] * 0.7, weight_decay=1e-4)
+
+
+@pytest.mark.parametrize("task", COMPOSITION_TASKS, ids=lambda t: t["name"])
+@pytest.mark.parametrize("name", ["adam", "ga2025", "lion"])
+def test_a_members_result_does_not_depend_on_the_unit_it_trains_in(two_threads, task, name):
+    from evolveopt.evaluation.runner import run_unit
+
+    genome, other = evolveopt.load_genome(name), evolveopt.load_genome("sgd")
+    neighbour = same_structure_neighbour(genome)
+    built = make_task(task)
+    alone = run_unit(built, [genome], [0], 12).results[0]
+    pair = run_unit(built, [genome, neighbour], [0, 0], 12).results[0]
+    five = run_unit(built, [other, neighbour, genome, neighbour, genome], [3, 1, 0, 2, 4], 12).results[2]
+    assert not alone.diverged
+    assert alone == pair == five
+
+
+def test_a_cached_result_is_the_bits_training_it_again_in_another_unit_gives(two_threads):
+    task = COMPOSITION_TASKS[0]
+    cache = ResultCache()
+    alone = evaluate([ADAM], [task], 12, [0], cache=cache).results[0][0][0]
+    crowd = [ADAM, same_structure_neighbour(ADAM), evolveopt.load_genome("lion")]
+    cached = evaluate(crowd, [task], 12, [0], cache=cache)
+    afresh = evaluate(crowd, [task], 12, [0], cache=ResultCache())
+    assert cached.cache_hits == 1 and afresh.cache_hits == 0
+    assert cached.results[0][0][0] == afresh.results[0][0][0] == alone
+    assert cached.results == afresh.results

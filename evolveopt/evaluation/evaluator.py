@@ -99,9 +99,8 @@ def plan_units(genomes: Sequence[Genome], tasks: Sequence[Any], budget: int, see
     """Per task (a spec or a Task), every (genome, seed) member sorted by structure, cut into units of ``max_members``;
     units whose members are all in ``skip`` are dropped.
 
-    Units are cut before cached members are left out, so a member always trains beside the same
-    members at the same position: vectorized kernels round the tail of a tensor differently from
-    its body, and this keeps every result bit-for-bit the same however much was cached before.
+    Units are cut before cached members are left out, so the units of a call are the same however
+    much was cached before (a member's result does not depend on its unit anyway: ``runner.py``).
     """
     from evolveopt.tasks import make_task
 

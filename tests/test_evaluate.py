@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
 
 import evolveopt
 from evolveopt.evaluation import ResultCache, evaluate
+from evolveopt.evaluation.results import MemberResult
 from evolveopt.evaluation.halving import halving_cost, rung_budgets, successive_halving
 from evolveopt.evaluation.runner import train_population
 from evolveopt.evaluation.scorer import FitnessScorer, FitnessSettings
@@ -262,3 +264,148 @@ def test_try_trains_on_exactly_the_digits_mlp_tasks_data():
     run = make_task("digits_mlp").start([0])
     for mine, task in zip(digits_split(), (run.x_train, run.y_train, run.x_test, run.y_test)):
         assert torch.equal(mine, task)
+
+
+# ----------------------------------------------------------------------------- cache keys
+
+
+def test_a_result_computed_under_another_torch_is_never_read_back(monkeypatch):
+    cache = ResultCache()
+    first = evaluate([ADAM], ["nqm"], 5, [0], cache=cache)
+    assert evaluate([ADAM], ["nqm"], 5, [0], cache=cache).cache_hits == 1
+    monkeypatch.setattr(torch, "__version__", "0.0.1+other")  # only the version string the key reads
+    again = evaluate([ADAM], ["nqm"], 5, [0], cache=cache)
+    assert again.cache_hits == 0 and again.cache_misses == 1
+    assert again.results == first.results
+
+
+@pytest.mark.parametrize("task_class", ["char_lm", "char_rnn"])
+def test_the_result_key_holds_a_digest_of_the_text_a_task_trains_on(task_class):
+    import hashlib
+
+    from evolveopt.evaluation.cache import result_key
+    from evolveopt.tasks import TASKS
+
+    class OtherText(TASKS[task_class]):
+        def text(self) -> str:
+            return "the same task over another text, as another Python release might ship it\n" * 40
+
+    shipped, other = TASKS[task_class](), OtherText()
+    assert shipped.spec == other.spec
+    assert other.data_digest() == hashlib.sha256(other.text().encode("utf-8")).hexdigest()
+    assert shipped.data_digest() == hashlib.sha256(shipped.text().encode("utf-8")).hexdigest()
+    genome = evolveopt.genome_hash(ADAM)
+    assert result_key(genome, shipped, 10, 0) != result_key(genome, other, 10, 0)
+    assert result_key(genome, shipped, 10, 0) == result_key(genome, TASKS[task_class](), 10, 0)
+
+
+def test_an_adam_genome_in_the_working_directory_is_the_baseline_and_is_never_mixed_with_the_bundled_one(
+        tmp_path, monkeypatch):
+    from evolveopt.evaluation.fitness import tune_adam
+
+    cache = ResultCache()
+    bundled = tune_adam({"name": "nqm"}, 10, [0], cache, grid=(1e-2, 1e-1))
+    (tmp_path / "genomes").mkdir()
+    (tmp_path / "genomes" / "adam.yaml").write_text(
+        (evolveopt.genome.io.bundled_genome_dir() / "adam.yaml").read_text().replace("beta2: 0.999", "beta2: 0.9"))
+    monkeypatch.chdir(tmp_path)
+    assert evolveopt.load_genome("adam") == ADAM.with_genes(beta2=0.9)  # ./genomes comes before the bundled set
+    local = tune_adam({"name": "nqm"}, 10, [0], cache, grid=(1e-2, 1e-1))
+    assert local.losses != bundled.losses
+    grid = evaluate([ADAM.with_genes(beta2=0.9, lr=lr) for lr in (1e-2, 1e-1)], ["nqm"], 10, [0])
+    assert local.losses == {0: grid.results[(1e-2, 1e-1).index(local.lr)][0][0].ema_loss}
+
+
+# ----------------------------------------------------------------------------- a damaged cache file
+
+DAMAGES = {
+    "random bytes over the whole file": lambda f, size: f.write(os.urandom(size)),
+    "random bytes over some pages": lambda f, size: (f.seek(size // 3), f.write(os.urandom(3 * 4096))),
+    "truncated to half": lambda f, size: f.truncate(size // 2),
+    "truncated to its header": lambda f, size: f.truncate(100),
+}
+
+
+def filled_cache(path, entries=3000):
+    cache = ResultCache(path)
+    cache.put_many({f"key {i}": MemberResult(1.0 + i, 2.0, curve=[0.5] * 32) for i in range(entries)})
+    cache.put_record("baseline", {"lr": 0.01})
+    cache.close()
+    return path.stat().st_size
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_a_damaged_cache_file_is_moved_aside_and_an_empty_cache_starts(tmp_path, capsys, damage):
+    path = tmp_path / "cache.sqlite"
+    for n in (1, 2):  # a second damage goes to the next free name
+        size = filled_cache(path)
+        assert len(ResultCache(path).get_many([f"key {i}" for i in range(3000)])) == 3000
+        with open(path, "r+b") as f:
+            DAMAGES[damage](f, size)
+        damaged = path.read_bytes()
+        cache = ResultCache(path)
+        warning = capsys.readouterr().err
+        assert warning.count("\n") == 1 and f"warning: {path}: damaged evaluation cache" in warning
+        assert f"moved to {path}.corrupt-{n}," in warning
+        assert (tmp_path / f"cache.sqlite.corrupt-{n}").read_bytes() == damaged
+        assert cache.get_many(["key 0"]) == {} and cache.get_record("baseline") is None
+        cache.put_many({"key 0": MemberResult(1.0, 2.0)})
+        cache.close()
+        assert ResultCache(path).get_many(["key 0"]) == {"key 0": MemberResult(1.0, 2.0)}
+        assert capsys.readouterr().err == ""
+        path.unlink()
+
+
+def test_a_cache_that_cannot_be_opened_is_still_one_clear_error(tmp_path):
+    from evolveopt.errors import EvolveOptError
+
+    with pytest.raises(EvolveOptError, match=r"not a usable evaluation cache \(unable to open"):
+        ResultCache(tmp_path / "no such folder" / "cache.sqlite")
+    assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- results do not depend on the unit
+
+COMPOSITION_TASKS = [{"name": "digits_mlp", "hidden": 30}, {"name": "nqm"},
+                     {"name": "large_batch", "width": 32, "depth": 1, "batch_size": 1024}]
+
+
+@pytest.fixture
+def two_threads():
+    """Two CPU threads: a one-member stack then takes torch's threaded single-GEMM path."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+def same_structure_neighbour(genome):
+    """Another learning rate, and weight decay where ``genome`` has none (a shared zero gene)."""
+    return genome.with_genes(lr=genome.genes["lr"] * 0.7, weight_decay=1e-4)
+
+
+@pytest.mark.parametrize("task", COMPOSITION_TASKS, ids=lambda t: t["name"])
+@pytest.mark.parametrize("name", ["adam", "ga2025", "lion"])
+def test_a_members_result_does_not_depend_on_the_unit_it_trains_in(two_threads, task, name):
+    from evolveopt.evaluation.runner import run_unit
+
+    genome, other = evolveopt.load_genome(name), evolveopt.load_genome("sgd")
+    neighbour = same_structure_neighbour(genome)
+    built = make_task(task)
+    alone = run_unit(built, [genome], [0], 12).results[0]
+    pair = run_unit(built, [genome, neighbour], [0, 0], 12).results[0]
+    five = run_unit(built, [other, neighbour, genome, neighbour, genome], [3, 1, 0, 2, 4], 12).results[2]
+    assert not alone.diverged
+    assert alone == pair == five
+
+
+def test_a_cached_result_is_the_bits_training_it_again_in_another_unit_gives(two_threads):
+    task = COMPOSITION_TASKS[0]
+    cache = ResultCache()
+    alone = evaluate([ADAM], [task], 12, [0], cache=cache).results[0][0][0]
+    crowd = [ADAM, same_structure_neighbour(ADAM), evolveopt.load_genome("lion")]
+    cached = evaluate(crowd, [task], 12, [0], cache=cache)
+    afresh = evaluate(crowd, [task], 12, [0], cache=ResultCache())
+    assert cached.cache_hits == 1 and afresh.cache_hits == 0
+    assert cached.results[0][0][0] == afresh.results[0][0][0] == alone
+    assert cached.results == afresh.results

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -512,3 +513,61 @@ def test_the_run_lock_is_atomic_one_of_racing_processes_gets_it(tmp_path):
     rundir.lock()
     assert rundir.file("run.lock").read_text() == str(os.getpid())
     rundir.unlock()
+
+
+def test_resume_and_report_of_a_finished_run_start_an_empty_cache_over_a_damaged_one(tmp_path, capsys):
+    start_run(load_config(tiny_config(tmp_path)), tmp_path / "run", progress=False)
+    run, cache = tmp_path / "run", tmp_path / "run" / "cache.sqlite"
+    before = run_files(run)
+    for n, command in enumerate((["resume", str(run)], ["report", str(run), "--checkup-seeds", "0"]), start=1):
+        gc.collect()  # closes the last command's cache connection, which folds its WAL into the file, as an exit does
+        assert not (run / "cache.sqlite-wal").exists()
+        cache.write_bytes(os.urandom(cache.stat().st_size))
+        capsys.readouterr()
+        assert main(command) == 0
+        err = capsys.readouterr().err
+        assert f"warning: {cache}: damaged evaluation cache (file is not a database); moved to {cache}.corrupt-{n}," in err
+        assert (run / f"cache.sqlite.corrupt-{n}").exists()
+    assert (run / "report" / "report.md").exists()
+    assert run_files(run) == before
+
+
+@pytest.mark.parametrize("cache", ["warm", "cold"])
+def test_resume_with_a_warm_or_a_cold_cache_equals_an_uninterrupted_run(tmp_path, cache):
+    """Redoing the last generation from the previous checkpoint reads its results from the cache
+    (warm) or trains them again in that generation's units (cold: elites and promoted members then
+    train beside other members than when they were first cached); the files are the same bytes."""
+    config = load_config(tiny_config(tmp_path, **{"search.generations": 4}))
+    start_run(config, tmp_path / "whole", progress=False)
+    run = tmp_path / "run"
+    start_run(config, run, progress=False)
+    (run / "checkpoint.json").write_text("{}")  # damaged: resume redoes generation 3 from checkpoint.prev.json
+    if cache == "cold":
+        gc.collect()
+        for path in run.glob("cache.sqlite*"):
+            path.unlink()
+    resume_run(run, progress=False)
+    assert run_files(run) == run_files(tmp_path / "whole")
+
+
+def test_results_a_run_cached_equal_the_same_genomes_trained_afresh_in_other_units(tmp_path):
+    """What a cache hands out is what training would give: the run's full-budget members, each
+    trained beside its own generation's members, trained again beside each other and a neighbour
+    of their structure with another learning rate."""
+    from evolveopt.evaluation.cache import ResultCache
+    from evolveopt.evaluation.scorer import FitnessScorer, FitnessSettings
+    from evolveopt.genome.schema import parse_genome
+
+    run = tmp_path / "run"
+    start_run(load_config(tiny_config(tmp_path)), run, progress=False)
+    individuals = [ind for path in sorted((run / "population").iterdir())
+                   for ind in json.loads(path.read_text())["individuals"] if ind["fitness"][0] == 2]  # the last rung
+    genomes = [parse_genome(ind["genome"]) for ind in individuals]
+    settings = FitnessSettings(tasks=TINY["fitness"]["tasks"], budget=TINY["fitness"]["budget"], seeds=[0], rungs=1)
+    warm = FitnessScorer(settings, ResultCache(run / "cache.sqlite"))
+    cold = FitnessScorer(settings, ResultCache())
+    neighbours = [g.with_genes(lr=g.genes["lr"] / 2) for g in genomes]
+    from_cache, afresh = warm.score(genomes), cold.score(genomes + neighbours)[:len(genomes)]
+    assert len(genomes) >= 3 and warm.stats.cache_misses == 0 and cold.stats.cache_hits == 0
+    assert [f.fitness for f in from_cache] == [f.fitness for f in afresh] == [ind["fitness"][1] for ind in individuals]
+    assert [f.to_json() for f in from_cache] == [f.to_json() for f in afresh]

@@ -33,22 +33,28 @@ def stack_genes(genomes: Sequence[Genome], device: torch.device | str = "cpu",
     return {n: torch.tensor([g.genes[n] for g in genomes], dtype=dtype, device=device) for n in names}
 
 
-def _uniform_as_float(values: Tensor) -> Tensor | float:
+def _uniform_as_float(values: Tensor, zero_only: bool = False) -> Tensor | float:
     """A gene every member shares becomes a Python float: the rule then skips zero terms and uses
-    fused scalar kernels for it (checked once here, never per step)."""
+    fused scalar kernels for it (checked once here, never per step). With ``zero_only`` only a
+    gene every member has at 0 does: skipping its term gives the bits computing it with zeros
+    gives, so a member rounds the same whatever its neighbours' genes (floats and tensors round
+    differently; evaluation needs results that do not depend on a unit's composition)."""
     first = values.reshape(-1)[0]
+    if zero_only and float(first) != 0.0:
+        return values
     return float(first) if bool((values == first).all()) else values
 
 
 class PopulationOptimizer:
-    """Steps P stacked models, member i with genes ``{name: genes[name][i]}``."""
+    """Steps P stacked models, member i with genes ``{name: genes[name][i]}``; ``shared_floats``:
+    see :func:`_uniform_as_float` (False: only shared zeros become floats)."""
 
     def __init__(self, genome: Genome, params: Sequence[Tensor], genes: Mapping[str, Tensor],
-                 total_steps: int | None = None):
+                 total_steps: int | None = None, shared_floats: bool = True):
         self.rule = Rule(genome)
         self.genome = genome
         self.params = list(params)
-        self.genes = {name: _uniform_as_float(values) for name, values in genes.items()}
+        self.genes = {name: _uniform_as_float(values, zero_only=not shared_floats) for name, values in genes.items()}
         self.members = self.params[0].shape[0]
         self.total_steps = total_steps
         if genome.schedule.needs_horizon and total_steps is None:

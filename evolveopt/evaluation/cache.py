@@ -1,45 +1,105 @@
 """A persistent cache of member results (SQLite; one row per genome × task × budget × seed).
 
-Keys hash (canonical genome hash, task spec, budget, seed, evaluator version), so a repeated
-genome, an elite carried to the next generation, or a rerun of a run is never trained twice.
+A key hashes everything a result depends on: the canonical genome hash, the task spec, a digest
+of the task's data (text that ships with Python changes with its patch release), the budget,
+the seed, the evaluator version and torch's version. So a repeated genome, an elite carried to
+the next generation, or a rerun of a run is never trained twice, and a result is never read
+back where it would not be recomputed the same.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
+import sys
 import threading
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
+
+import torch
 
 from evolveopt.errors import EvolveOptError
 from evolveopt.evaluation.results import MemberResult
 
-EVALUATOR_VERSION = 3  # bump when anything changes what a result means (2: loss curves; 3: errors are never results)
+if TYPE_CHECKING:
+    from evolveopt.tasks import Task
+
+EVALUATOR_VERSION = 4  # bump when anything changes what a result means
+# (2: loss curves; 3: errors are never results; 4: keys hold torch's version, data digests, the baseline's hash)
 
 
-def result_key(genome_hash: str, task_spec: dict[str, Any], budget: int, seed: int) -> str:
-    text = json.dumps({"genome": genome_hash, "task": task_spec, "budget": budget, "seed": seed,
-                       "evaluator": EVALUATOR_VERSION}, sort_keys=True)
+def code_versions() -> dict[str, Any]:
+    """What every key holds besides its own parts: the evaluator's version and torch's (read at
+    each call, so a key always names the torch that computes it)."""
+    return {"evaluator": EVALUATOR_VERSION, "torch": str(torch.__version__)}
+
+
+def digest_key(parts: dict[str, Any]) -> str:
+    """sha256 of ``parts`` and :func:`code_versions` as canonical JSON."""
+    text = json.dumps({**parts, **code_versions()}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def task_identity(task: "Task") -> dict[str, Any]:
+    """The task's spec and the digest of its data."""
+    return {"task": task.spec, "data": task.data_digest()}
+
+
+def result_key(genome_hash: str, task: "Task", budget: int, seed: int) -> str:
+    return digest_key({"genome": genome_hash, **task_identity(task), "budget": budget, "seed": seed})
+
+
 class ResultCache:
-    """Key → :class:`MemberResult` in an SQLite file (``":memory:"`` for a throwaway cache)."""
+    """Key → :class:`MemberResult` in an SQLite file (``":memory:"`` for a throwaway cache).
+
+    The cache is derived data: a file that is damaged (not SQLite, truncated, pages overwritten:
+    an error on open or a failed ``PRAGMA quick_check``) is moved aside to ``NAME.corrupt-N``
+    with its WAL, with a one-line warning on stderr, and an empty cache starts in its place.
+    """
 
     def __init__(self, path: str | Path = ":memory:"):
         self.path = str(path)
         try:
-            self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
-            self._db.execute("PRAGMA journal_mode=WAL") if self.path != ":memory:" else None
-            self._db.execute("CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            self._db.execute("CREATE TABLE IF NOT EXISTS records (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            self._db.commit()
-        except sqlite3.DatabaseError as exc:
+            self._db = self._open()
+        except sqlite3.OperationalError as exc:  # cannot open, locked, read-only: not the file's fault
             raise EvolveOptError(f"{self.path}: not a usable evaluation cache ({exc})") from None
+        except sqlite3.DatabaseError as exc:  # SQLITE_CORRUPT, SQLITE_NOTADB, a failed quick_check
+            moved = self._move_aside()
+            reason = " ".join(str(exc).split())[:200]  # quick_check reports over several lines
+            print(f"warning: {self.path}: damaged evaluation cache ({reason}); moved to {moved}, starting an empty one",
+                  file=sys.stderr)
+            self._db = self._open()
         self._lock = threading.Lock()
         self.hits = self.misses = 0
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+        try:
+            if self.path != ":memory:":
+                db.execute("PRAGMA journal_mode=WAL")
+                problems = [row[0] for row in db.execute("PRAGMA quick_check").fetchall()]
+                if problems != ["ok"]:
+                    raise sqlite3.DatabaseError(f"quick_check: {problems[0]}")
+            db.execute("CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            db.execute("CREATE TABLE IF NOT EXISTS records (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            db.commit()
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _move_aside(self) -> str:
+        """Rename the file (and its -wal/-shm, which belong to it) to the first free ``.corrupt-N``."""
+        n = 1
+        while any(os.path.exists(f"{self.path}.corrupt-{n}{suffix}") for suffix in ("", "-wal", "-shm")):
+            n += 1
+        target = f"{self.path}.corrupt-{n}"
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(self.path + suffix):
+                os.replace(self.path + suffix, target + suffix)
+        return target
 
     def get_many(self, keys: Iterable[str]) -> dict[str, MemberResult]:
         keys = list(keys)

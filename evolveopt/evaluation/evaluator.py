@@ -170,27 +170,29 @@ class Evaluation:
 
 
 
-def plan_units(genomes: Sequence[Genome], tasks: Sequence[dict[str, Any]], budget: int, seeds: Sequence[int],
+def plan_units(genomes: Sequence[Genome], tasks: Sequence[Any], budget: int, seeds: Sequence[int],
                skip: set[str], max_members: int) -> list[WorkUnit]:
-    """Per task, every (genome, seed) member sorted by structure, cut into units of ``max_members``;
+    """Per task (a spec or a Task), every (genome, seed) member sorted by structure, cut into units of ``max_members``;
     units whose members are all in ``skip`` are dropped.
 
-    Units are cut before cached members are left out, so a member always trains beside the same
-    members at the same position: vectorized kernels round the tail of a tensor differently from
-    its body, and this keeps every result bit-for-bit the same however much was cached before.
+    Units are cut before cached members are left out, so the units of a call are the same however
+    much was cached before (a member's result does not depend on its unit anyway: ``runner.py``).
     """
+    from evolveopt.tasks import make_task
+
     unique: dict[str, Genome] = {}
     for genome in genomes:
         unique.setdefault(genome_hash(genome), canonical_form(genome))
     ordered = sorted(unique.items(), key=lambda item: (structure_key(item[1]), item[0]))
     units = []
     for task in tasks:
-        members = [(to_dict(g), s, result_key(h, task, budget, s)) for h, g in ordered for s in seeds]
+        built = make_task(task)
+        members = [(to_dict(g), s, result_key(h, built, budget, s)) for h, g in ordered for s in seeds]
         for start in range(0, len(members), max_members):
             chunk = members[start:start + max_members]
             if all(key in skip for _, _, key in chunk):
                 continue
-            units.append(WorkUnit(task=task, budget=budget, genomes=tuple(g for g, _, _ in chunk),
+            units.append(WorkUnit(task=built.spec, budget=budget, genomes=tuple(g for g, _, _ in chunk),
                                   seeds=tuple(s for _, s, _ in chunk), keys=tuple(k for _, _, k in chunk)))
     return units
 
@@ -203,23 +205,24 @@ def evaluate(genomes: Sequence[Genome | str], tasks: Sequence[Any], budget: int,
     from evolveopt.tasks import make_task
 
     genomes = [load_genome(g) for g in genomes]
-    specs = [make_task(t).spec for t in tasks]
-    labels = [make_task(t).label for t in tasks]
+    built = [make_task(t) for t in tasks]
+    specs = [t.spec for t in built]
+    labels = [t.label for t in built]
     if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
         raise EvaluationError(f"budget must be a positive number of steps, got {budget!r}")
     if not seeds:
         raise EvaluationError("at least one seed is needed")
     cache = cache if cache is not None else ResultCache()
     start = time.perf_counter()
-    keys = [[[result_key(genome_hash(g), t, budget, s) for s in seeds] for t in specs] for g in genomes]
+    keys = [[[result_key(genome_hash(g), t, budget, s) for s in seeds] for t in built] for g in genomes]
     wanted = {k for per_genome in keys for per_task in per_genome for k in per_task}
     hits_before, misses_before = cache.hits, cache.misses
     known = cache.get_many(wanted)
     if max_members is None:
         from evolveopt.evaluation.sizing import default_max_members
 
-        max_members = min(default_max_members(make_task(spec), genomes, device) for spec in specs) if specs else 1
-    units = plan_units(genomes, specs, budget, seeds, skip=set(known), max_members=max_members)
+        max_members = min(default_max_members(t, genomes, device) for t in built) if built else 1
+    units = plan_units(genomes, built, budget, seeds, skip=set(known), max_members=max_members)
     run = map_units or (lambda us, on_done: run_here(us, device, on_done=on_done))
     member_steps, threads = 0, set()
     for outcome in run(units, on_done=_UnitCounter(units, specs, labels, budget, on_progress)):

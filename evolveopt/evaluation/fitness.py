@@ -19,17 +19,17 @@ docs/fitness.md has a worked example.
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from evolveopt.errors import EvaluationError
-from evolveopt.evaluation.cache import EVALUATOR_VERSION, ResultCache
+from evolveopt.evaluation.cache import ResultCache, digest_key, task_identity
 from evolveopt.evaluation.evaluator import Evaluation, evaluate
 from evolveopt.evaluation.results import MemberResult
-from evolveopt.genome import load_genome
+from evolveopt.genome import genome_hash, load_genome
+from evolveopt.genome.schema import Genome
 
 ADAM_LR_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 WORST_SCORE = -5.0
@@ -84,15 +84,29 @@ def failure_reason(result: MemberResult) -> str:
     return ""
 
 
+def baseline_genome() -> Genome:
+    """The Adam that fitness is measured against: the genome named ``adam``, resolved like every
+    named genome ($EVOLVEOPT_GENOMES, then ./genomes, then the bundled set), so a genomes/adam.yaml
+    in the working directory replaces the bundled one; baseline keys hold its hash."""
+    return load_genome("adam")
+
+
+def baseline_key(task: dict[str, Any], budget: int, seeds: Sequence[int], grid: Sequence[float], adam: Genome) -> str:
+    """The cache record key of a tuned baseline: task and its data, budget, seeds, grid, the Adam genome's hash."""
+    from evolveopt.tasks import make_task
+
+    return digest_key({"baseline": genome_hash(adam), **task_identity(make_task(task)), "budget": budget,
+                       "seeds": list(seeds), "grid": list(grid)})
+
+
 def tune_adam(task: dict[str, Any], budget: int, seeds: Sequence[int], cache: ResultCache,
               run: Callable[..., Evaluation] = evaluate, grid: Sequence[float] = ADAM_LR_GRID) -> Baseline:
-    """Adam's best learning rate on ``grid`` (lowest median EMA loss over seeds, among the rates
-    that diverged on no seed); cached."""
-    key = json.dumps({"baseline": "adam", "task": task, "budget": budget, "seeds": list(seeds),
-                      "grid": list(grid), "evaluator": EVALUATOR_VERSION}, sort_keys=True)
+    """Adam's (:func:`baseline_genome`) best learning rate on ``grid`` (lowest median EMA loss over
+    seeds, among the rates that diverged on no seed); cached."""
+    adam = baseline_genome()
+    key = baseline_key(task, budget, seeds, grid, adam)
     record = cache.get_record(key)
     if record is None or not all(math.isfinite(v) for v in record["losses"].values()):  # NaN: an older version
-        adam = load_genome("adam")
         candidates = [adam.with_genes(lr=lr) for lr in grid]
         evaluation = run(candidates, [task], budget, seeds, cache=cache)
         medians = [math.inf if any(r.diverged or not math.isfinite(r.ema_loss) for r in per_genome[0])

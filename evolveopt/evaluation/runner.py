@@ -6,6 +6,19 @@ is updated by one :class:`PopulationOptimizer` over its slice of the stacked ten
 sort members by structure, so a unit has few such groups). A member whose loss turns NaN/Inf,
 or exceeds ``explode_factor`` × its first loss after the warm-up, is frozen at its last
 parameters and marked diverged; the other members are untouched (every operation is per member).
+
+A member's result is bit-for-bit the same whatever unit it trains in (its size, its other
+members, its position; ``tests/test_evaluate.py``), so a cache may hand out a result computed
+in any unit. Two things would break that, and are avoided:
+
+* genes as Python floats where every member of a group shares them (the fast path of
+  :class:`PopulationOptimizer`) round differently from the ``[P]`` gene tensors of a mixed
+  group; only shared zeros become floats here (skipping a zero term is exact);
+* torch multiplies a stack of one matrix with its plain GEMM (multithreaded: long reductions
+  such as weight gradients over a large batch are split across threads; and for some shapes
+  another kernel even on one thread) and a stack of two or more with the batched GEMM, one
+  matrix per thread; a unit of one member therefore trains beside a twin (the same genome and
+  seed), whose result is dropped.
 """
 
 from __future__ import annotations
@@ -55,10 +68,13 @@ def run_unit(task: Task, genomes: Sequence[Genome], seeds: Sequence[int], budget
              device: torch.device | str = "cpu", policy: DivergencePolicy = DivergencePolicy()) -> UnitOutcome:
     """Train ``genomes[i]`` from ``seeds[i]`` for ``budget`` steps, all at once; one result each."""
     start = time.perf_counter()
+    members = len(genomes)
+    if members == 1:  # a stack of one takes another GEMM than a stack of two (module docstring): add a twin
+        genomes, seeds = [genomes[0]] * 2, [seeds[0]] * 2
     run, tracker = train_population(task, genomes, seeds, budget, device, policy)
     heldout = {k: v.detach().cpu().tolist() for k, v in run.heldout().items()}
-    return UnitOutcome(tracker.results(heldout, tracker.moved(run.params)),
-                       member_steps=len(genomes) * tracker.steps_run, seconds=time.perf_counter() - start)
+    return UnitOutcome(tracker.results(heldout, tracker.moved(run.params))[:members],
+                       member_steps=members * tracker.steps_run, seconds=time.perf_counter() - start)
 
 
 def train_population(task: Task, genomes: Sequence[Genome], seeds: Sequence[int], budget: int,
@@ -99,7 +115,7 @@ def _group_optimizer(genomes: Sequence[Genome], params: list[torch.Tensor], a: i
     views = [p.detach()[a:b] for p in params]
     genes = {n: torch.tensor([g.genes[n] for g in genomes], dtype=views[0].dtype, device=views[0].device)
              for n in genomes[0].genes}
-    return PopulationOptimizer(genomes[0], views, genes, total_steps=budget)
+    return PopulationOptimizer(genomes[0], views, genes, total_steps=budget, shared_floats=False)
 
 
 class _Tracker:

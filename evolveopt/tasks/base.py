@@ -93,6 +93,11 @@ class Task(ABC):
     def start(self, seeds: Sequence[int], device: torch.device | str = "cpu") -> TaskRun:
         """Fresh stacked models for ``seeds`` (one member each), with their data order."""
 
+    def data_digest(self) -> str:
+        """A digest of the data this task trains on, for cache keys: a result depends on it as on the
+        spec. Empty for data drawn from the seeds by torch (the keys hold torch's version)."""
+        return ""
+
     def param_count(self) -> int:
         """Trainable parameters of one member."""
         run = self.start([0])

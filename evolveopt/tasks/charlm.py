@@ -26,7 +26,7 @@ from evolveopt.tasks.base import (
     Option, Task, TaskError, TaskRun, cross_entropy_per_member, generator, stack_members, stacked_embedding,
     stacked_linear,
 )
-from evolveopt.tasks.datasets import VOCAB_SIZE, pydoc_topics_ids, split_text
+from evolveopt.tasks.datasets import VOCAB_SIZE, pydoc_topics_text, split_text, text_digest, text_ids
 from evolveopt.tasks.noise import member_randint, seed_tensor
 
 HELDOUT_WINDOWS = 64
@@ -149,9 +149,16 @@ class CharLM(Task):
             raise TaskError(f"task '{self.name}': option heads={self.options['heads']} must divide "
                             f"d_model={self.options['d_model']}")
 
+    def text(self) -> str:
+        """The text it models (a subclass may model another)."""
+        return pydoc_topics_text()
+
+    def data_digest(self) -> str:
+        return text_digest(self.text())
+
     def start(self, seeds: Sequence[int], device: torch.device | str = "cpu") -> CharLMRun:
         o = self.options
-        train, heldout = (t.to(device) for t in split_text(pydoc_topics_ids()))
+        train, heldout = (t.to(device) for t in split_text(text_ids(self.text())))
         params = stack_members([transformer_init(generator(s), o["d_model"], o["layers"], o["context"])
                                 for s in seeds], device)
         heldout_windows = fixed_windows(heldout, HELDOUT_WINDOWS, o["context"])

@@ -23,7 +23,7 @@ from evolveopt.tasks.base import (
     Option, Task, TaskRun, generator, linear_init, stack_members, stacked_embedding, stacked_linear,
 )
 from evolveopt.tasks.charlm import HELDOUT_WINDOWS, fixed_windows, next_token_loss, sample_windows
-from evolveopt.tasks.datasets import VOCAB_SIZE, split_text, stdlib_source_ids
+from evolveopt.tasks.datasets import VOCAB_SIZE, split_text, stdlib_source_text, text_digest, text_ids
 from evolveopt.tasks.noise import seed_tensor
 
 SOURCE_MODULES = ("argparse", "textwrap", "json.decoder", "string")
@@ -76,9 +76,16 @@ class CharRNN(Task):
         "batch_size": Option(16, (1, 4096), numeric=True, doc="windows per step"),
     }
 
+    def text(self) -> str:
+        """The text it models (a subclass may model another)."""
+        return stdlib_source_text(SOURCE_MODULES)
+
+    def data_digest(self) -> str:
+        return text_digest(self.text())
+
     def start(self, seeds: Sequence[int], device: torch.device | str = "cpu") -> CharRNNRun:
         o = self.options
-        train, heldout = (t.to(device) for t in split_text(stdlib_source_ids(SOURCE_MODULES)))
+        train, heldout = (t.to(device) for t in split_text(text_ids(self.text())))
         params = stack_members([rnn_init(generator(s), o["hidden"]) for s in seeds], device)
         heldout_windows = fixed_windows(heldout, HELDOUT_WINDOWS, o["context"])
         return CharRNNRun(params, seed_tensor(seeds, device), train, heldout_windows, o["batch_size"], o["context"])

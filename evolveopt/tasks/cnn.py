@@ -21,7 +21,7 @@ from torch import Tensor
 from evolveopt.tasks.base import (
     Option, Task, epoch_orders, generator, linear_init, stack_members, stacked_linear,
 )
-from evolveopt.tasks.datasets import sklearn_classification
+from evolveopt.tasks.datasets import sklearn_classification, sklearn_digest
 from evolveopt.tasks.mlp import ClassifierRun
 
 IMAGE_SIZE = 8
@@ -90,6 +90,9 @@ class DigitsCNN(Task):
     name = "digits_cnn"
     description = "conv(1-8)-GN-ReLU-conv(8-16,s2)-GN-ReLU-linear on 8x8 digits, batch 128"
     OPTIONS = {"batch_size": Option(128, (1, 4096), numeric=True, doc="examples per step")}
+
+    def data_digest(self) -> str:
+        return sklearn_digest("digits")
 
     def start(self, seeds: Sequence[int], device: torch.device | str = "cpu") -> ClassifierRun:
         x_train, y_train, x_test, y_test = (t.to(device) for t in sklearn_classification("digits"))

@@ -1,9 +1,11 @@
 """Data that ships with installed packages: scikit-learn's bundled sets and Python's own text."""
 
 from __future__ import annotations
-from evolveopt.extras import optional
 
+import hashlib
 from functools import lru_cache
+
+from evolveopt.extras import optional
 
 import torch
 from torch import Tensor
@@ -51,18 +53,48 @@ def split_text(ids: Tensor, heldout_fraction: float = 0.1) -> tuple[Tensor, Tens
     return ids[:cut], ids[cut:]
 
 
+@lru_cache(maxsize=8)
+def text_ids(text: str) -> Tensor:
+    """:func:`encode_text`, once per text."""
+    return encode_text(text)
+
+
+@lru_cache(maxsize=8)
+def text_digest(text: str) -> str:
+    """sha256 of the text's UTF-8 bytes: what a result of a task trained on it depends on."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def tensors_digest(tensors: tuple[Tensor, ...]) -> str:
+    """sha256 of the tensors' dtypes, shapes and bytes."""
+    digest = hashlib.sha256()
+    for t in tensors:
+        digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        digest.update(t.contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
 @lru_cache(maxsize=None)
-def pydoc_topics_ids() -> Tensor:
-    """English prose: the values of ``pydoc_data.topics.topics`` joined (~465k characters)."""
+def sklearn_digest(name: str) -> str:
+    """:func:`tensors_digest` of :func:`sklearn_classification` (the data ships with scikit-learn)."""
+    return tensors_digest(sklearn_classification(name))
+
+
+@lru_cache(maxsize=None)
+def pydoc_topics_text() -> str:
+    """English prose: the values of ``pydoc_data.topics.topics`` joined (~465k characters).
+
+    It changes with the Python release (patch releases included), hence :func:`text_digest`.
+    """
     from pydoc_data.topics import topics
 
-    return encode_text("".join(topics.values()))
+    return "".join(topics.values())
 
 
 @lru_cache(maxsize=None)
-def stdlib_source_ids(modules: tuple[str, ...]) -> Tensor:
+def stdlib_source_text(modules: tuple[str, ...]) -> str:
     """Python source: the standard-library ``modules``' source files, read from disk and joined."""
     import importlib
     import inspect
 
-    return encode_text("".join(inspect.getsource(importlib.import_module(m)) for m in modules))
+    return "".join(inspect.getsource(importlib.import_module(m)) for m in modules)

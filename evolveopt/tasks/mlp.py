@@ -11,7 +11,7 @@ from evolveopt.tasks.base import (
     Option, Task, TaskRun, accuracy_per_member, batch_indices, cross_entropy_per_member, epoch_orders,
     generator, linear_init, stack_members, stacked_linear,
 )
-from evolveopt.tasks.datasets import sklearn_classification
+from evolveopt.tasks.datasets import sklearn_classification, sklearn_digest
 
 
 def mlp_init(gen: torch.Generator, sizes: Sequence[int]) -> list[Tensor]:
@@ -65,6 +65,9 @@ class SklearnMLP(Task):
 
     def dataset(self) -> str:
         return self.options["dataset"]
+
+    def data_digest(self) -> str:
+        return sklearn_digest(self.dataset())
 
     def sizes(self, n_in: int, n_out: int) -> list[int]:
         return [n_in] + [self.options["hidden"]] * self.options["depth"] + [n_out]

@@ -240,3 +240,13 @@ def test_activation_memory_is_measured_so_populations_are_sized_by_it():
                     for b in (4, 16))
     assert 0 < small.activation_bytes() < large.activation_bytes()
     assert member_bytes(large, [evolveopt.load_genome("adam")]) > large.activation_bytes() + 4 * large.param_count()
+
+
+def test_the_cache_key_of_a_module_task_follows_its_data():
+    from evolveopt.evaluation.cache import result_key
+
+    x, y = _data("vector")
+    first, same, other = (ModuleTask("t", _mlp, (a, y), nn.functional.cross_entropy, batch_size=8)
+                          for a in (x, x.clone(), x + 1))
+    keys = [result_key("h", t, 10, 0) for t in (first, same, other)]
+    assert keys[0] == keys[1] != keys[2]

@@ -20,6 +20,7 @@ Whether a model draws random numbers is found by one probe step under ``vmap(ran
 from __future__ import annotations
 
 import copy
+import hashlib
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -96,6 +97,16 @@ class ModuleTask(Task):
 
     def param_count(self) -> int:
         return sum(p.numel() for p in self.model(0)[0].parameters())
+
+    def data_digest(self) -> str:
+        """SHA-256 of the training and held-out tensors (computed once): new data, new cache keys."""
+        if not hasattr(self, "_digest"):
+            digest = hashlib.sha256()
+            for tensor in (*self.data, *(self.heldout_data or ())):
+                digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+                digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            self._digest = digest.hexdigest()
+        return self._digest
 
     def activation_bytes(self) -> int:
         """Bytes autograd saves for the backward of one member's step, measured once on one batch

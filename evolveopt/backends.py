@@ -224,7 +224,7 @@ class UnitActor:
 
 
 def _runtime_env() -> dict[str, Any]:
-    """Workers' environment: no usage stats, and OpenMP's passive wait set before they import torch."""
+    """Workers' environment: no usage stats, and the OpenMP settings the user set for this process."""
     return {"env_vars": {"RAY_USAGE_STATS_ENABLED": "0", **openmp_env()}}
 
 

@@ -15,7 +15,6 @@ import threading
 from typing import Callable, Sequence
 
 from evolveopt.errors import EvolveOptError
-from evolveopt.evaluation.threads import openmp_env
 
 EXIT_USAGE = 2
 
@@ -457,9 +456,6 @@ def _raise_interrupted(signum: int, frame: object) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    if "torch" not in sys.modules:  # OpenMP reads its wait policy once, when torch loads it
-        for key, value in openmp_env().items():
-            os.environ.setdefault(key, value)
     if hasattr(signal, "SIGPIPE"):  # `evolveopt show adan | head` ends quietly
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     # only the main thread may set handlers; not when started with Ctrl-C ignored

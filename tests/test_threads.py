@@ -175,7 +175,7 @@ def test_a_run_records_the_thread_counts_it_used(tmp_path):
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert [r["threads"] for r in rows] == [[1]]
     assert manifest["hardware"]["cpus_allowed"] == len(os.sched_getaffinity(0))
-    assert set(manifest["hardware"]["thread_settings"]) == {THREADS_ENV, "OMP_WAIT_POLICY"}
+    assert set(manifest["hardware"]["thread_settings"]) == {THREADS_ENV, "OMP_WAIT_POLICY", "KMP_BLOCKTIME"}
 
 
 @pytest.mark.parametrize("value, message", [("0", "0 is out of range [1, 4096]"),
@@ -197,15 +197,19 @@ def test_results_are_bit_identical_whatever_the_thread_count(task):
     assert all(other == first for other in others)
 
 
-def test_the_command_line_asks_for_a_passive_openmp_wait_unless_told_otherwise():
+def test_the_openmp_wait_policy_is_the_users_and_reaches_ray_workers(monkeypatch):
+    """evolveopt leaves OpenMP's wait policy alone (passive measured slower alone) and hands on what the user set."""
+    from evolveopt.backends import _runtime_env
+
     code = ("import os, sys; from evolveopt.cli import main; main(['show', 'adam']); "
             "print(os.environ.get('OMP_WAIT_POLICY'), file=sys.stderr)")
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stderr.split()[-1] == "PASSIVE"
-    env["OMP_WAIT_POLICY"] = "ACTIVE"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stderr.split()[-1] == "ACTIVE"
+    assert out.stderr.split()[-1] == "None"
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert "OMP_WAIT_POLICY" not in _runtime_env()["env_vars"]
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    assert _runtime_env()["env_vars"]["OMP_WAIT_POLICY"] == "PASSIVE"
 
 
 def children() -> set[int]:

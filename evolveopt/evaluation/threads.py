@@ -4,10 +4,11 @@ torch's intra-op workers (OpenMP) meet at a barrier after every parallel kernel;
 processes hold the CPUs, one descheduled worker stalls all the others, and they spin while
 they wait. Measured on 2 cores beside two busy processes: a quickstart generation took
 42-84 s instead of 2.2 s. So a unit runs as many threads as CPUs are left free (its affinity
-set, less what other processes used of it lately), and OpenMP's idle workers sleep instead of
-spinning (``OMP_WAIT_POLICY=PASSIVE``, which GNU and Intel OpenMP both read (Intel's as
-``KMP_BLOCKTIME=0``) once, when torch loads them: set it in the environment of a process before
-it imports torch; torch's thread count, unlike it, can change at any time).
+set, less what other processes used of it lately). OpenMP's wait policy stays the default:
+letting idle workers sleep (``OMP_WAIT_POLICY=PASSIVE``) made a quickstart generation alone 1.9x
+slower on 2 cores while it gained little beside busy neighbours once the thread count is right
+(``evolveopt bench neighbour``, docs/performance.md). A user who sets it (before torch loads
+OpenMP: it is read once) gets it in Ray workers too; torch's thread count can change at any time.
 
 Who decides, first that applies: ``backend.threads`` in the run's config, the environment
 variable ``EVOLVEOPT_THREADS``, then :func:`choose_threads` over a fresh sample of the load.
@@ -23,7 +24,8 @@ import time
 from evolveopt.errors import EvolveOptError
 
 THREADS_ENV = "EVOLVEOPT_THREADS"
-OPENMP_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}  # idle OpenMP workers sleep: no spinning against a neighbour
+OPENMP_ENV = ("OMP_WAIT_POLICY", "KMP_BLOCKTIME")  # OpenMP settings a user may set; passed on to workers
+PASSIVE_WAIT = {"OMP_WAIT_POLICY": "PASSIVE"}  # idle OpenMP workers sleep (measured, not the default)
 FREE_SHARE = 0.75  # a CPU counts as free when other processes leave at least this share of it
 MIN_WINDOW_S = 0.2  # shortest window of the load measurement (/proc/stat counts in 10 ms ticks)
 
@@ -62,9 +64,9 @@ def affinity() -> set[int]:
 
 
 def openmp_env(environ: dict[str, str] | None = None) -> dict[str, str]:
-    """OpenMP settings for a process about to start torch; what ``environ`` sets already wins."""
+    """The OpenMP settings ``environ`` (this process's by default) has, for workers to start with."""
     environ = os.environ if environ is None else environ
-    return {key: environ.get(key, value) for key, value in OPENMP_ENV.items()}
+    return {key: environ[key] for key in OPENMP_ENV if key in environ}
 
 
 class OtherLoad:

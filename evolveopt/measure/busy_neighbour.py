@@ -7,8 +7,9 @@ of the first; the cost is the same). Each measurement runs in a fresh process, s
 settings are read as a run would read them:
 
 * old: torch's default, as many threads as the affinity set and OpenMP's default (spinning) wait;
-* rule: evolveopt's thread count (``evolveopt/evaluation/threads.py``: the CPUs free now), default wait;
-* new: what evolveopt does, that thread count and OpenMP's passive wait.
+* new: what evolveopt does, its thread count (``evolveopt/evaluation/threads.py``: the CPUs free now)
+  and OpenMP's default wait;
+* passive: that thread count and OpenMP's passive wait (``OMP_WAIT_POLICY=PASSIVE``, opt-in).
 
 Neighbours are processes this benchmark starts: endless float32 matmuls with torch's default
 threads (as another torch job would run), stopped by their PIDs when the measurement is done.
@@ -24,9 +25,9 @@ import sys
 import time
 from dataclasses import replace
 
-from evolveopt.evaluation.threads import THREADS_ENV, affinity, openmp_env
+from evolveopt.evaluation.threads import OPENMP_ENV, PASSIVE_WAIT, THREADS_ENV, affinity
 
-POLICIES = ("old", "rule", "new")
+POLICIES = ("old", "new", "passive")
 
 
 def generation_units(config_path: str, budget: int | None = None) -> list:
@@ -53,10 +54,10 @@ def generation_units(config_path: str, budget: int | None = None) -> list:
 
 def policy_env(policy: str) -> dict[str, str]:
     """The environment a measurement process starts with under ``policy``."""
-    env = {k: v for k, v in os.environ.items() if k not in (THREADS_ENV, *openmp_env())}
+    env = {k: v for k, v in os.environ.items() if k not in (THREADS_ENV, *OPENMP_ENV)}
     if policy == "old":
         return {**env, THREADS_ENV: str(len(affinity()))}
-    return {**env, **openmp_env({})} if policy == "new" else env
+    return {**env, **PASSIVE_WAIT} if policy == "passive" else env
 
 
 def _measure(config_path: str, budget: int | None) -> dict:
@@ -86,7 +87,7 @@ def _neighbour(threads: int) -> None:
 
 def _start_neighbours(count: int, threads: int) -> list[subprocess.Popen]:
     procs = [subprocess.Popen([sys.executable, "-m", __name__, "--neighbour", str(threads)], stdout=subprocess.PIPE, text=True,
-                              env={k: v for k, v in os.environ.items() if k not in (THREADS_ENV, *openmp_env())})
+                              env={k: v for k, v in os.environ.items() if k not in (THREADS_ENV, *OPENMP_ENV)})
              for _ in range(count)]
     for proc in procs:
         proc.stdout.readline()
@@ -136,11 +137,11 @@ def run_neighbour_benchmark(neighbours: int | None = None, neighbour_threads: in
 def format_neighbour(report: dict) -> str:
     lines = [f"{report['units']} units, {report['member_steps']:,} member-steps ({report['config']}); "
              f"{report['cpus']} CPUs, {report['neighbours']} busy neighbour(s) of {report['neighbour_threads']} thread(s)",
-             f"{'policy':<6} {'threads alone':>13} {'alone s':>8} {'threads beside':>14} {'beside s':>9} {'beside/alone':>12}"]
+             f"{'policy':<7} {'threads alone':>13} {'alone s':>8} {'threads beside':>14} {'beside s':>9} {'beside/alone':>12}"]
     for r in report["rows"]:
-        lines.append(f"{r['policy']:<6} {','.join(map(str, r['threads_alone'])):>13} {r['alone_s']:>8.2f} "
+        lines.append(f"{r['policy']:<7} {','.join(map(str, r['threads_alone'])):>13} {r['alone_s']:>8.2f} "
                      f"{','.join(map(str, r['threads_beside'])):>14} {r['beside_s']:>9.2f} {r['ratio']:>11.2f}x")
-    old, new = report["rows"][0], report["rows"][-1]
+    old, new = report["rows"][0], report["rows"][1]
     lines.append(f"beside neighbours, new/old: {new['beside_s'] / old['beside_s']:.2f}x; "
                  f"alone, new/old: {new['alone_s'] / old['alone_s']:.2f}x")
     return "\n".join(lines)

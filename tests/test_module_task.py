@@ -250,3 +250,16 @@ def test_the_cache_key_of_a_module_task_follows_its_data():
                           for a in (x, x.clone(), x + 1))
     keys = [result_key("h", t, 10, 0) for t in (first, same, other)]
     assert keys[0] == keys[1] != keys[2]
+
+
+def test_benchmark_compares_optimizers_on_a_user_task(user_package, tmp_path):
+    import json
+
+    from evolveopt.cli import main
+
+    out = tmp_path / "bench"
+    assert main(["benchmark", "lion", "--task", "my_tasks:regression:width=4", "--trials", "2", "--seeds", "2",
+                 "--budget", "20", "--out", str(out)]) == 0
+    report = json.loads((out / "benchmark.json").read_text())
+    assert [t["task"] for t in report["tasks"]] == ["regression"]
+    assert set(report["tasks"][0]["optimizers"]) == {"adamw", "lion"}

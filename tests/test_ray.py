@@ -128,6 +128,19 @@ def test_an_evolution_run_on_ray_equals_the_local_run(cluster, tmp_path):
     assert run_files(tmp_path / "ray") == run_files(tmp_path / "local")
 
 
+def test_an_evolution_run_on_a_user_module_task_on_ray_equals_the_local_run(cluster, tmp_path):
+    """The installed examples' entry-point task: workers rebuild it by name; same populations and lineage."""
+    from test_evolve import run_files, tiny_config
+
+    from evolveopt.evolution import start_run
+
+    config = tiny_config(tmp_path, **{"fitness.tasks": [{"name": "digits_cnn_bn", "channels": 4}],
+                                      "fitness.budget": 12})
+    start_run(load_config(config), tmp_path / "local", progress=False)
+    start_run(load_config(config, ["backend.kind=ray"]), tmp_path / "ray", progress=False)
+    assert run_files(tmp_path / "ray") == run_files(tmp_path / "local")
+
+
 def test_the_benchmark_runs_on_ray_with_the_same_results(cluster):
     from evolveopt.benchmark.protocol import BenchmarkSettings, run_benchmark
 

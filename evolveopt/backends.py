@@ -114,9 +114,8 @@ class RayBackend:
 
     def map_units(self, units: Sequence[WorkUnit], on_done: OnDone | None = None) -> list[UnitResult]:
         """Results in the order of ``units``; ``on_done(index)`` as each one comes in (``ray.wait``).
-        Units run as planned, never re-cut: a member's result depends on its neighbours' count
-        through kernel rounding, so re-cutting would break "same fitness as in-process"
-        (``max_members`` sets the grain on every backend)."""
+        The grain was planned for this backend's ``workers`` (``evaluator.plan_units``); a member's
+        result does not depend on it, so Ray gives the fitness the in-process backend gives."""
         results: dict[int, UnitResult] = {}
         done = on_done or (lambda index: None)
         if self.use_gpus:

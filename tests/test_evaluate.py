@@ -409,3 +409,20 @@ def test_a_cached_result_is_the_bits_training_it_again_in_another_unit_gives(two
     assert cached.cache_hits == 1 and afresh.cache_hits == 0
     assert cached.results[0][0][0] == afresh.results[0][0][0] == alone
     assert cached.results == afresh.results
+
+
+def test_units_are_cut_to_keep_every_worker_busy_and_the_grain_changes_no_result():
+    """Issue 14.1: a unit grain that follows the workers, with results bit for bit those of one big unit."""
+    import json
+
+    from evolveopt.evaluation.evaluator import plan_units, unit_count
+
+    assert [unit_count(m, 256, u) for m, u in [(20, 1), (20, 4), (5, 4), (3, 8), (1, 8), (600, 1)]] == [1, 4, 2, 1, 1, 3]
+    genomes = [evolveopt.load_genome(n) for n in ("adam", "lion", "adan", "sgd", "ga2025")]
+    tasks = ["digits_mlp", "nqm"]
+    grains = {w: plan_units(genomes, tasks, 12, [0, 1], skip=set(), max_members=256, workers=w) for w in (1, 8)}
+    assert [u.members for u in grains[1]] == [10, 10]
+    assert [u.members for u in grains[8]] == [2, 3, 2, 3] * 2
+    plain = {w: json.dumps([[[r.to_json() for r in s] for s in t] for t in evaluate(
+        genomes, tasks, 12, [0, 1], cache=ResultCache(), workers=w).results], sort_keys=True) for w in (1, 8)}
+    assert plain[8] == plain[1]

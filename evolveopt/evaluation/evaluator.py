@@ -171,9 +171,12 @@ class Evaluation:
 
 
 def plan_units(genomes: Sequence[Genome], tasks: Sequence[Any], budget: int, seeds: Sequence[int],
-               skip: set[str], max_members: int) -> list[WorkUnit]:
-    """Per task (a spec or a Task), every (genome, seed) member sorted by structure, cut into units of ``max_members``;
-    units whose members are all in ``skip`` are dropped.
+               skip: set[str], max_members: int, workers: int = 1) -> list[WorkUnit]:
+    """Per task (a spec or a Task), every (genome, seed) member sorted by structure, cut into equal units of
+    at most ``max_members``, and into at least ⌈workers / tasks⌉ units of two or more members each, so that
+    ``workers`` workers all have a unit; units whose members are all in ``skip`` are dropped.
+
+    A member's result does not depend on its unit (``runner.py``), so the grain changes nothing but speed.
 
     Units are cut before cached members are left out, so the units of a call are the same however
     much was cached before (a member's result does not depend on its unit anyway: ``runner.py``).
@@ -188,8 +191,10 @@ def plan_units(genomes: Sequence[Genome], tasks: Sequence[Any], budget: int, see
     for task in tasks:
         built = make_task(task)
         members = [(to_dict(g), s, result_key(h, built, budget, s)) for h, g in ordered for s in seeds]
-        for start in range(0, len(members), max_members):
-            chunk = members[start:start + max_members]
+        count = unit_count(len(members), max_members, -(-workers // len(tasks)))
+        bounds = [len(members) * i // count for i in range(count + 1)]  # sizes differ by at most one
+        for start, end in zip(bounds, bounds[1:]):
+            chunk = members[start:end]
             if all(key in skip for _, _, key in chunk):
                 continue
             units.append(WorkUnit(task=built.spec, budget=budget, genomes=tuple(g for g, _, _ in chunk),
@@ -197,11 +202,20 @@ def plan_units(genomes: Sequence[Genome], tasks: Sequence[Any], budget: int, see
     return units
 
 
+def unit_count(members: int, max_members: int, units: int) -> int:
+    """How many units ``members`` members are cut into: none larger than ``max_members``, ``units`` if
+    each still gets two members or more (a one-member unit trains beside a twin, ``runner.py``:
+    twice the work)."""
+    return max(1, -(-members // max_members), min(units, members // 2))
+
+
 def evaluate(genomes: Sequence[Genome | str], tasks: Sequence[Any], budget: int, seeds: Sequence[int], *,
              cache: ResultCache | None = None, device: str = "cpu", max_members: int | None = None,
-             map_units: MapUnits | None = None, on_progress: OnProgress | None = None) -> Evaluation:
+             map_units: MapUnits | None = None, on_progress: OnProgress | None = None,
+             workers: int = 1) -> Evaluation:
     """Train each genome on each task for ``budget`` steps from each seed; see the module docstring.
-    ``on_progress`` receives a :class:`UnitProgress` after planning and after every finished unit."""
+    ``on_progress`` receives a :class:`UnitProgress` after planning and after every finished unit;
+    ``workers``: the backend's parallel workers, which the units are cut to keep busy (:func:`plan_units`)."""
     from evolveopt.tasks import make_task
 
     genomes = [load_genome(g) for g in genomes]
@@ -222,7 +236,7 @@ def evaluate(genomes: Sequence[Genome | str], tasks: Sequence[Any], budget: int,
         from evolveopt.evaluation.sizing import default_max_members
 
         max_members = min(default_max_members(t, genomes, device) for t in built) if built else 1
-    units = plan_units(genomes, built, budget, seeds, skip=set(known), max_members=max_members)
+    units = plan_units(genomes, built, budget, seeds, skip=set(known), max_members=max_members, workers=workers)
     run = map_units or (lambda us, on_done: run_here(us, device, on_done=on_done))
     member_steps, threads = 0, set()
     for outcome in run(units, on_done=_UnitCounter(units, specs, labels, budget, on_progress)):

@@ -21,6 +21,7 @@ class FitnessSettings:
     rungs: int = 3  # 1 turns successive halving off
     max_members: int | None = None  # None: evaluation.sizing.default_max_members
     device: str = "cpu"
+    workers: int = 1  # the backend's parallel workers: units are cut so that each gets one
 
 
 @dataclass
@@ -54,6 +55,7 @@ class FitnessScorer:
                   cache: ResultCache, stage: str = "genomes") -> Evaluation:
         evaluation = evaluate(genomes, tasks, budget, seeds, cache=cache, device=self.settings.device,
                               max_members=self.settings.max_members, map_units=self.map_units,
+                              workers=self.settings.workers,
                               on_progress=self._reporter(stage))
         self.stats.member_steps += evaluation.member_steps
         self.stats.seconds += evaluation.seconds

@@ -263,3 +263,12 @@ def test_benchmark_compares_optimizers_on_a_user_task(user_package, tmp_path):
     report = json.loads((out / "benchmark.json").read_text())
     assert [t["task"] for t in report["tasks"]] == ["regression"]
     assert set(report["tasks"][0]["optimizers"]) == {"adamw", "lion"}
+
+
+@pytest.mark.parametrize("attention", ["matmul", "sdpa"])
+def test_the_benchmarks_char_lm_module_tasks_train(attention):
+    from evolveopt.measure import module_tasks
+
+    task = module_tasks.char_lm(attention)
+    run, _ = train_population(task, [evolveopt.load_genome("adam")] * 2, [0, 1], 3)
+    assert run.params[0].shape[0] == 2 and task.param_count() == sum(p[0].numel() for p in run.params)

@@ -24,6 +24,7 @@ from torch import nn
 
 import evolveopt
 from evolveopt.evaluation.runner import train_population
+from evolveopt.measure import module_tasks
 from evolveopt.evaluation.sizing import configure_host, cpu_threads
 from evolveopt.tasks import make_task
 from evolveopt.tasks.datasets import sklearn_classification
@@ -85,15 +86,6 @@ def anchor_rate(genomes: int, steps: int) -> float:
     return genomes * steps / (time.perf_counter() - start)
 
 
-def module_mlp_task():
-    """The digits MLP written as a user would: an nn.Module population task (vmap over functional_call)."""
-    from evolveopt.tasks.module import ModuleTask
-
-    x, y, x_test, y_test = sklearn_classification("digits")
-    return ModuleTask("digits_mlp_module", lambda seed: _mlp(), (x, y), nn.functional.cross_entropy,
-                      batch_size=BATCH, heldout=(x_test, y_test))
-
-
 def batched_rate(members: int, steps: int, device: str = "cpu", task=None) -> float:
     adam = evolveopt.load_genome("adam")
     genomes = [adam.with_genes(**_genes(i)) for i in range(members)]
@@ -127,12 +119,20 @@ def run_eval_benchmark(sizes: tuple[int, ...] = (1, 8, 64, 256), steps: int = 10
     rows = []
     for p in sizes:
         batched = batched_rate(p, steps if p >= 8 else 4 * steps, device)
-        module = batched_rate(p, steps if p >= 8 else 4 * steps, device, task=module_mlp_task())
+        module = batched_rate(p, steps if p >= 8 else 4 * steps, device, task=module_tasks.digits_mlp())
         rows.append({"P": p, "sequential_member_steps_per_s": sequential, "anchor_loop_member_steps_per_s": anchor,
                      "batched_member_steps_per_s": batched, "batched_vs_sequential": batched / sequential,
                      "batched_vs_anchor": batched / anchor, "module_member_steps_per_s": module,
                      "module_vs_batched": module / batched})
+    char_rows = []
+    for p in sizes:
+        if p >= 8:
+            stacked = batched_rate(p, steps // 4, device, task=make_task("char_lm"))
+            char_rows.append({"P": p, "stacked_member_steps_per_s": stacked, **{
+                f"{kind}_member_steps_per_s": batched_rate(p, steps // 4, device, task=module_tasks.char_lm(kind))
+                for kind in ("matmul", "sdpa")}})
     return {"task": "digits_mlp (64-128-10, batch 128), Adam genomes with per-member lr/betas",
+            "char_lm": char_rows,
             "device": device, "sequential_threads": sequential_threads, "anchor_threads": anchor_threads, "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
             "rows": rows}
 
@@ -146,4 +146,13 @@ def format_eval_table(report: dict) -> str:
         lines.append(f"{r['P']:>6} {r['sequential_member_steps_per_s']:>13.0f} {r['anchor_loop_member_steps_per_s']:>10.0f} "
                      f"{r['batched_member_steps_per_s']:>11.0f} {r['batched_vs_sequential']:>6.2f}x {r['batched_vs_anchor']:>8.2f}x "
                      f"{r['module_member_steps_per_s']:>12.0f} {r['module_vs_batched']:>9.2f}x")
+    if report.get("char_lm"):
+        lines += ["char_lm (1 block, d=32, context 32, batch 16) as an nn.Module task, member-steps/s",
+                  f"{'P':>6} {'stacked':>9} {'matmul attention':>17} {'vs stacked':>10} {'torch SDPA layer':>17} "
+                  f"{'vs stacked':>10}"]
+        for r in report["char_lm"]:
+            base = r["stacked_member_steps_per_s"]
+            lines.append(f"{r['P']:>6} {base:>9.0f} {r['matmul_member_steps_per_s']:>17.0f} "
+                         f"{r['matmul_member_steps_per_s'] / base:>9.2f}x {r['sdpa_member_steps_per_s']:>17.0f} "
+                         f"{r['sdpa_member_steps_per_s'] / base:>9.2f}x")
     return "\n".join(lines)

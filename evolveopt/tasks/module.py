@@ -20,7 +20,6 @@ Whether a model draws random numbers is found by one probe step under ``vmap(ran
 from __future__ import annotations
 
 import copy
-import hashlib
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -28,6 +27,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from evolveopt.tasks.base import Task, TaskError, TaskRun, batch_indices, epoch_orders
+from evolveopt.tasks.datasets import tensors_digest
 
 Loss = Callable[[Tensor, Tensor], Tensor]
 
@@ -99,13 +99,9 @@ class ModuleTask(Task):
         return sum(p.numel() for p in self.model(0)[0].parameters())
 
     def data_digest(self) -> str:
-        """SHA-256 of the training and held-out tensors (computed once): new data, new cache keys."""
+        """:func:`~evolveopt.tasks.datasets.tensors_digest` of the training and held-out tensors (once)."""
         if not hasattr(self, "_digest"):
-            digest = hashlib.sha256()
-            for tensor in (*self.data, *(self.heldout_data or ())):
-                digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
-                digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-            self._digest = digest.hexdigest()
+            self._digest = tensors_digest((*self.data, *(self.heldout_data or ())))
         return self._digest
 
     def activation_bytes(self) -> int:

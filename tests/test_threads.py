@@ -16,6 +16,7 @@ from hypothesis import given, strategies as st
 from evolveopt.backends import LocalBackend
 from evolveopt.config import load_config
 from evolveopt.errors import EvolveOptError
+from evolveopt.evaluation import threads
 from evolveopt.evaluation.evaluator import execute_unit, plan_units
 from evolveopt.evaluation.threads import THREADS_ENV, OtherLoad, choose_threads, unit_threads
 from evolveopt.genome import load_genome
@@ -28,9 +29,10 @@ cpus = st.integers(1, 256)
 load = st.floats(0.0, 300.0, allow_nan=False)
 
 
-@given(cpus, load)
-def test_the_count_is_at_least_one_and_never_more_than_the_cpus(n, busy):
-    assert 1 <= choose_threads(n, busy) <= n
+@given(cpus, st.floats(0.0, 0.25))
+def test_idle_cpus_all_get_a_thread_and_a_full_machine_leaves_one(n, idle_noise):
+    assert choose_threads(n, idle_noise) == n  # up to a quarter CPU of others' noise still counts as free
+    assert choose_threads(n, n + idle_noise) == 1 and choose_threads(n, 10.0 * n) == 1
 
 
 @given(cpus, load, load)
@@ -58,7 +60,11 @@ def test_the_config_wins_over_the_environment_which_wins_over_the_rule(monkeypat
     assert unit_threads(requested=5) == 5
     assert unit_threads() == 3
     monkeypatch.delenv(THREADS_ENV)
-    assert 1 <= unit_threads() <= len(os.sched_getaffinity(0))
+    cpus = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(threads.LOAD, "busy_elsewhere", lambda: 0.0)  # a known load: the rule's input
+    assert unit_threads() == cpus
+    monkeypatch.setattr(threads.LOAD, "busy_elsewhere", lambda: float(cpus))
+    assert unit_threads() == 1
 
 
 @pytest.mark.parametrize("value", ["0", "two", "-1", "1.5"])
@@ -151,8 +157,13 @@ def test_units_train_with_the_thread_count_asked_for(monkeypatch, threads):
 def test_without_an_override_units_train_with_the_count_the_rule_chose(monkeypatch):
     monkeypatch.setitem(TASKS, "thread_probe", ThreadProbe)
     monkeypatch.delenv(THREADS_ENV, raising=False)
+    cpus = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(threads.LOAD, "busy_elsewhere", lambda: cpus - 1.0)  # all CPUs but one busy elsewhere
     [result] = LocalBackend().map_units(probe_units())
-    assert 1 <= result.threads <= len(os.sched_getaffinity(0))
+    assert result.threads == 1
+    monkeypatch.setattr(threads.LOAD, "busy_elsewhere", lambda: 0.0)
+    [result] = LocalBackend().map_units(probe_units())
+    assert result.threads == cpus
     assert all(m.heldout == {"most_threads": result.threads, "fewest_threads": result.threads}
                for m in result.results)
 

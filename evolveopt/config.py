@@ -18,7 +18,7 @@ from evolveopt.errors import EvolveOptError
 from evolveopt.genome.genes import as_written_number
 from evolveopt.genome.io import resolve_genome_path
 from evolveopt.search.algorithm import GAConfig
-from evolveopt.search.space import SearchSpace
+from evolveopt.search.space import SearchSpace, allowed_choices
 
 
 class ConfigError(EvolveOptError, ValueError):
@@ -232,7 +232,7 @@ def _list(key: str, value: list, source: str) -> tuple:
     if not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{source}: {key}: expected a list of strings, got {value!r}")
     if key.startswith("space."):
-        allowed = set(getattr(SearchSpace(), key.split(".", 1)[1]))
+        allowed = allowed_choices(key.split(".", 1)[1])
         for v in value:
             if v not in allowed:
                 raise ConfigError(f"{source}: {key}: '{v}' is not allowed (allowed: {', '.join(sorted(allowed))})")

@@ -38,7 +38,7 @@ def genome_of(name: str):
                         gamma="gamma" if kind == "exponential" else None)
     genes = {**genome.genes, **({"warmup": 0.25} if schedule.warmup else {}),
              **({"gamma": 0.9} if schedule.gamma else {})}
-    return dataclasses.replace(genome, genes=genes, schedule=schedule, name=name)
+    return dataclasses.replace(genome, genes=genes, loci={**genome.loci, "schedule": schedule}, name=name)
 
 
 def run(make_optimizer, genome, compile_step=None, uneven=False):

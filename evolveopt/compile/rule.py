@@ -13,15 +13,17 @@ terms that read the same statistic share one buffer, and checkpoints stay readab
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import Tensor
 
+from evolveopt.genome.registry import pipeline
 from evolveopt.genome.schema import Genome, Momentum, Signal, Term
 from evolveopt.genome.slots import PARAM_SHAPED, momentum_slot, nadam_slot, precondition_slots, signal_name, state_slots
-from evolveopt.primitives import decay, gradient, layerwise, moments, preconditioners, schedules
+from evolveopt.primitives import gradient, moments, preconditioners, schedules
 from evolveopt.primitives import tensorlist as tl
 from evolveopt.primitives.tensorlist import Factor, Scalar, Step, TensorList
 
@@ -50,6 +52,31 @@ class StepContext:
 
 
 @dataclass
+class Flow:
+    """The tensors a locus's stage function reads and replaces (registry.py, STAGES)."""
+
+    params: TensorList
+    grads: TensorList  # g: after maximize, then each gradient-stage locus
+    state: Mapping[str, TensorList]
+    direction: TensorList | None = None  # u, during the direction stage
+
+
+Stage = list[tuple[Callable[[Any, Flow, StepContext], None], Any]]
+
+
+def _function(path: str) -> Callable:
+    """The stage function a registry row names as ``module:function``."""
+    module, name = path.split(":")
+    if __name__ != "evolveopt.compile.rule":  # a standalone export: the runtime is this one module
+        return globals()[name]
+    return getattr(importlib.import_module(module), name)
+
+
+def _stage(genome: Genome, *stages: str) -> Stage:
+    return [(_function(variant.function), value) for variant, value in pipeline(genome.loci, *stages)]
+
+
+@dataclass
 class _StepCache:
     """Signals and statistics computed once per step, shared by the terms that read them."""
 
@@ -65,6 +92,9 @@ class Rule:
     def __init__(self, genome: Genome):
         self.genome = genome
         self.slots = state_slots(genome)
+        self.before_terms = _stage(genome, "gradient", "weights")
+        self.on_direction = _stage(genome, "direction")
+        self.after_move = _stage(genome, "after")
 
     def init_state(self, param: Tensor, member_dims: int = 0, capturable: bool = False) -> dict[str, Tensor]:
         """Fresh state for one parameter tensor (``[P, ...]`` when member_dims is 1); scalar slots
@@ -103,65 +133,22 @@ class Rule:
 
     def step(self, params: TensorList, grads: TensorList, state: Mapping[str, TensorList], ctx: StepContext) -> None:
         """One update of ``params`` in place. ``state[slot]`` lists one buffer per parameter."""
-        genome, genes = self.genome, ctx.genes
         g = list(torch._foreach_neg(grads)) if ctx.maximize else list(grads)
-        g = self._clip(g, ctx)
-        wd = genome.weight_decay
-        if wd is not None and wd.mode == "l2":
-            g = decay.l2(g, params, genes[wd.rate])
-        if wd is not None and wd.mode == "decoupled":
-            decay.decoupled_(params, genes[wd.rate], ctx.lr)
-        if genome.adaptor is not None:
-            a = genome.adaptor
-            g = gradient.adaptor(g, state["adaptor.prev_grad"], state["adaptor.diff_ema"], genes[a.beta], genes[a.alpha])
-        cache = _StepCache(grads=g)
-        parts = [p for term in genome.terms for p in self._term(term, state, cache, ctx)]
-        xi = None
-        if genome.friction != "none":
-            xi = layerwise.friction(g, state["prev_grad"], genome.friction, ctx.member_dims)
+        flow = Flow(params, g, state)
+        for run, value in self.before_terms:
+            run(value, flow, ctx)
+        cache = _StepCache(grads=flow.grads)
+        parts = [p for term in self.genome.terms for p in self._term(term, state, cache, ctx)]
+        if self.on_direction:
+            flow.direction = materialize(parts)
+            for run, value in self.on_direction:
+                run(value, flow, ctx)
+            parts = [Part(1.0, flow.direction)]
         if "prev_grad" in state:
-            torch._foreach_copy_(state["prev_grad"], g)
-        if (wd is not None and wd.mode == "in_direction") or genome.layerwise is not None or xi is not None:
-            parts = [Part(1.0, self._shape_direction(materialize(parts), params, xi, ctx))]
+            torch._foreach_copy_(state["prev_grad"], flow.grads)
         apply_(params, parts, -ctx.lr)
-        if wd is not None and wd.mode == "proximal":
-            decay.proximal_(params, genes[wd.rate], ctx.lr)
-
-    def _clip(self, g: TensorList, ctx: StepContext) -> TensorList:
-        clip = self.genome.clip
-        if clip is None:
-            return g
-        if clip.mode == "value":
-            return gradient.clip_by_value(g, ctx.genes[clip.threshold])
-        if clip.mode == "tensor_norm":
-            return gradient.clip_by_tensor_norm(g, ctx.genes[clip.threshold], ctx.member_dims)
-        assert ctx.global_clip is not None, "global-norm clipping needs the factor over every parameter"
-        return gradient.clip_by_global_norm(g, ctx.global_clip)
-
-    def _shape_direction(self, u: TensorList, params: TensorList, xi: TensorList | list | None,
-                         ctx: StepContext) -> TensorList:
-        """u + λθ (in_direction decay), layer-wise scaling, then friction."""
-        genome, genes = self.genome, ctx.genes
-        if genome.weight_decay is not None and genome.weight_decay.mode == "in_direction":
-            u = decay.in_direction(u, params, genes[genome.weight_decay.rate])
-        lw = genome.layerwise
-        if lw is not None and lw.kind == "trust_ratio":
-            tau = layerwise.trust_ratio(
-                params, u,
-                clamp=genes[lw.clamp] if lw.clamp else None,
-                eps=genes[lw.eps] if lw.eps else None,
-                member_dims=ctx.member_dims,
-                lr=ctx.lr if lw.norm_of == "new_weights" else None,
-            )
-            tl.scale_(u, tau)
-        elif lw is not None:
-            tl.scale_(u, layerwise.rms_norm_factors(u, genes[lw.eps], ctx.member_dims))
-        if xi is not None:
-            if genome.friction == "elementwise":
-                torch._foreach_mul_(u, xi)
-            else:
-                tl.scale_(u, xi)
-        return u
+        for run, value in self.after_move:
+            run(value, flow, ctx)
 
     # ------------------------------------------------------------------ terms
 

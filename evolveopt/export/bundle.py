@@ -16,8 +16,11 @@ import importlib.util
 import inspect
 from typing import Callable, Iterable
 
-RUNTIME = (
+from evolveopt.genome.registry import primitive_modules
+
+CORE_RUNTIME = (
     "evolveopt.genome.genes",
+    "evolveopt.genome.registry",
     "evolveopt.genome.schema",
     "evolveopt.genome.slots",
     "evolveopt.primitives.tensorlist",
@@ -28,6 +31,11 @@ RUNTIME = (
     "evolveopt.primitives.schedules",
     "evolveopt.primitives.feedback",
     "evolveopt.primitives.decay",
+)
+# ...then every module a registry row names for its tensor functions, then the rule and optimizer.
+RUNTIME = (
+    *CORE_RUNTIME,
+    *(name for name in primitive_modules() if name not in CORE_RUNTIME),
     "evolveopt.compile.rule",
     "evolveopt.compile.optimizer",
 )

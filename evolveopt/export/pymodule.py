@@ -16,10 +16,16 @@ from dataclasses import fields
 from typing import Any
 
 from evolveopt.genome.equations import render_equations, sym
+from evolveopt.genome.registry import LOCI, STAGES, pipeline
 from evolveopt.genome.schema import SCHEMA_VERSION, Genome
 
-STRUCTURE_CLASSES = ("Genome", "Term", "Signal", "Momentum", "Precondition", "Clip", "Adaptor", "Layerwise",
-                     "LossFeedback", "WeightDecay", "Schedule")
+STRUCTURE_CLASSES = ("Genome", "Term", "Signal", "Momentum", "Precondition",
+                     *(locus.value_type.__name__ for locus in LOCI.values() if locus.value_type))
+
+
+def stage_functions(genome: Genome) -> list[str]:
+    """Names of the tensor functions the genome's loci run (registry rows name them)."""
+    return [v.function.split(":")[1] for v, _ in pipeline(genome.loci, *STAGES) if v.function]
 
 INIT_TEMPLATE = '''
 def __init__(self, params, *, total_steps=None, maximize=False, foreach=None, capturable=False,
@@ -112,7 +118,7 @@ def export_python(genome: Genome, class_name: str, provenance: dict[str, Any]) -
         body = [init if isinstance(b, ast.FunctionDef) and b.name == "__init__" else b for b in body]
         node.body = [ast.Expr(ast.Constant(doc))] + body
 
-    imports, code = bundle_source(("RuleOptimizer", "replace", *STRUCTURE_CLASSES), patch)
+    imports, code = bundle_source(("RuleOptimizer", "replace", *STRUCTURE_CLASSES, *stage_functions(genome)), patch)
     imports = sorted(set(imports) | {"import math", "from dataclasses import replace"})
     header = (
         f'"""{class_name}: {genome.description or "an optimizer discovered by evolveopt"}\n\n'

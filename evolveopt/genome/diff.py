@@ -6,7 +6,8 @@ import json
 from typing import Any
 
 from evolveopt.genome.canonical import canonical_form
-from evolveopt.genome.schema import LOCI, Genome, term_to_dict, to_dict
+from evolveopt.genome.registry import LOCI
+from evolveopt.genome.schema import Genome, locus_to_data, term_to_dict, to_dict
 
 
 def _term_key(term: dict[str, Any]) -> str:
@@ -34,10 +35,10 @@ def diff_genomes(a: Genome, b: Genome, names: tuple[str, str] = ("A", "B")) -> l
         wa, wb = _weight(ca, terms_a[key]), _weight(cb, terms_b[key])
         if wa != wb:
             lines.append(f"term weight {wa:g} → {wb:g}: {_show(json.loads(key))}")
-    for locus in LOCI:
-        if da.get(locus) != db.get(locus):
-            default = "constant" if locus == "schedule" else "none"
-            lines.append(f"{locus}: {_show(da.get(locus, default))} → {_show(db.get(locus, default))}")
+    for key, locus in LOCI.items():
+        if da.get(key) != db.get(key):
+            default = "none" if locus.default is None else locus_to_data(locus, locus.default)
+            lines.append(f"{key}: {_show(da.get(key, default))} → {_show(db.get(key, default))}")
     weights = {t.weight for t in ca.terms + cb.terms if t.weight and t.weight.startswith("w")}
     for gene in sorted((set(ca.genes) | set(cb.genes)) - weights):
         va, vb = ca.genes.get(gene), cb.genes.get(gene)

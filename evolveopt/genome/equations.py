@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from evolveopt.genome.registry import pipeline
 from evolveopt.genome.schema import Genome, Momentum, Precondition, Signal, Term
 from evolveopt.genome.slots import buffers_per_param, momentum_slot, precondition_slots
 
@@ -50,26 +51,13 @@ class _Renderer:
         self._postprocess()
         return self.lines
 
+    def _stage(self, *stages: str, g: str = "g") -> None:
+        for variant, value in pipeline(self.genome.loci, *stages):
+            self.lines += variant.equation(value, sym, g)
+
     def _preprocess(self) -> None:
-        genome, lines = self.genome, self.lines
-        lines.append("g ← −∇f(θ) when maximizing, else ∇f(θ)")
-        clip = genome.clip
-        if clip is not None:
-            c = sym(clip.threshold)
-            lines.append({
-                "value": f"g ← clamp(g, −{c}, {c})",
-                "tensor_norm": f"g ← g·min(1, {c}/‖g‖)   (per tensor)",
-                "global_norm": f"g ← g·min(1, {c}/‖g‖_all)   (norm over every parameter)",
-            }[clip.mode])
-        wd = genome.weight_decay
-        if wd is not None and wd.mode == "l2":
-            lines.append(f"g ← g + {sym(wd.rate)}·θ")
-        if wd is not None and wd.mode == "decoupled":
-            lines.append(f"θ ← θ·(1 − η_t·{sym(wd.rate)})")
-        if genome.adaptor is not None:
-            b, a = sym(genome.adaptor.beta), sym(genome.adaptor.alpha)
-            lines.append(f"a ← {b}·a + (1 − {b})·(g − g_prev)   (g_prev = 0 at t = 1)")
-            lines.append(f"ĝ = g + {a}·a")
+        self.lines.append("g ← −∇f(θ) when maximizing, else ∇f(θ)")
+        self._stage("gradient", "weights")
 
     def _term(self, index: int, term: Term) -> str:
         x = self.signal(term.signal)
@@ -140,50 +128,17 @@ class _Renderer:
         return out
 
     def _postprocess(self) -> None:
-        genome, lines = self.genome, self.lines
-        wd = genome.weight_decay
-        if wd is not None and wd.mode == "in_direction":
-            lines.append(f"u ← u + {sym(wd.rate)}·θ")
-        lw = genome.layerwise
-        if lw is not None and lw.kind == "trust_ratio":
-            top = f"min(‖θ‖, {sym(lw.clamp)})" if lw.clamp else "‖θ‖"
-            below = "‖u‖" if lw.norm_of == "update" else "‖θ − η_t·u‖"
-            below = f"({below} + {sym(lw.eps)})" if lw.eps else below
-            lines.append(f"u ← τ·u,  τ = {top}/{below} per tensor (1 where a norm is 0)")
-        elif lw is not None:
-            lines.append(f"u ← u/(rms(u) + {sym(lw.eps)}) per tensor")
-        if genome.friction == "elementwise":
-            lines.append(f"u ← sigmoid(|{self.g} − {self.g}_prev|)⊙u   ({self.g}_prev = 0 at t = 1)")
-        elif genome.friction == "tensor":
-            lines.append(f"u ← sigmoid(‖{self.g} − {self.g}_prev‖)·u per tensor   ({self.g}_prev = 0 at t = 1)")
-        if wd is not None and wd.mode == "proximal":
-            lines.append(f"θ ← (θ − η_t·u)/(1 + η_t·{sym(wd.rate)})")
-        else:
-            lines.append("θ ← θ − η_t·u")
-        if genome.schedule.kind != "constant":
-            lines.append("η_t = η·" + _schedule(genome))
-        else:
-            lines.append("η_t = η")
-        fb = genome.loss_feedback
-        if fb is not None:
-            lines.append(
-                f"d_t = Eve's loss feedback: d_1 = 1, d ← {sym(fb.beta)}·d + (1 − {sym(fb.beta)})·r_t, r_t the "
-                f"relative change of the smoothed loss, clipped by ({sym(fb.low)}, {sym(fb.high)})"
-            )
+        self._stage("direction", g=self.g)
+        self.lines.append("θ ← θ − η_t·u")
+        self._stage("after")
+        self._stage_or_default("lr")
+        self._stage("loss")
 
-
-def _schedule(genome: Genome) -> str:
-    s = genome.schedule
-    w = f"min(1, t/({sym(s.warmup)}·T))" if s.warmup else ""
-    cos = "½(1 + cos(π·(t − 1)/T))"
-    return {
-        "constant": "1",
-        "linear_warmup": w,
-        "cosine": cos,
-        "linear_decay": "max(0, 1 − (t − 1)/T)",
-        "exponential": f"{sym(s.gamma) if s.gamma else 'γ'}^(t − 1)",
-        "warmup_cosine": f"{w}·{cos}",
-    }[s.kind] + ("   (T = total_steps)" if s.needs_horizon else "")
+    def _stage_or_default(self, stage: str) -> None:
+        before = len(self.lines)
+        self._stage(stage)
+        if len(self.lines) == before:
+            self.lines.append("η_t = η")
 
 
 def render_equations(genome: Genome) -> list[str]:

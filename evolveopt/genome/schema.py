@@ -30,23 +30,24 @@ from typing import Any
 
 from evolveopt.errors import GenomeError
 from evolveopt.genome.genes import as_written_number, gene_spec, known_gene_names, range_problem, role_problem
+from evolveopt.genome.registry import (HORIZON_SCHEDULES, LOCI, Adaptor, Cautious, Clip, Layerwise, Locus,
+                                       LossFeedback, Schedule, WeightDecay, locus_genes)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # files say the lowest version that expresses them (1 unless a v2 locus is used)
+READABLE_VERSIONS = (1, 2)
 
 SIGNALS = ("grad", "grad_diff", "nesterov_grad", "residual")
 TERM_SIGNALS = ("grad", "grad_diff", "nesterov_grad")
 MOMENTUM_KINDS = ("ema", "nesterov", "interp", "nadam")
 PRECONDITION_KINDS = ("ema", "max", "sum", "belief")
 EPS_MODES = ("outside", "raw", "inside")
-# The genome-level slots around the terms, in the order the rule applies them (diff and crossover use it).
-LOCI = ("clip", "adaptor", "layerwise", "friction", "loss_feedback", "weight_decay", "schedule")
-CLIP_MODES = ("value", "tensor_norm", "global_norm")
-LAYERWISE_KINDS = ("trust_ratio", "rms_norm")
-TRUST_NORMS = ("update", "new_weights")
-FRICTIONS = ("none", "elementwise", "tensor")
-DECAY_MODES = ("l2", "decoupled", "proximal", "in_direction")
-SCHEDULES = ("constant", "linear_warmup", "cosine", "linear_decay", "exponential", "warmup_cosine")
-HORIZON_SCHEDULES = ("linear_warmup", "cosine", "linear_decay", "warmup_cosine")
+# The whole-genome loci around the terms, in registry order (diff and crossover use it): registry.py.
+CLIP_MODES = LOCI["clip"].kinds
+LAYERWISE_KINDS = LOCI["layerwise"].kinds
+TRUST_NORMS = LOCI["layerwise"].variant("trust_ratio").fields[2].options
+FRICTIONS = ("none", *LOCI["friction"].kinds)
+DECAY_MODES = LOCI["weight_decay"].kinds
+SCHEDULES = LOCI["schedule"].kinds
 MAX_TERMS = 6
 
 
@@ -112,79 +113,24 @@ class Term:
 
 
 @dataclass(frozen=True)
-class Clip:
-    """Gradient clipping by value (|g| ≤ c), per-tensor norm or global norm (‖g‖ ≤ c)."""
-
-    mode: str
-    threshold: str
-
-
-@dataclass(frozen=True)
-class Adaptor:
-    """ALTO's adaptor E: ĝ = g + α·a, a ← βa + (1−β)(g_t − g_{t−1}), g_0 = 0."""
-
-    beta: str
-    alpha: str
-
-
-@dataclass(frozen=True)
-class Layerwise:
-    """Per-tensor rescaling of the direction.
-
-    trust_ratio: τ = min(‖θ‖, clamp)/(‖u‖ + ε_τ), τ = 1 where either norm is 0 (LAMB);
-                 norm_of=new_weights uses ‖θ − η_t u‖ in place of ‖u‖ (RaLamb/EVE).
-    rms_norm:    u ← u/(rms(u) + ε).
-    """
-
-    kind: str
-    clamp: str | None = None
-    eps: str | None = None
-    norm_of: str = "update"
-
-
-@dataclass(frozen=True)
-class LossFeedback:
-    """Eve's global factor d_t from the relative change of the clipped smoothed loss."""
-
-    beta: str
-    low: str
-    high: str
-
-
-@dataclass(frozen=True)
-class WeightDecay:
-    mode: str
-    rate: str
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """Learning-rate multiplier s(t), t = 1, 2, ...; T = total_steps, W = warmup·T."""
-
-    kind: str = "constant"
-    warmup: str | None = None
-    gamma: str | None = None
-
-    @property
-    def needs_horizon(self) -> bool:
-        return self.kind in HORIZON_SCHEDULES
-
-
-@dataclass(frozen=True)
 class Genome:
-    """A complete update rule. Build with :func:`parse_genome`; it validates everything."""
+    """A complete update rule. Build with :func:`parse_genome`; it validates everything.
+
+    ``loci`` holds the whole-genome primitives the rule has (registry.py; keys in registry
+    order, defaults left out); each is also an attribute: ``genome.clip``, ``genome.schedule``...
+    """
 
     genes: dict[str, float]
     terms: tuple[Term, ...]
-    clip: Clip | None = None
-    adaptor: Adaptor | None = None
-    layerwise: Layerwise | None = None
-    friction: str = "none"
-    loss_feedback: LossFeedback | None = None
-    weight_decay: WeightDecay | None = None
-    schedule: Schedule = field(default_factory=Schedule)
+    loci: dict[str, Any] = field(default_factory=dict)
     name: str = ""
     description: str = ""
+
+    def __getattr__(self, name: str) -> Any:
+        locus = LOCI.get(name)
+        if locus is None or name.startswith("__"):
+            raise AttributeError(name)
+        return self.loci.get(name, locus.default)
 
     def with_genes(self, **values: float) -> "Genome":
         """A copy with some gene values replaced (names must exist; ranges are checked)."""
@@ -287,12 +233,12 @@ def _type_name(value: Any) -> str:
     )
 
 
-def _kind_node(node: _Node, allowed: tuple[str, ...]) -> tuple[str, _Node]:
+def _kind_node(node: _Node, allowed: tuple[str, ...], tag: str = "kind") -> tuple[str, _Node]:
     """Accept either ``kind`` or ``{kind: kind, ...}``; return the kind and the mapping node."""
     if isinstance(node.value, str):
-        return node.value, _Node({"kind": node.value}, node.path, node.source)
-    node.mapping(allowed, required=("kind",))
-    return node.value["kind"], node
+        return node.value, _Node({tag: node.value}, node.path, node.source)
+    node.mapping(allowed, required=(tag,))
+    return node.value[tag], node
 
 
 def _parse_genes(node: _Node) -> dict[str, float]:
@@ -406,76 +352,46 @@ def _parse_terms(node: _Node, genes: dict[str, float]) -> tuple[Term, ...]:
     return terms
 
 
-def _parse_clip(node: _Node, genes: dict[str, float]) -> Clip | None:
+def _parse_locus(node: _Node, genes: dict[str, float], locus: Locus) -> Any:
+    """A locus value from its YAML node, validated against its registry row."""
     if node.is_none():
-        return None
-    node.mapping(("mode", "threshold"), required=("mode", "threshold"))
-    return Clip(node.child("mode").choice(CLIP_MODES), node.child("threshold").gene_ref(genes, "threshold"))
+        return locus.default
+    if locus.value_type is None:  # the value is the kind itself
+        return node.choice(locus.kinds)
+    variant_keys = {f.name for v in locus.variants for f in v.fields}
+    allowed = tuple(([locus.tag] if locus.tag else []) + sorted(variant_keys, key=_field_order(locus)))
+    if locus.tag and locus.bare:
+        kind, node = _kind_node(node, allowed, locus.tag)
+    else:
+        node.mapping(allowed, required=(locus.tag,) if locus.tag else ())
+        kind = node.value[locus.tag] if locus.tag else locus.variants[0].kind
+    if locus.tag:
+        node.child(locus.tag).choice(locus.kinds)
+    variant = locus.variant(kind)
+    own = {f.name for f in variant.fields}
+    for key in allowed:
+        if key != locus.tag and node.has(key) and key not in own:
+            raise node.child(key).fail(f"{locus.key} '{kind}' takes no '{key}'")
+    values: dict[str, Any] = {locus.tag: kind} if locus.tag else {}
+    for f in variant.fields:
+        child = node.child(f.name)
+        if f.required and not node.has(f.name):
+            raise node.fail(f"{locus.key} '{kind}' needs '{f.name}'" if locus.tag else f"missing required key '{f.name}'")
+        if f.is_gene:
+            values[f.name] = child.gene_ref(genes, f.roles, optional=not f.required)
+        elif f.options:
+            values[f.name] = child.choice(f.options) if node.has(f.name) else f.default
+        else:
+            values[f.name] = child.boolean(f.default)
+    return locus.value_type(**values)
 
 
-def _parse_adaptor(node: _Node, genes: dict[str, float]) -> Adaptor | None:
-    if node.is_none():
-        return None
-    node.mapping(("beta", "alpha"), required=("beta", "alpha"))
-    return Adaptor(node.child("beta").gene_ref(genes, "rate"), node.child("alpha").gene_ref(genes, "coefficient"))
+def _field_order(locus: Locus):
+    order = [f.name for v in locus.variants for f in v.fields]
+    return order.index
 
 
-def _parse_layerwise(node: _Node, genes: dict[str, float]) -> Layerwise | None:
-    if node.is_none():
-        return None
-    kind, node = _kind_node(node, ("kind", "clamp", "eps", "norm_of"))
-    node.child("kind").choice(LAYERWISE_KINDS)
-    if kind == "rms_norm":
-        for key in ("clamp", "norm_of"):
-            if node.has(key):
-                raise node.child(key).fail(f"layerwise 'rms_norm' takes no '{key}'")
-        return Layerwise(kind, eps=node.child("eps").gene_ref(genes, "eps"))
-    norm_of = node.child("norm_of").choice(TRUST_NORMS) if node.has("norm_of") else "update"
-    return Layerwise(
-        kind,
-        clamp=node.child("clamp").gene_ref(genes, "clamp", optional=True),
-        eps=node.child("eps").gene_ref(genes, "eps", optional=True),
-        norm_of=norm_of,
-    )
-
-
-def _parse_loss_feedback(node: _Node, genes: dict[str, float]) -> LossFeedback | None:
-    if node.is_none():
-        return None
-    node.mapping(("beta", "low", "high"), required=("beta", "low", "high"))
-    roles = {"beta": "rate", "low": "feedback_bound", "high": "feedback_bound"}
-    return LossFeedback(*(node.child(k).gene_ref(genes, role) for k, role in roles.items()))
-
-
-def _parse_weight_decay(node: _Node, genes: dict[str, float]) -> WeightDecay | None:
-    if node.is_none():
-        return None
-    node.mapping(("mode", "rate"), required=("mode", "rate"))
-    return WeightDecay(node.child("mode").choice(DECAY_MODES), node.child("rate").gene_ref(genes, "weight_decay"))
-
-
-def _parse_schedule(node: _Node, genes: dict[str, float]) -> Schedule:
-    if node.value is None:
-        return Schedule()
-    kind, node = _kind_node(node, ("kind", "warmup", "gamma"))
-    node.child("kind").choice(SCHEDULES)
-    needs = {"linear_warmup": "warmup", "warmup_cosine": "warmup", "exponential": "gamma"}.get(kind)
-    for key in ("warmup", "gamma"):
-        if key == needs and not node.has(key):
-            raise node.fail(f"schedule '{kind}' needs '{key}'")
-        if key != needs and node.has(key):
-            raise node.child(key).fail(f"schedule '{kind}' takes no '{key}'")
-    return Schedule(
-        kind,
-        warmup=node.child("warmup").gene_ref(genes, "fraction", optional=True),
-        gamma=node.child("gamma").gene_ref(genes, "decay_factor", optional=True),
-    )
-
-
-TOP_LEVEL_KEYS = (
-    "schema_version", "name", "description", "genes", "terms", "clip", "adaptor",
-    "layerwise", "friction", "loss_feedback", "weight_decay", "schedule",
-)
+TOP_LEVEL_KEYS = ("schema_version", "name", "description", "genes", "terms", *LOCI)
 
 
 def parse_genome(data: Any, source: str = "genome", allow_unused_genes: bool = False) -> Genome:
@@ -489,25 +405,22 @@ def parse_genome(data: Any, source: str = "genome", allow_unused_genes: bool = F
         raise root.fail(f"a genome must be a mapping at the top level, got {_type_name(data)}")
     root.mapping(TOP_LEVEL_KEYS, required=("schema_version", "genes", "terms"))
     version = data["schema_version"]
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
         raise root.child("schema_version").fail(
-            f"unsupported schema version {version!r} (this evolveopt reads version {SCHEMA_VERSION})"
+            f"unsupported schema version {version!r} (this evolveopt reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))})"
         )
     genes = _parse_genes(root.child("genes"))
-    friction_node = root.child("friction")
-    genome = Genome(
-        genes=genes,
-        terms=_parse_terms(root.child("terms"), genes),
-        clip=_parse_clip(root.child("clip"), genes),
-        adaptor=_parse_adaptor(root.child("adaptor"), genes),
-        layerwise=_parse_layerwise(root.child("layerwise"), genes),
-        friction="none" if friction_node.value is None else friction_node.choice(FRICTIONS),
-        loss_feedback=_parse_loss_feedback(root.child("loss_feedback"), genes),
-        weight_decay=_parse_weight_decay(root.child("weight_decay"), genes),
-        schedule=_parse_schedule(root.child("schedule"), genes),
-        name=root.child("name").text(),
-        description=root.child("description").text(),
-    )
+    terms = _parse_terms(root.child("terms"), genes)
+    loci = {}
+    for key, locus in LOCI.items():
+        if root.has(key) and locus.since_schema > version:
+            raise root.child(key).fail(f"'{key}' needs schema_version {locus.since_schema} (this file says {version})")
+        value = _parse_locus(root.child(key), genes, locus)
+        if locus.present(value):
+            loci[key] = value
+    genome = Genome(genes=genes, terms=terms, loci=loci, name=root.child("name").text(),
+                    description=root.child("description").text())
     unused = sorted(set(genes) - referenced_genes(genome))
     if unused and not allow_unused_genes:
         raise root.child("genes").fail(
@@ -525,17 +438,8 @@ def referenced_genes(genome: Genome) -> set[str]:
             refs += [term.momentum.beta, term.momentum.mix, term.momentum.decay]
         if term.precondition is not None:
             refs += [term.precondition.eps, term.precondition.beta, term.precondition.signal.beta]
-    if genome.clip is not None:
-        refs.append(genome.clip.threshold)
-    if genome.adaptor is not None:
-        refs += [genome.adaptor.beta, genome.adaptor.alpha]
-    if genome.layerwise is not None:
-        refs += [genome.layerwise.clamp, genome.layerwise.eps]
-    if genome.loss_feedback is not None:
-        refs += [genome.loss_feedback.beta, genome.loss_feedback.low, genome.loss_feedback.high]
-    if genome.weight_decay is not None:
-        refs.append(genome.weight_decay.rate)
-    refs += [genome.schedule.warmup, genome.schedule.gamma]
+    for key, value in genome.loci.items():
+        refs += locus_genes(LOCI[key], value)
     return {name for name in refs if name is not None}
 
 
@@ -544,24 +448,27 @@ def referenced_genes(genome: Genome) -> set[str]:
 
 def to_dict(genome: Genome) -> dict[str, Any]:
     """Plain data for YAML/JSON; fields at their defaults are left out. Round-trips via parse."""
-    out: dict[str, Any] = {"schema_version": SCHEMA_VERSION}
+    out: dict[str, Any] = {"schema_version": schema_version_of(genome)}
     if genome.name:
         out["name"] = genome.name
     if genome.description:
         out["description"] = genome.description
     out["genes"] = dict(genome.genes)
     out["terms"] = [term_to_dict(t) for t in genome.terms]
-    for key in ("clip", "adaptor", "loss_feedback", "weight_decay"):
-        value = getattr(genome, key)
-        if value is not None:
-            out[key] = _compact(value)
-    if genome.layerwise is not None:
-        out["layerwise"] = _kind_or_mapping(genome.layerwise)
-    if genome.friction != "none":
-        out["friction"] = genome.friction
-    if genome.schedule != Schedule():
-        out["schedule"] = _kind_or_mapping(genome.schedule)
+    for key, value in genome.loci.items():
+        out[key] = locus_to_data(LOCI[key], value)
     return out
+
+
+def schema_version_of(genome: Genome) -> int:
+    """The lowest schema version that expresses ``genome`` (so v1 rules keep their files and hashes)."""
+    return max([1, *(LOCI[key].since_schema for key in genome.loci)])
+
+
+def locus_to_data(locus: Locus, value: Any) -> Any:
+    if locus.value_type is None:
+        return value
+    return _kind_or_mapping(value) if locus.bare else _compact(value)
 
 
 def _compact(obj: Any) -> dict[str, Any]:
@@ -570,7 +477,7 @@ def _compact(obj: Any) -> dict[str, Any]:
     for f in fields(obj):
         value = getattr(obj, f.name)
         default = f.default if f.default_factory is MISSING else f.default_factory()
-        if value == default and f.name != "kind":
+        if value == default and f.name not in ("kind", "mode"):
             continue
         if isinstance(value, Signal):
             value = _kind_or_mapping(value)

@@ -6,6 +6,7 @@ checkpoint reads like the rule: ``momentum.grad.beta1``, ``second_moment.grad.be
 
 from __future__ import annotations
 
+from evolveopt.genome.registry import LOCI, locus_slots
 from evolveopt.genome.schema import Genome, Signal, Term
 
 
@@ -59,11 +60,9 @@ def state_slots(genome: Genome) -> dict[str, str]:
         if term.precondition is not None:
             for slot in precondition_slots(term):
                 slots[slot] = PARAM_SHAPED
-    if genome.adaptor is not None:
-        slots["adaptor.prev_grad"] = PARAM_SHAPED
-        slots["adaptor.diff_ema"] = PARAM_SHAPED
-    if genome.friction != "none":
-        slots["prev_grad"] = PARAM_SHAPED
+    for key, value in genome.loci.items():
+        for slot in locus_slots(LOCI[key], value):
+            slots[slot] = PARAM_SHAPED
     return slots
 
 

@@ -28,3 +28,22 @@ def proximal_(params: TensorList, rate: Scalar, lr: Scalar) -> None:
 
 def in_direction(direction: TensorList, params: TensorList, rate: Scalar) -> TensorList:
     return direction if tl.is_zero(rate) else tl.added(direction, params, rate)
+
+
+# Stage functions (registry.py): ``(weight decay, flow, ctx)``.
+
+
+def l2_stage(wd, flow, ctx) -> None:
+    flow.grads = l2(flow.grads, flow.params, ctx.genes[wd.rate])
+
+
+def decoupled_stage(wd, flow, ctx) -> None:
+    decoupled_(flow.params, ctx.genes[wd.rate], ctx.lr)
+
+
+def proximal_stage(wd, flow, ctx) -> None:
+    proximal_(flow.params, ctx.genes[wd.rate], ctx.lr)
+
+
+def in_direction_stage(wd, flow, ctx) -> None:
+    flow.direction = in_direction(flow.direction, flow.params, ctx.genes[wd.rate])

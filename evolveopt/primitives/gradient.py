@@ -60,3 +60,24 @@ def adaptor(grads: TensorList, prev: TensorList, ema: TensorList, beta: Scalar, 
     tl.lerp_(ema, diff, 1.0 - beta)
     torch._foreach_copy_(prev, grads)
     return tl.added(grads, ema, alpha)
+
+
+# ----------------------------------------------------------------------------- locus stages
+# Stage functions (registry.py): ``(locus value, flow, ctx)``; they replace ``flow.grads``.
+
+
+def clip_stage(clip, flow, ctx) -> None:
+    """clip: value | tensor_norm | global_norm (the global factor comes with ``ctx``)."""
+    c = ctx.genes[clip.threshold]
+    if clip.mode == "value":
+        flow.grads = clip_by_value(flow.grads, c)
+    elif clip.mode == "tensor_norm":
+        flow.grads = clip_by_tensor_norm(flow.grads, c, ctx.member_dims)
+    else:
+        assert ctx.global_clip is not None, "global-norm clipping needs the factor over every parameter"
+        flow.grads = clip_by_global_norm(flow.grads, ctx.global_clip)
+
+
+def adaptor_stage(a, flow, ctx) -> None:
+    flow.grads = adaptor(flow.grads, flow.state["adaptor.prev_grad"], flow.state["adaptor.diff_ema"],
+                         ctx.genes[a.beta], ctx.genes[a.alpha])

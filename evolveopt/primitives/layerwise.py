@@ -52,3 +52,26 @@ def friction(grads: TensorList, prev: TensorList, mode: str, member_dims: int) -
         torch._foreach_sigmoid_(diff)
         return diff
     return [torch.sigmoid(n) for n in tl.member_norms(diff, member_dims)]
+
+
+# Stage functions (registry.py): ``(locus value, flow, ctx)``; they rescale ``flow.direction``.
+
+
+def layerwise_stage(lw, flow, ctx) -> None:
+    genes, u = ctx.genes, flow.direction
+    if lw.kind == "trust_ratio":
+        tau = trust_ratio(flow.params, u, clamp=genes[lw.clamp] if lw.clamp else None,
+                          eps=genes[lw.eps] if lw.eps else None, member_dims=ctx.member_dims,
+                          lr=ctx.lr if lw.norm_of == "new_weights" else None)
+        tl.scale_(u, tau)
+    else:
+        tl.scale_(u, rms_norm_factors(u, genes[lw.eps], ctx.member_dims))
+
+
+def friction_stage(mode: str, flow, ctx) -> None:
+    """ξ from g and the previous gradient (the rule stores g after the direction stage)."""
+    xi = friction(flow.grads, flow.state["prev_grad"], mode, ctx.member_dims)
+    if mode == "elementwise":
+        torch._foreach_mul_(flow.direction, xi)
+    else:
+        tl.scale_(flow.direction, xi)

@@ -24,7 +24,8 @@ import numpy as np
 from evolveopt.errors import GenomeError
 from evolveopt.genome.canonical import canonical_form
 from evolveopt.genome.genes import WEIGHT_GENE, gene_spec
-from evolveopt.genome.schema import EPS_MODES, LOCI, Genome, to_dict
+from evolveopt.genome.registry import LOCI
+from evolveopt.genome.schema import EPS_MODES, Genome, to_dict
 from evolveopt.search.space import SearchSpace, _random_term, draw_gene, random_genome, structure_genes
 
 Change = tuple[Genome, dict[str, Any]]
@@ -204,7 +205,7 @@ def _describe(value: Any) -> Any:
     return value if value is not None else "none"
 
 
-STRUCTURAL: dict[str, Callable] = {
+TERM_MOVES: dict[str, Callable] = {
     "add_term": _add_term,
     "remove_term": _remove_term,
     "replace_term": _replace_term,
@@ -216,24 +217,30 @@ STRUCTURAL: dict[str, Callable] = {
     "toggle_rectify": _toggle_rectify,
     "change_eps_mode": _change_eps_mode,
     "flip_weight_sign": _flip_weight,
-    "change_layerwise": _locus("layerwise"),
-    "change_friction": _locus("friction"),
-    "change_weight_decay": _locus("weight_decay"),
-    "change_schedule": _locus("schedule"),
-    "change_clip": _locus("clip"),
-    "toggle_adaptor": _locus("adaptor"),
 }
+# One move per registry locus that has one, in the registry's draw order.
+LOCUS_MOVES: dict[str, tuple[str, Callable]] = {
+    locus.key: (locus.move_name, _locus(locus.key))
+    for locus in sorted(LOCI.values(), key=lambda locus: locus.draw_rank) if locus.move_name
+}
+
+
+def structural_moves(space: SearchSpace) -> dict[str, Callable]:
+    """Every structural mutation the space allows: term moves, then a redraw of each locus in play."""
+    loci = {name: move for key, (name, move) in LOCUS_MOVES.items() if space.in_play(LOCI[key])}
+    return {**TERM_MOVES, **loci}
 
 
 def mutate_structure(rng: np.random.Generator, genome: Genome, space: SearchSpace, tries: int = 20) -> Change:
     """One structural mutation, chosen uniformly among those that apply and yield a valid genome."""
-    names = list(STRUCTURAL)
+    moves = structural_moves(space)
+    names = list(moves)
     for _ in range(tries):
         name = names[int(rng.integers(len(names)))]
         data = copy.deepcopy(to_dict(genome))
         data.pop("name", None)
         data.pop("description", None)
-        args = STRUCTURAL[name](rng, data, space)
+        args = moves[name](rng, data, space)
         if args is None:
             continue
         try:
@@ -273,7 +280,7 @@ def crossover(rng: np.random.Generator, a: Genome, b: Genome, space: SearchSpace
             picks = [("a", int(rng.integers(len(da["terms"]))))]
         rng.shuffle(picks)
         picks = picks[: space.max_terms]
-        child: dict[str, Any] = {"schema_version": 1, "terms": []}
+        child: dict[str, Any] = {"schema_version": max(da["schema_version"], db["schema_version"]), "terms": []}
         genes: dict[str, float] = {}
         for index, (side, i) in enumerate(picks):
             parent = da if side == "a" else db
@@ -284,7 +291,7 @@ def crossover(rng: np.random.Generator, a: Genome, b: Genome, space: SearchSpace
                 genes[term["weight"]] = parent["genes"][weight]
             child["terms"].append(term)
         loci = {}
-        for locus in LOCI:
+        for locus in (key for key in LOCI if space.in_play(LOCI[key]) or key in da or key in db):
             side = "a" if rng.random() < 0.5 else "b"
             parent = da if side == "a" else db
             if locus in parent:

@@ -10,21 +10,30 @@ can tie two statistics to one gene (as Adan does) or keep them apart.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any
 
 import numpy as np
 
 from evolveopt.genome.genes import GENES, gene_spec
 from evolveopt.genome.canonical import canonical_form
-from evolveopt.genome.schema import Genome, parse_genome, referenced_genes
+from evolveopt.genome.registry import LOCI, Locus
+from evolveopt.genome.schema import SCHEMA_VERSION, Genome, parse_genome, referenced_genes
 from evolveopt.genome.slots import buffers_per_param
 
 RATES = ("beta1", "beta2", "beta3")
 
 
+# One field per registry locus (registry.py: ``space_key`` and ``space_default``): its choices,
+# "none" meaning absent (repeats weight the draw), or the probability of a locus with one variant.
+_LociChoices = make_dataclass(
+    "_LociChoices", [(locus.space_key, Any, field(default=locus.space_default)) for locus in LOCI.values()],
+    frozen=True,
+)
+
+
 @dataclass(frozen=True)
-class SearchSpace:
+class SearchSpace(_LociChoices):
     """Allowed choices per structural slot (names as in the genome schema; "none" = absent)."""
 
     max_terms: int = 4
@@ -34,13 +43,8 @@ class SearchSpace:
     eps_modes: tuple[str, ...] = ("outside", "raw", "inside")
     rectify_probability: float = 0.1
     sign_probability: float = 0.2
-    layerwise: tuple[str, ...] = ("none", "none", "trust_ratio", "rms_norm")
-    friction: tuple[str, ...] = ("none", "none", "elementwise", "tensor")
-    weight_decay: tuple[str, ...] = ("none", "l2", "decoupled", "decoupled", "proximal", "in_direction")
-    schedules: tuple[str, ...] = ("constant", "constant", "cosine", "warmup_cosine", "linear_decay", "linear_warmup")
-    clip: tuple[str, ...] = ("none", "none", "none", "global_norm", "tensor_norm", "value")
-    adaptor_probability: float = 0.15
-    loss_feedback_probability: float = 0.0  # needs the loss every step: off unless a config turns it on
+    # ...and the loci fields above (layerwise, friction, weight_decay, schedules, clip, adaptor_probability,
+    # loss_feedback_probability, cautious, ...). Loss feedback needs the loss every step: off by default.
     gene_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)  # overrides of search ranges
     max_buffers: int | None = None  # cap on parameter-sized state buffers (Adam keeps 2); None: no cap
 
@@ -50,6 +54,27 @@ class SearchSpace:
 
     def search_range(self, gene: str) -> tuple[float, float]:
         return self.gene_ranges.get(gene) or gene_spec(gene).search
+
+    def draws(self, locus: Locus) -> bool:
+        """Whether random genomes and mutations may produce this locus."""
+        setting = getattr(self, locus.space_key)
+        if isinstance(setting, (int, float)):
+            return setting > 0
+        return any(option not in ("none", *([locus.default] if isinstance(locus.default, str) else []))
+                   for option in setting)
+
+    def in_play(self, locus: Locus) -> bool:
+        """Loci of schema 1 always take part in draws (so seeded v1 searches repeat); later ones
+        only where the space can draw them."""
+        return locus.since_schema == 1 or self.draws(locus)
+
+
+def allowed_choices(name: str) -> set[str]:
+    """Every option the search-space field ``name`` may list."""
+    for locus in LOCI.values():
+        if locus.space_key == name:
+            return {"none", *locus.kinds} - ({"none"} if locus.key == "schedule" else set())
+    return set(getattr(SearchSpace(), name))
 
 
 def draw_gene(rng: np.random.Generator, name: str, space: SearchSpace) -> float:
@@ -116,26 +141,33 @@ def random_genome(rng: np.random.Generator, space: SearchSpace = SearchSpace(), 
 
 def _draw_genome(rng: np.random.Generator, space: SearchSpace) -> Genome:
     terms = [_random_term(rng, space, i) for i in range(int(rng.integers(1, space.max_terms + 1)))]
-    data: dict[str, Any] = {"schema_version": 1, "terms": terms}
-    layerwise = _pick(rng, space.layerwise)
-    if layerwise == "trust_ratio":
-        data["layerwise"] = {"kind": "trust_ratio", "clamp": "trust_clamp", "eps": "trust_eps"}
-    elif layerwise == "rms_norm":
-        data["layerwise"] = {"kind": "rms_norm", "eps": "eps"}
-    data["friction"] = _pick(rng, space.friction)
-    decay = _pick(rng, space.weight_decay)
-    if decay != "none":
-        data["weight_decay"] = {"mode": decay, "rate": "weight_decay"}
-    schedule = _pick(rng, space.schedules)
-    data["schedule"] = {"kind": schedule, "warmup": "warmup"} if "warmup" in schedule else schedule
-    clip = _pick(rng, space.clip)
-    if clip != "none":
-        data["clip"] = {"mode": clip, "threshold": "clip"}
-    if rng.random() < space.adaptor_probability:
-        data["adaptor"] = {"beta": _rate(rng), "alpha": "alpha"}
-    if rng.random() < space.loss_feedback_probability:
-        data["loss_feedback"] = {"beta": "beta3", "low": "feedback_low", "high": "feedback_high"}
+    data: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "terms": terms}
+    for locus in sorted(LOCI.values(), key=lambda locus: locus.draw_rank):
+        if space.in_play(locus):
+            value = draw_locus(rng, locus, space)
+            if value is not None:
+                data[locus.key] = value
     return with_drawn_genes(rng, data, space)
+
+
+def draw_locus(rng: np.random.Generator, locus: Locus, space: SearchSpace) -> Any:
+    """A random value of ``locus`` as genome data (None: absent), as its registry row says."""
+    setting = getattr(space, locus.space_key)
+    if isinstance(setting, (int, float)):  # a locus of one variant, present with this probability
+        if rng.random() >= setting:
+            return None
+        kind = locus.variants[0].kind
+    else:
+        kind = _pick(rng, setting)
+        if kind == "none" or locus.value_type is None:
+            return kind if locus.value_type is None else None
+    variant = locus.variant(kind)
+    data = {f: _rate(rng) if gene == "<rate>" else gene for f, gene in variant.draw.items()}
+    if locus.tag:
+        if locus.bare and not data:
+            return kind
+        data = {locus.tag: kind, **data}
+    return data
 
 
 def with_drawn_genes(rng: np.random.Generator, data: dict[str, Any], space: SearchSpace,

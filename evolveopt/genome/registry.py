@@ -1,0 +1,372 @@
+"""The registry of genome loci: every whole-genome primitive of the update rule, declared once.
+
+A *locus* is one optional slot of a genome around its terms (clipping, weight decay, layer-wise
+scaling, the cautious mask, ...). Its :class:`Locus` row declares everything the rest of
+evolveopt derives from it:
+
+* its YAML key and *variants* (``mode: l2 | decoupled | ...``), each with its fields: a gene
+  reference of given roles (see genes.py), a choice among strings, or a flag;
+* the frozen dataclass its parsed value lives in (or a plain string for a locus that is only a kind);
+* where in the rule each variant acts (:data:`STAGES`, ordered by ``order``) and the tensor
+  function that does it, named as ``"module:function"`` (torch-side code in evolveopt.primitives);
+* its state buffers, its equations for ``evolveopt show``, and how the search space draws it.
+
+Parsing and dumping (schema.py), referenced genes, state slots, equations, ``diff``, the search
+space and its mutations and crossover, and the export bundler all read this table; adding a
+primitive is one primitives module plus one row here (docs/architecture.md shows the cautious mask
+as the worked example).
+
+This module imports nothing from torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+# Where a variant acts, in the order the rule runs them:
+#   gradient   g ← f(g)           before the terms (clipping, L2 decay, ALTO's adaptor)
+#   weights    θ ← f(θ)           before the terms (decoupled decay)
+#   direction  u ← f(u, g, θ)     after the terms, before θ moves (cautious mask, trust ratio, friction)
+#   after      θ ← f(θ)           after θ − η_t·u (proximal decay)
+#   lr         η_t = η·s(t)       a per-step multiplier of lr (schedule)
+#   loss       a global factor from the loss (Eve's feedback), computed by the optimizer
+STAGES = ("gradient", "weights", "direction", "after", "lr", "loss")
+
+
+@dataclass(frozen=True)
+class Field:
+    """One key of a locus: a gene reference (``roles``), a choice (``options``) or a flag."""
+
+    name: str
+    roles: tuple[str, ...] = ()
+    options: tuple[str, ...] = ()
+    flag: bool = False
+    required: bool = True
+    default: Any = None
+
+    @property
+    def is_gene(self) -> bool:
+        return bool(self.roles)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One kind of a locus: its fields, stage, tensor function, state, equation and draw."""
+
+    kind: str
+    fields: tuple[Field, ...] = ()
+    stage: str = "direction"
+    order: int = 50
+    function: str | None = None  # "module:function"; None where the optimizer handles it (lr, loss)
+    slots: tuple[str, ...] = ()  # parameter-shaped state buffers
+    equation: Callable[[Any, Callable[[str], str], str], list[str]] = lambda value, sym, g: []  # (value, symbol of a gene, symbol of g)
+    draw: dict[str, str] = field(default_factory=dict)  # field -> gene name when the search draws it
+
+
+@dataclass(frozen=True)
+class Locus:
+    """A whole-genome primitive (see the module docstring)."""
+
+    key: str
+    doc: str
+    variants: tuple[Variant, ...]
+    value_type: type | None = None  # None: the value is the kind string itself
+    tag: str | None = "kind"  # the field naming the variant; None for a locus with one variant
+    bare: bool = False  # may be written as just its kind
+    default: Any = None  # the value when the genome leaves the locus out
+    space_key: str = ""  # SearchSpace field (and config key space.<field>) holding its draw setting
+    space_default: Any = ("none",)  # choices (with "none" = absent), or a probability for tagless loci
+    draw_rank: int = 100  # the order random genomes draw loci (and mutations list them) in, kept from schema v1
+    move: str | None = ""  # the structural mutation that redraws it ("" = change_<key>; None = none)
+    since_schema: int = 1  # the first schema version that has this locus
+
+    @property
+    def move_name(self) -> str | None:
+        return f"change_{self.key}" if self.move == "" else self.move
+
+    def variant(self, kind: str) -> Variant:
+        return next(v for v in self.variants if v.kind == kind)
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(v.kind for v in self.variants)
+
+    def kind_of(self, value: Any) -> str:
+        if self.value_type is None:
+            return value
+        return getattr(value, self.tag) if self.tag else self.variants[0].kind
+
+    def present(self, value: Any) -> bool:
+        return value is not None and value != self.default
+
+
+# ---------------------------------------------------------------------------- values
+
+
+@dataclass(frozen=True)
+class Clip:
+    """Gradient clipping by value (|g| ≤ c), per-tensor norm or global norm (‖g‖ ≤ c)."""
+
+    mode: str
+    threshold: str
+
+
+@dataclass(frozen=True)
+class Adaptor:
+    """ALTO's adaptor E: ĝ = g + α·a, a ← βa + (1−β)(g_t − g_{t−1}), g_0 = 0."""
+
+    beta: str
+    alpha: str
+
+
+@dataclass(frozen=True)
+class Layerwise:
+    """Per-tensor rescaling of the direction.
+
+    trust_ratio: τ = min(‖θ‖, clamp)/(‖u‖ + ε_τ), τ = 1 where either norm is 0 (LAMB);
+                 norm_of=new_weights uses ‖θ − η_t u‖ in place of ‖u‖ (RaLamb/EVE).
+    rms_norm:    u ← u/(rms(u) + ε).
+    """
+
+    kind: str
+    clamp: str | None = None
+    eps: str | None = None
+    norm_of: str = "update"
+
+
+@dataclass(frozen=True)
+class LossFeedback:
+    """Eve's global factor d_t from the relative change of the clipped smoothed loss."""
+
+    beta: str
+    low: str
+    high: str
+
+
+@dataclass(frozen=True)
+class WeightDecay:
+    mode: str
+    rate: str
+
+
+HORIZON_SCHEDULES = ("linear_warmup", "cosine", "linear_decay", "warmup_cosine")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Learning-rate multiplier s(t), t = 1, 2, ...; T = total_steps, W = warmup·T."""
+
+    kind: str = "constant"
+    warmup: str | None = None
+    gamma: str | None = None
+
+    @property
+    def needs_horizon(self) -> bool:
+        return self.kind in HORIZON_SCHEDULES
+
+
+@dataclass(frozen=True)
+class Cautious:
+    """The cautious mask (Liang et al. 2024): keep the direction where it agrees in sign with g.
+
+    mean:     u ← u⊙M/max(mean(M), 10⁻³),   M = 1[u⊙g > 0]  (C-AdamW; timm ``caution=True``)
+    plus_one: u ← u⊙M·n/(ΣM + 1)                            (C-Lion; pytorch-optimizer ``cautious=True``)
+    per tensor (per member of a population), n its number of elements.
+    """
+
+    kind: str
+
+
+# ---------------------------------------------------------------------------- equations
+
+
+def _clip_lines(clip: Clip, sym, g: str = "g") -> list[str]:
+    c = sym(clip.threshold)
+    return [{
+        "value": f"g ← clamp(g, −{c}, {c})",
+        "tensor_norm": f"g ← g·min(1, {c}/‖g‖)   (per tensor)",
+        "global_norm": f"g ← g·min(1, {c}/‖g‖_all)   (norm over every parameter)",
+    }[clip.mode]]
+
+
+def _adaptor_lines(a: Adaptor, sym, g: str = "g") -> list[str]:
+    b = sym(a.beta)
+    return [f"a ← {b}·a + (1 − {b})·(g − g_prev)   (g_prev = 0 at t = 1)", f"ĝ = g + {sym(a.alpha)}·a"]
+
+
+def _trust_lines(lw: Layerwise, sym, g: str = "g") -> list[str]:
+    top = f"min(‖θ‖, {sym(lw.clamp)})" if lw.clamp else "‖θ‖"
+    below = "‖u‖" if lw.norm_of == "update" else "‖θ − η_t·u‖"
+    below = f"({below} + {sym(lw.eps)})" if lw.eps else below
+    return [f"u ← τ·u,  τ = {top}/{below} per tensor (1 where a norm is 0)"]
+
+
+def _friction_lines(kind: str, sym, g: str = "g") -> list[str]:
+    if kind == "elementwise":
+        return [f"u ← sigmoid(|{g} − {g}_prev|)⊙u   ({g}_prev = 0 at t = 1)"]
+    return [f"u ← sigmoid(‖{g} − {g}_prev‖)·u per tensor   ({g}_prev = 0 at t = 1)"]
+
+
+def _schedule_lines(s: Schedule, sym, g: str = "g") -> list[str]:
+    w = f"min(1, t/({sym(s.warmup)}·T))" if s.warmup else ""
+    cos = "½(1 + cos(π·(t − 1)/T))"
+    factor = {
+        "constant": "1",
+        "linear_warmup": w,
+        "cosine": cos,
+        "linear_decay": "max(0, 1 − (t − 1)/T)",
+        "exponential": f"{sym(s.gamma) if s.gamma else 'γ'}^(t − 1)",
+        "warmup_cosine": f"{w}·{cos}",
+    }[s.kind]
+    if s.kind == "constant":
+        return ["η_t = η"]
+    return ["η_t = η·" + factor + ("   (T = total_steps)" if s.needs_horizon else "")]
+
+
+def _feedback_lines(fb: LossFeedback, sym, g: str = "g") -> list[str]:
+    return [f"d_t = Eve's loss feedback: d_1 = 1, d ← {sym(fb.beta)}·d + (1 − {sym(fb.beta)})·r_t, r_t the "
+            f"relative change of the smoothed loss, clipped by ({sym(fb.low)}, {sym(fb.high)})"]
+
+
+def _cautious_lines(c: Cautious, sym, g: str = "g") -> list[str]:
+    scale = "max(mean(M), 10⁻³)" if c.kind == "mean" else "(ΣM + 1)/n"
+    return [f"u ← u⊙M/{scale},  M = 1[u⊙g > 0] per tensor (n elements)"]
+
+
+# ---------------------------------------------------------------------------- the registry
+
+
+def _gene(name: str, *roles: str, required: bool = True) -> Field:
+    return Field(name, roles=roles, required=required)
+
+
+_DECAY = (_gene("rate", "weight_decay"),)
+
+LOCI: dict[str, Locus] = {locus.key: locus for locus in (
+    Locus(
+        "clip", "gradient clipping", value_type=Clip, tag="mode",
+        variants=tuple(Variant(
+            mode, (_gene("threshold", "threshold"),), stage="gradient", order=10,
+            function="evolveopt.primitives.gradient:clip_stage", equation=_clip_lines, draw={"threshold": "clip"},
+        ) for mode in ("value", "tensor_norm", "global_norm")),
+        space_key="clip", space_default=("none", "none", "none", "global_norm", "tensor_norm", "value"),
+        draw_rank=5,
+    ),
+    Locus(
+        "adaptor", "ALTO's gradient adaptor", value_type=Adaptor, tag=None,
+        variants=(Variant(
+            "adaptor", (_gene("beta", "rate"), _gene("alpha", "coefficient")), stage="gradient", order=40,
+            function="evolveopt.primitives.gradient:adaptor_stage",
+            slots=("adaptor.prev_grad", "adaptor.diff_ema"), equation=_adaptor_lines,
+            draw={"beta": "<rate>", "alpha": "alpha"},
+        ),),
+        space_key="adaptor_probability", space_default=0.15, draw_rank=6, move="toggle_adaptor",
+    ),
+    Locus(
+        "layerwise", "per-tensor scaling of the direction", value_type=Layerwise, bare=True,
+        variants=(
+            Variant("trust_ratio", (_gene("clamp", "clamp", required=False), _gene("eps", "eps", required=False),
+                                    Field("norm_of", options=("update", "new_weights"), required=False,
+                                          default="update")),
+                    stage="direction", order=70, function="evolveopt.primitives.layerwise:layerwise_stage",
+                    equation=_trust_lines, draw={"clamp": "trust_clamp", "eps": "trust_eps"}),
+            Variant("rms_norm", (_gene("eps", "eps"),), stage="direction", order=70,
+                    function="evolveopt.primitives.layerwise:layerwise_stage",
+                    equation=lambda lw, sym, g: [f"u ← u/(rms(u) + {sym(lw.eps)}) per tensor"], draw={"eps": "eps"}),
+        ),
+        space_key="layerwise", space_default=("none", "none", "trust_ratio", "rms_norm"), draw_rank=1,
+    ),
+    Locus(
+        "friction", "diffGrad's friction", value_type=None, default="none",
+        variants=tuple(Variant(kind, stage="direction", order=80,
+                               function="evolveopt.primitives.layerwise:friction_stage",
+                               slots=("prev_grad",), equation=_friction_lines)
+                       for kind in ("elementwise", "tensor")),
+        space_key="friction", space_default=("none", "none", "elementwise", "tensor"), draw_rank=2,
+    ),
+    Locus(
+        "loss_feedback", "Eve's loss feedback", value_type=LossFeedback, tag=None,
+        variants=(Variant(
+            "loss_feedback", (_gene("beta", "rate"), _gene("low", "feedback_bound"), _gene("high", "feedback_bound")),
+            stage="loss", equation=_feedback_lines,
+            draw={"beta": "beta3", "low": "feedback_low", "high": "feedback_high"},
+        ),),
+        space_key="loss_feedback_probability", space_default=0.0, draw_rank=7, move=None,
+    ),
+    Locus(
+        "weight_decay", "weight decay", value_type=WeightDecay, tag="mode",
+        variants=(
+            Variant("l2", _DECAY, stage="gradient", order=20, function="evolveopt.primitives.decay:l2_stage",
+                    equation=lambda wd, sym, g: [f"g ← g + {sym(wd.rate)}·θ"], draw={"rate": "weight_decay"}),
+            Variant("decoupled", _DECAY, stage="weights", order=30,
+                    function="evolveopt.primitives.decay:decoupled_stage",
+                    equation=lambda wd, sym, g: [f"θ ← θ·(1 − η_t·{sym(wd.rate)})"], draw={"rate": "weight_decay"}),
+            Variant("proximal", _DECAY, stage="after", order=90, function="evolveopt.primitives.decay:proximal_stage",
+                    equation=lambda wd, sym, g: [f"θ ← θ/(1 + η_t·{sym(wd.rate)})"],
+                    draw={"rate": "weight_decay"}),
+            Variant("in_direction", _DECAY, stage="direction", order=60,
+                    function="evolveopt.primitives.decay:in_direction_stage",
+                    equation=lambda wd, sym, g: [f"u ← u + {sym(wd.rate)}·θ"], draw={"rate": "weight_decay"}),
+        ),
+        space_key="weight_decay", space_default=("none", "l2", "decoupled", "decoupled", "proximal", "in_direction"),
+        draw_rank=3,
+    ),
+    Locus(
+        "schedule", "learning-rate schedule", value_type=Schedule, bare=True, default=Schedule(),
+        variants=(
+            Variant("constant", stage="lr", equation=_schedule_lines),
+            Variant("linear_warmup", (_gene("warmup", "fraction"),), stage="lr", equation=_schedule_lines,
+                    draw={"warmup": "warmup"}),
+            Variant("cosine", stage="lr", equation=_schedule_lines),
+            Variant("linear_decay", stage="lr", equation=_schedule_lines),
+            Variant("exponential", (_gene("gamma", "decay_factor"),), stage="lr", equation=_schedule_lines,
+                    draw={"gamma": "gamma"}),
+            Variant("warmup_cosine", (_gene("warmup", "fraction"),), stage="lr", equation=_schedule_lines,
+                    draw={"warmup": "warmup"}),
+        ),
+        space_key="schedules",
+        space_default=("constant", "constant", "cosine", "warmup_cosine", "linear_decay", "linear_warmup"),
+        draw_rank=4,
+    ),
+    Locus(
+        "cautious", "the cautious sign-agreement mask", value_type=Cautious, bare=True,
+        variants=tuple(Variant(kind, stage="direction", order=55,
+                               function="evolveopt.primitives.cautious:cautious_stage", equation=_cautious_lines)
+                       for kind in ("mean", "plus_one")),
+        space_key="cautious", space_default=("none",), draw_rank=8, since_schema=2,
+    ),
+)}
+
+
+def locus_genes(locus: Locus, value: Any) -> list[str]:
+    """The genes a locus value refers to."""
+    if locus.value_type is None:
+        return []
+    variant = locus.variant(locus.kind_of(value))
+    return [getattr(value, f.name) for f in variant.fields if f.is_gene and getattr(value, f.name) is not None]
+
+
+def locus_slots(locus: Locus, value: Any) -> tuple[str, ...]:
+    return locus.variant(locus.kind_of(value)).slots
+
+
+def present_loci(loci: dict[str, Any]) -> list[tuple[Locus, Any]]:
+    """(locus, value) of every locus a genome has, in registry order."""
+    return [(locus, loci[key]) for key, locus in LOCI.items() if key in loci and locus.present(loci[key])]
+
+
+def pipeline(loci: dict[str, Any], *stages: str) -> list[tuple[Variant, Any]]:
+    """The variants a genome runs at ``stages``, in their order."""
+    steps = []
+    for locus, value in present_loci(loci):
+        variant = locus.variant(locus.kind_of(value))
+        if variant.stage in stages:
+            steps.append((variant, value))
+    return sorted(steps, key=lambda item: item[0].order)
+
+
+def primitive_modules() -> tuple[str, ...]:
+    """The torch-side modules that implement some locus (the export bundler ships them)."""
+    names = {v.function.split(":")[0] for locus in LOCI.values() for v in locus.variants if v.function}
+    return tuple(sorted(names))

@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+from pytorch_optimizer.optimizer.muon.base import get_adjusted_lr
 from pytorch_optimizer.optimizer.utils.matrix import NS_COEFFICIENTS, zero_power_via_newton_schulz_5
 
 from evolveopt.errors import GenomeError, OptimizerUsageError
@@ -132,9 +133,15 @@ def test_shape_scale_matches_torch_adjust_lr(shape, kind):
     assert shape_scales([torch.zeros(shape), torch.zeros(2, 3)], kind, 0)[0] == expected
 
 
-def test_shape_scale_of_conv_uses_the_matrix_view():
+@pytest.mark.parametrize("shape", [(32, 2, 2, 2), (16, 3, 3, 3), (24, 40), (40, 24)], ids=str)
+@pytest.mark.parametrize("moonlight", [False, True])
+def test_shape_scale_of_conv_uses_the_matrix_view(shape, moonlight):
+    """[out, in, kh, kw] scales as [out, in·kh·kw], like pytorch-optimizer's Muon (torch's is 2-D only)."""
+    kind = "match_rms_adamw" if moonlight else "original"
+    expected = get_adjusted_lr(1.0, shape, use_adjusted_lr=moonlight)
+    assert shape_scale(shape, kind, 0) == pytest.approx(expected, rel=1e-15)
+    assert shape_scale((4, *shape), kind, 1) == shape_scale(shape, kind, 0)
     assert shape_scale((32, 2, 2, 2), "original", 0) == math.sqrt(32 / 8)
-    assert shape_scale((4, 32, 2, 2, 2), "match_rms_adamw", 1) == 0.2 * math.sqrt(32)
 
 
 def _net(seed: int) -> list[torch.nn.Parameter]:

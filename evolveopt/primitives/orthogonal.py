@@ -112,7 +112,9 @@ def newton_schulz(xs: TensorList, steps: int, coefficients: Coefficients, comput
     then ``steps`` times A = X Xᵀ, X ← aX + (bA + cA²)X, computed in ``compute_dtype``.
 
     The op order is torch 2.13's ``torch.optim.Muon`` (``addmm(A, A, A, beta=b, alpha=c)``,
-    ``addmm(X, B, X, beta=a)``; ``baddbmm`` for a stacked population), so bf16 results match it.
+    ``addmm(X, B, X, beta=a)``; ``baddbmm`` for a stacked population), so bf16 results match it
+    bit for bit; a stack matches per member where torch's CPU kernels pick the same blocking for
+    ``bmm`` as for ``mm`` (not for every shape, e.g. [64, 1024]: then within bf16 rounding).
     Returns new tensors of the inputs' shapes and dtypes; the inputs are not changed.
     """
     schedule = coefficient_schedule(coefficients, steps)

@@ -163,3 +163,31 @@ class SignSGDReference(_Reference):
                 p *= 1 - group["lr"] * group["weight_decay"]
                 p -= group["lr"] * torch.sign(g)
         return loss
+
+
+class CautiousAdamWReference(_Reference):
+    """C-AdamW as timm's AdamW(caution=True): the mask 1[m⊙g > 0] divided by max(mean, 1e-3)
+    multiplies m in torch.optim.AdamW's step (decoupled decay first)."""
+
+    def __init__(self, params, lr, betas, eps, weight_decay):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        with torch.enable_grad():
+            loss = closure() if closure else None
+        for group in self.param_groups:
+            b1, b2 = group["betas"]
+            for p, g, st in self._grads(group):
+                if not st:
+                    st.update(t=0, m=torch.zeros_like(p), v=torch.zeros_like(p))
+                st["t"] += 1
+                t = st["t"]
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+                st["m"].lerp_(g, 1 - b1)
+                st["v"].mul_(b2).addcmul_(g, g, value=1 - b2)
+                mask = (st["m"] * g > 0).to(g.dtype)
+                mask.div_(mask.mean().clamp(min=1e-3))
+                denom = (st["v"].sqrt() / math.sqrt(1 - b2**t)).add_(group["eps"])
+                p.addcdiv_(st["m"] * mask, denom, value=-group["lr"] / (1 - b1**t))
+        return loss

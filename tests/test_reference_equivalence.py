@@ -13,7 +13,8 @@ from typing import Any, Callable
 import pytest
 import torch
 from conftest import tiny_batches, tiny_net, train, weight_and_bias_groups
-from references import AltoReference, EveReference, EverReference, GA2025Reference, SignSGDReference
+from references import (AltoReference, CautiousAdamWReference, EveReference, EverReference, GA2025Reference,
+                        SignSGDReference)
 
 import evolveopt
 
@@ -99,6 +100,11 @@ CASES: dict[str, Case] = {
                    lambda g: GA2025Reference(g, lr=0.002, betas=(0.8, 0.95), eps=1e-8, weight_decay=0.01,
                                              w_adam=3.6352, w_sign=0.7345, total_steps=STEPS),
                    GROUP, total_steps=STEPS),
+    "cautious_adamw": Case(ADAM_GENES | dict(weight_decay=0.1),
+                           lambda g: CautiousAdamWReference(g, lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1),
+                           GROUP),
+    "cautious_lion": Case(dict(lr=0.002, beta1=0.8, beta2=0.95, weight_decay=0.1),
+                          _kozistr("Lion", lr=0.002, betas=(0.8, 0.95), weight_decay=0.1, cautious=True), GROUP),
     "signsgd": Case(dict(lr=0.002, weight_decay=0.01),
                     lambda g: SignSGDReference(g, lr=0.002, weight_decay=0.01), GROUP),
 }

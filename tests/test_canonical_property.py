@@ -19,9 +19,10 @@ from hypothesis import strategies as st
 import evolveopt
 from evolveopt.errors import GenomeError
 from evolveopt.genome import canonical_form, genome_hash, to_dict
-from evolveopt.genome.schema import (CLIP_MODES, DECAY_MODES, EPS_MODES, FRICTIONS, LAYERWISE_KINDS,
-                                     MOMENTUM_KINDS, PRECONDITION_KINDS, SCHEDULES, SIGNALS, TERM_SIGNALS,
-                                     TRUST_NORMS, parse_genome)
+from evolveopt.genome.genes import gene_spec
+from evolveopt.genome.registry import LOCI
+from evolveopt.genome.schema import (EPS_MODES, MOMENTUM_KINDS, PRECONDITION_KINDS, SCHEMA_VERSION, SIGNALS,
+                                     TERM_SIGNALS, parse_genome)
 
 RATES = st.sampled_from(["beta1", "beta2", "beta3"])
 WEIGHTS = st.sampled_from([None, "w1", "w2", "w3", "beta2"])  # shared, tied and absent weights
@@ -66,28 +67,34 @@ def terms(draw):
 
 
 @st.composite
+def locus_values(draw, locus):
+    """Any value of a registry locus: a variant, then each of its fields (a gene of a fitting role,
+    an option, a flag; optional fields sometimes left out)."""
+    variant = draw(st.sampled_from(locus.variants))
+    if locus.value_type is None:
+        return variant.kind
+    value = {locus.tag: variant.kind} if locus.tag else {}
+    for f in variant.fields:
+        if not f.required and draw(st.booleans()):
+            continue
+        if f.is_gene:
+            value[f.name] = draw(st.sampled_from([g for g in ON_GRID if gene_spec(g).role in f.roles]))
+        elif f.options:
+            value[f.name] = draw(st.sampled_from(f.options))
+        else:
+            value[f.name] = draw(st.booleans())
+    return value
+
+
+@st.composite
 def genome_dicts(draw):
     """A genome document; ``draw``s a whole structure first, then on-grid values of its genes."""
-    data = {"schema_version": 1, "terms": draw(st.lists(terms(), min_size=1, max_size=4))}
+    data = {"schema_version": SCHEMA_VERSION, "terms": draw(st.lists(terms(), min_size=1, max_size=4))}
     if draw(st.booleans()):
         data["terms"].append(dict(data["terms"][0]))  # an exact duplicate: canonicalization merges it
-    if draw(st.booleans()):
-        data["clip"] = {"mode": draw(st.sampled_from(CLIP_MODES)), "threshold": "clip"}
-    if draw(st.booleans()):
-        data["adaptor"] = {"beta": draw(RATES), "alpha": "alpha"}
-    if draw(st.booleans()):
-        kind = draw(st.sampled_from(LAYERWISE_KINDS))
-        data["layerwise"] = ({"kind": kind, "eps": "trust_eps"} if kind == "rms_norm" else
-                             {"kind": kind, "clamp": "trust_clamp", "eps": "trust_eps",
-                              "norm_of": draw(st.sampled_from(TRUST_NORMS))})
-    data["friction"] = draw(st.sampled_from(FRICTIONS))
-    if draw(st.booleans()):
-        data["loss_feedback"] = {"beta": "beta3", "low": "feedback_low", "high": "feedback_high"}
-    if draw(st.booleans()):
-        data["weight_decay"] = {"mode": draw(st.sampled_from(DECAY_MODES)), "rate": "weight_decay"}
-    kind = draw(st.sampled_from(SCHEDULES))
-    data["schedule"] = {"kind": kind, **({"warmup": "warmup"} if "warmup" in kind else {}),
-                        **({"gamma": "gamma"} if kind == "exponential" else {})}
+    for locus in LOCI.values():  # every locus the registry declares, each variant and field
+        if draw(st.booleans()):
+            data[locus.key] = draw(locus_values(locus))
     used = {"lr"} | _names(data)
     data["genes"] = {name: draw(st.sampled_from(ON_GRID[name])) for name in sorted(used)}
     return data

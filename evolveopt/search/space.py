@@ -18,7 +18,7 @@ import numpy as np
 from evolveopt.genome.genes import GENES, gene_spec
 from evolveopt.genome.canonical import canonical_form
 from evolveopt.genome.registry import LOCI, Locus
-from evolveopt.genome.schema import SCHEMA_VERSION, Genome, parse_genome, referenced_genes
+from evolveopt.genome.schema import EPS_MODES, SCHEMA_VERSION, Genome, parse_genome, referenced_genes
 from evolveopt.genome.slots import buffers_per_param
 
 RATES = ("beta1", "beta2", "beta3")
@@ -67,6 +67,23 @@ class SearchSpace(_LociChoices):
         """Loci of schema 1 always take part in draws (so seeded v1 searches repeat); later ones
         only where the space can draw them."""
         return locus.since_schema == 1 or self.draws(locus)
+
+
+def full_space(**overrides: Any) -> SearchSpace:
+    """A space that can draw every locus of the registry (each variant as often as its absence) and
+    every term option: what the property tests sample, and the base of the frontier search space."""
+    loci = {}
+    for locus in LOCI.values():
+        default = getattr(SearchSpace(), locus.space_key)
+        if isinstance(default, (int, float)):
+            loci[locus.space_key] = 0.5
+        elif locus.key == "schedule":
+            loci[locus.space_key] = locus.kinds
+        else:
+            loci[locus.space_key] = ("none",) * len(locus.kinds) + locus.kinds
+    terms = dict(signals=("grad", "grad", "grad_diff", "nesterov_grad"), eps_modes=EPS_MODES,
+                 rectify_probability=0.2, sign_probability=0.2)
+    return SearchSpace(**{**loci, **terms, **overrides})
 
 
 def allowed_choices(name: str) -> set[str]:

@@ -40,6 +40,15 @@ CASES = {
         r"terms: every term has weight 0",
     ),
     "future_schema": (ADAM.replace("schema_version: 1", "schema_version: 7"), r"unsupported schema version 7"),
+    "schema_2_locus_in_a_schema_1_file": (ADAM + "cautious: mean\n",
+                                          r"cautious: 'cautious' needs schema_version 2 \(this file says 1\)"),
+    "unknown_locus_kind": (ADAM.replace("schema_version: 1", "schema_version: 2") + "cautious: always\n",
+                           r"cautious\.kind: unknown value 'always' \(allowed: mean, plus_one\)"),
+    "locus_field_of_another_variant": (
+        ADAM.replace("schema_version: 1", "schema_version: 2") + "layerwise: {kind: rms_norm, eps: eps, clamp: eps}\n",
+        r"layerwise\.clamp: layerwise 'rms_norm' takes no 'clamp'"),
+    "locus_gene_out_of_role": (ADAM + "weight_decay: {mode: decoupled, rate: beta1}\n",
+                               r"weight_decay\.rate: gene 'beta1' is .*; this field takes"),
 }
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from evolveopt.genome.equations import render_equations, sym
 from evolveopt.genome.registry import LOCI, STAGES, pipeline
-from evolveopt.genome.schema import SCHEMA_VERSION, Genome
+from evolveopt.genome.schema import Genome, schema_version_of
 
 STRUCTURE_CLASSES = ("Genome", "Term", "Signal", "Momentum", "Precondition",
                      *(locus.value_type.__name__ for locus in LOCI.values() if locus.value_type))
@@ -122,7 +122,7 @@ def export_python(genome: Genome, class_name: str, provenance: dict[str, Any]) -
     imports = sorted(set(imports) | {"import math", "from dataclasses import replace"})
     header = (
         f'"""{class_name}: {genome.description or "an optimizer discovered by evolveopt"}\n\n'
-        f"A standalone torch.optim.Optimizer written by evolveopt (genome schema {SCHEMA_VERSION}). It needs only\n"
+        f"A standalone torch.optim.Optimizer written by evolveopt (genome schema {schema_version_of(genome)}). It needs only\n"
         f"PyTorch: the class {class_name} below is followed by the update-rule runtime it runs, copied from\n"
         f"evolveopt so that this file trains exactly like evolveopt.build_optimizer(genome). See the class\n"
         f"docstring for the update equations, defaults and provenance.\n"

@@ -230,8 +230,8 @@ def _feedback_lines(fb: LossFeedback, sym, g: str = "g") -> list[str]:
 
 
 def _cautious_lines(c: Cautious, sym, g: str = "g") -> list[str]:
-    scale = "max(mean(M), 10⁻³)" if c.kind == "mean" else "(ΣM + 1)/n"
-    return [f"u ← u⊙M/{scale},  M = 1[u⊙g > 0] per tensor (n elements)"]
+    scaled = "u⊙M/max(mean(M), 10⁻³)" if c.kind == "mean" else "u⊙M·n/(ΣM + 1)"
+    return [f"u ← {scaled},  M = 1[u⊙{g} > 0] per tensor (n elements)"]
 
 
 # ---------------------------------------------------------------------------- the registry

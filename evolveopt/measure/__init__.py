@@ -51,6 +51,14 @@ BENCHMARKS: dict[str, Benchmark] = {
                                                                    m.run_step_benchmark)(repeats=a.repeats,
                                                                                          device=a.device)},
                       lambda m, r: (m.format_compile_table if r["compile"] else m.format_table)(r["rows"])),
+    "frontier": Benchmark("frontier_step", "frontier genomes' step() vs the packages they mirror; a stacked "
+                                           "population step vs separate optimizers",
+                          lambda m, a: {"rows": m.run_frontier_step_benchmark(repeats=a.repeats, device=a.device),
+                                        "population": [m.run_population_benchmark(name, device=a.device)
+                                                       for name in ("muon", "cautious_adamw")
+                                                       if name in m.available_pairs()]},
+                          lambda m, r: "\n".join([m.format_frontier_table(r["rows"]),
+                                                  *map(m.format_population, r["population"])])),
     "eval": Benchmark("batched_training", "batched vs one-at-a-time training",
                       lambda m, a: m.run_eval_benchmark(sizes=_eval_sizes(a), device=a.device),
                       lambda m, r: m.format_eval_table(r)),

@@ -39,7 +39,7 @@ def train_alone(task, genome, seed, steps):
     return [p.detach()[0] for p in run.params]
 
 
-@pytest.mark.parametrize("genome_names", [None, ("ga2025",), ("adan",), ("lion",)])
+@pytest.mark.parametrize("genome_names", [None, ("ga2025",), ("adan",), ("lion",), ("cautious_adamw",), ("cautious_lion",)])
 def test_a_member_trains_as_it_would_alone(genome_names):
     task = make_task("digits_mlp")
     base = adam_variants() if genome_names is None else [evolveopt.load_genome(genome_names[0])] * 2

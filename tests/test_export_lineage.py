@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import csv
 import importlib
 import io
@@ -52,7 +53,9 @@ def test_exported_module_needs_only_torch_and_runs_nothing_from_strings(run, tmp
     out = tmp_path / "champion.py"
     assert main(["export", str(run), "-o", str(out)]) == 0
     text = out.read_text()
-    assert not re.search(r"\b(eval|exec)\(", text)
+    # no builtin that runs code from strings is called (optimizer.eval() of schedule-free averaging is a method)
+    calls = [node.func for node in ast.walk(ast.parse(text)) if isinstance(node, ast.Call)]
+    assert not [f.id for f in calls if isinstance(f, ast.Name) and f.id in ("eval", "exec", "compile", "__import__")]
     assert "evolveopt" not in re.findall(r"^(?:import|from) (\S+)", text, re.M)
     assert len(re.findall(r"^class \w+\(torch\.optim\.Optimizer\)", text, re.M)) == 1
     assert f"#{champion(run)['id']}" in text

@@ -22,7 +22,8 @@ from torch import Tensor
 
 from evolveopt.genome.registry import pipeline
 from evolveopt.genome.schema import Genome, Momentum, Signal, Term
-from evolveopt.genome.slots import PARAM_COPY, PARAM_KINDS, PARAM_SHAPED, PER_MEMBER_ZERO, momentum_slot, nadam_slot, precondition_slots, signal_name, state_slots
+from evolveopt.genome.slots import (PARAM_COPY, PARAM_KINDS, PARAM_SHAPED, PER_MEMBER_ZERO, momentum_slot, nadam_slot,
+                                    precondition_slots, signal_name, state_slots)
 from evolveopt.primitives import gradient, moments, preconditioners, schedules
 from evolveopt.primitives import tensorlist as tl
 from evolveopt.primitives.tensorlist import Factor, Scalar, Step, TensorList

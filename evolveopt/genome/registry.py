@@ -66,7 +66,7 @@ class Variant:
     order: int = 50
     function: str | None = None  # "module:function"; None where the optimizer handles it (lr, loss)
     slots: tuple[str, ...] = ()  # state buffers: parameter-shaped zeros unless slot_kinds says otherwise
-    slot_kinds: dict[str, str] = field(default_factory=dict)  # slot -> kind (genome/slots.py: param_copy, per_member_zero)
+    slot_kinds: dict[str, str] = field(default_factory=dict)  # slot -> kind (slots.py: param_copy, per_member_zero)
     equation: Callable[[Any, Callable[[str], str], str], list[str]] = lambda value, sym, g: []  # (value, symbol of a gene, symbol of g)
     draw: dict[str, str] = field(default_factory=dict)  # field -> gene name when the search draws it
 
@@ -259,7 +259,8 @@ def _cautious_lines(c: Cautious, sym, g: str = "g") -> list[str]:
 def _averaging_lines(a: Averaging, sym, g: str = "g") -> list[str]:
     b, r, p = sym(a.beta), sym(a.r), sym(a.lr_power)
     return [f"lr_max ← max(lr_max, η_t);  S ← S + t^{r}·lr_max^{p};  c = t^{r}·lr_max^{p}/S   (c = 0 while S = 0)",
-            f"θ ← (1 − c)·θ + c·z;  θ ← θ + η_t·({b}·(1 − c) − 1)·u;  z ← z − η_t·u   (θ = y, the gradient point; z_0 = θ_0)",
+            f"θ ← (1 − c)·θ + c·z;  θ ← θ + η_t·({b}·(1 − c) − 1)·u;  z ← z − η_t·u"
+            "   (θ = y, the gradient point; z_0 = θ_0)",
             f"evaluation point x = (θ − (1 − {b})·z)/{b}   (optimizer.eval(); train() returns to θ = y)"]
 
 

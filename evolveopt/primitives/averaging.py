@@ -17,6 +17,7 @@ population), computed without a host sync.
 from __future__ import annotations
 
 import torch
+
 from evolveopt.primitives import tensorlist as tl
 from evolveopt.primitives.tensorlist import Scalar, Step, TensorList
 
@@ -67,5 +68,5 @@ def to_eval_point_(params: TensorList, z: TensorList, beta: Scalar) -> None:
 
 
 def to_train_point_(params: TensorList, z: TensorList, beta: Scalar) -> None:
-    """θ = x → y = β·x + (1 − β)·z in place (exact up to rounding; the optimizers restore a saved y instead)."""
+    """θ = x → y = β·x + (1 − β)·z in place (up to rounding; the optimizers restore a saved y instead)."""
     tl.lerp_(params, z, 1.0 - beta)

@@ -11,7 +11,9 @@ rule's direction u; the point to evaluate, x, is an average of z and is never st
 lr_max and S are per-member scalars kept with every parameter tensor (the tensors of one call
 share a step count, so their copies agree and the first is read): a host float on the plain
 ``torch.optim`` path, otherwise tensors (0-d on the capturable/compiled path, ``[P]`` for a
-population), computed without a host sync.
+population), computed without a host sync. Like evolveopt's step count t they are per
+parameter tensor; schedulefree keeps k, lr_max and the weight sum per param group, which differs
+only for a parameter that has no gradient in some steps.
 """
 
 from __future__ import annotations

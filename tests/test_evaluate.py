@@ -36,13 +36,22 @@ def train_alone(task, genome, seed, steps):
             return loss
 
         optimizer.step(closure)
+    optimizer.eval()  # the evaluation point (schedule-free averaging), where the evaluator leaves its members
     return [p.detach()[0] for p in run.params]
 
 
-@pytest.mark.parametrize("genome_names", [None, ("ga2025",), ("adan",), ("lion",), ("cautious_adamw",), ("cautious_lion",)])
+# schedulefree_adamw at ε = 1e-6: with its default 1e-8 and no momentum, a ReLU unit whose pre-activation
+# crosses 0 by a rounding difference (stacked vs lone GEMMs) gets a noise-level gradient normalized to a
+# full step, and the float32 runs part by 1e-3 within 10 steps; the rule itself is pinned in float64 by
+# tests/test_population.py.
+@pytest.mark.parametrize("genome_names", [None, ("ga2025",), ("adan",), ("lion",), ("schedulefree_adamw", 1e-6),
+                                          ("schedulefree_sgd",), ("cautious_adamw",), ("cautious_lion",)])
 def test_a_member_trains_as_it_would_alone(genome_names):
+    """...and ends where the lone optimizer's eval() puts it, so held-out metrics are measured at x."""
     task = make_task("digits_mlp")
     base = adam_variants() if genome_names is None else [evolveopt.load_genome(genome_names[0])] * 2
+    if genome_names and len(genome_names) > 1:
+        base = [g.with_genes(eps=genome_names[1]) for g in base]
     genomes = [g if genome_names is None else g.with_genes(lr=g.genes["lr"] * f) for g, f in zip(base, (1.0, 2.0))]
     genomes = [evolveopt.genome.canonical_form(g) for g in genomes]
     seeds = [5, 9, 13, 21][: len(genomes)]

@@ -79,9 +79,12 @@ def test_lr_scheduler_drives_the_learning_rate(name):
     train(model, optimizer, batches[:2])
     scheduler.step()
     assert optimizer.param_groups[0]["lr"] == 0.0
-    frozen = snapshot(model)
+    averaged = optimizer.genome.averaging is not None
+    # schedule-free averaging (as schedulefree does): at lr 0 the iterate z stops; y, its average with x, still moves
+    moving = [optimizer.state[p]["averaging.z"] for p in model.parameters()] if averaged else list(model.parameters())
+    frozen = [t.detach().clone() for t in moving]
     train(model, optimizer, batches[2:])
-    assert all(torch.equal(a, b) for a, b in zip(snapshot(model), frozen))
+    assert all(torch.equal(a, b) for a, b in zip(moving, frozen))
 
 
 @pytest.mark.parametrize("name", GENOMES)
@@ -486,3 +489,96 @@ def test_a_decaying_schedule_past_total_steps_warns_once(name):
     with pytest.warns(UserWarning, match="step 4 is past total_steps=3") as caught:
         train(model, optimizer, tiny_batches(3, torch.float32))
     assert len([w for w in caught if "past total_steps" in str(w.message)]) == 1
+
+
+# ----------------------------------------------------------------------------- schedule-free eval()/train()
+
+AVERAGED = [name for name in GENOMES if evolveopt.load_genome(name.partition(":")[2]).averaging is not None]
+
+
+def test_the_schedule_free_genomes_are_averaged():
+    assert {"compiled:schedulefree_adamw", "exported:schedulefree_sgd"} <= set(AVERAGED)
+
+
+@pytest.mark.parametrize("name", AVERAGED)
+def test_eval_moves_to_the_averaged_point_and_train_returns_bit_for_bit(name):
+    batches = tiny_batches(10, torch.float32)
+    model, twin = tiny_net(torch.float32), tiny_net(torch.float32)
+    optimizer, uninterrupted = build(name, model.parameters(), lr=1e-2), build(name, twin.parameters(), lr=1e-2)
+    optimizer.eval()  # before any step there is no z: nothing moves
+    assert all(torch.equal(a, b) for a, b in zip(snapshot(model), snapshot(twin)))
+    optimizer.train()
+    train(model, optimizer, batches[:5])
+    train(twin, uninterrupted, batches[:5])
+    y = snapshot(model)
+    beta = optimizer.param_groups[0][optimizer.genome.averaging.beta]
+    optimizer.eval()
+    optimizer.eval()  # a second eval() is a no-op
+    for x, y0, p in zip(snapshot(model), y, model.parameters()):
+        z = optimizer.state[p]["averaging.z"]
+        assert not torch.equal(x, y0)
+        torch.testing.assert_close(x, (y0 - (1 - beta) * z) / beta, rtol=1e-5, atol=1e-6)
+    optimizer.train()
+    optimizer.train()
+    assert all(torch.equal(a, b) for a, b in zip(snapshot(model), y))
+    assert all("averaging.y" not in optimizer.state[p] for p in model.parameters())
+    train(model, optimizer, batches[5:])
+    train(twin, uninterrupted, batches[5:])
+    assert all(torch.equal(a, b) for a, b in zip(snapshot(model), snapshot(twin)))
+
+
+@pytest.mark.parametrize("name", AVERAGED)
+def test_step_in_eval_mode_is_a_one_line_error(name):
+    model = tiny_net(torch.float32)
+    optimizer = build(name, model.parameters())
+    train(model, optimizer, tiny_batches(2, torch.float32))
+    optimizer.eval()
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=r"^genome 'schedulefree_\w+': step\(\) in eval mode: call optimizer\.train\(\) "
+                                         r"first \(optimizer\.eval\(\) moved the parameters to the averaged "
+                                         r"evaluation point\)$"):
+        train(model, optimizer, tiny_batches(1, torch.float32))
+    assert all(torch.equal(a, b) for a, b in zip(snapshot(model), before))
+
+
+@pytest.mark.parametrize("name", AVERAGED)
+def test_state_dict_saved_in_eval_mode_reloads_and_trains_on_bit_identically(name):
+    batches = tiny_batches(12, torch.float32)
+    model = tiny_net(torch.float32)
+    optimizer = build(name, model.parameters(), lr=1e-2)
+    train(model, optimizer, batches[:6])
+    optimizer.eval()  # save the weights at the evaluation point, as schedulefree asks
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, buffer)
+    evaluated = snapshot(model)
+    optimizer.train()
+    train(model, optimizer, batches[6:])
+    expected = snapshot(model)
+
+    buffer.seek(0)
+    checkpoint = torch.load(buffer, weights_only=True)
+    restored = tiny_net(torch.float32, seed=123)
+    restored.load_state_dict(checkpoint["model"])
+    assert all(torch.equal(a, b) for a, b in zip(snapshot(restored), evaluated))
+    optimizer2 = build(name, restored.parameters(), lr=0.5)
+    optimizer2.load_state_dict(checkpoint["optimizer"])
+    assert [group["train_mode"] for group in optimizer2.param_groups] == [False]
+    with pytest.raises(ValueError, match="in eval mode"):
+        train(restored, optimizer2, batches[6:7])
+    optimizer2.train()
+    train(restored, optimizer2, batches[6:])
+    assert all(torch.equal(a, b) for a, b in zip(snapshot(restored), expected))
+
+
+@pytest.mark.parametrize("name", ["compiled:adam", "exported:adam", "compiled:lion"])
+def test_eval_and_train_are_no_ops_without_averaging(name):
+    batches = tiny_batches(4, torch.float32)
+    model, twin = tiny_net(torch.float32), tiny_net(torch.float32)
+    optimizer, plain = build(name, model.parameters(), lr=1e-2), build(name, twin.parameters(), lr=1e-2)
+    train(model, optimizer, batches[:2])
+    optimizer.eval()
+    train(model, optimizer, batches[2:])  # stepping "in eval mode" is fine: there is no second point
+    optimizer.train()
+    train(twin, plain, batches)
+    assert all(torch.equal(a, b) for a, b in zip(snapshot(model), snapshot(twin)))
+    assert "train_mode" not in optimizer.param_groups[0]

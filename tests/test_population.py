@@ -62,6 +62,9 @@ def test_stacked_step_equals_separate_optimizers(name, float64):
         losses = member_loss(stacked, targets, scales)
         grads = torch.autograd.grad(losses.sum(), stacked)
         population.step(grads, loss=losses.detach())
+    trained = [p.detach().clone() for p in stacked]
+    population.eval()  # the evaluation point (schedule-free averaging); the same tensors for other rules
+    evaluated = [p.detach().clone() for p in stacked]
 
     for i, genome in enumerate(members):
         params = [p[i].clone().requires_grad_() for p in init]
@@ -75,8 +78,29 @@ def test_stacked_step_equals_separate_optimizers(name, float64):
                 return loss
 
             optimizer.step(closure)
-        for alone, together in zip(params, stacked):
-            torch.testing.assert_close(together[i].detach(), alone.detach(), rtol=1e-9, atol=1e-11)
+        for alone, together in zip(params, trained):
+            torch.testing.assert_close(together[i], alone.detach(), rtol=1e-9, atol=1e-11)
+        optimizer.eval()
+        for alone, together in zip(params, evaluated):
+            torch.testing.assert_close(together[i], alone.detach(), rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("name", ["schedulefree_adamw", "schedulefree_sgd"])
+def test_stacked_eval_and_train_return_to_the_training_point_bit_for_bit(name, float64):
+    base = evolveopt.load_genome(name)
+    init, targets, scales = problem()
+    stacked = [p.clone().requires_grad_() for p in init]
+    population = PopulationOptimizer(base, stacked, stack_genes([perturbed(base, i) for i in range(MEMBERS)],
+                                                                dtype=torch.float64))
+    for _ in range(5):
+        population.step(torch.autograd.grad(member_loss(stacked, targets, scales).sum(), stacked))
+    y = [p.detach().clone() for p in stacked]
+    population.eval()
+    assert all(not torch.equal(a, b) for a, b in zip(stacked, y))
+    with pytest.raises(ValueError, match=r"^genome 'schedulefree_\w+': step\(\) at the evaluation point: call train\(\) first$"):
+        population.step(y)
+    population.train()
+    assert all(torch.equal(a, b) for a, b in zip(stacked, y))
 
 
 def test_members_really_differ():

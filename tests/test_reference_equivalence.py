@@ -2,11 +2,13 @@
 
 A conv+linear model (4-D, 2-D and 1-D tensors) trains 200 steps in float64 with non-default
 hyperparameters, weight decay on and two param groups (weights; biases with their own lr and
-decay); parameters must agree elementwise to a relative 1e-5.
+decay); parameters must agree elementwise to a relative 1e-5. Schedule-free genomes are compared
+twice: at the training point y and, after ``optimizer.eval()`` on both sides, at the evaluation point x.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -17,6 +19,7 @@ from references import (AltoReference, CautiousAdamWReference, EveReference, Eve
                         SignSGDReference)
 
 import evolveopt
+from evolveopt.genome.schema import Schedule
 
 STEPS = 200
 
@@ -28,6 +31,7 @@ class Case:
     bias_group: dict[str, float]  # the second group's own values (same keys for both optimizers)
     genome: Any = None  # a Genome or name; defaults to the case's key
     total_steps: int | None = None
+    eval_point: bool = False  # also compare the parameters after optimizer.eval() (schedule-free averaging)
 
 
 def _torch(cls, **kw):
@@ -58,6 +62,27 @@ def _adabelief(**kw):
     return make
 
 
+def _schedulefree(name, **kw):
+    def make(groups):
+        import schedulefree
+
+        optimizer = getattr(schedulefree, name)(groups, **kw)
+        optimizer.train()  # schedulefree starts in eval mode and refuses to step there
+        return optimizer
+    return make
+
+
+def _with_warmup(name: str, fraction: float):
+    """The named genome with a linear warmup over ``fraction`` of total_steps."""
+    def make():
+        genome = evolveopt.load_genome(name)
+        return dataclasses.replace(genome, genes={**genome.genes, "warmup": fraction},
+                                   loci={**genome.loci, "schedule": Schedule("linear_warmup", warmup="warmup")})
+    return make
+
+
+SF_GENES = dict(weight_decay=0.01, avg_r=0.5, avg_lr_power=1.5)
+SF_KW = dict(weight_decay=0.01, r=0.5, weight_lr_power=1.5)
 ADAM_GENES = dict(lr=0.01, beta1=0.8, beta2=0.99, eps=1e-6, weight_decay=0.01)
 ADAM_KW = dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.01)
 GROUP = dict(lr=0.003, weight_decay=0.03)
@@ -105,17 +130,37 @@ CASES: dict[str, Case] = {
                            GROUP),
     "cautious_lion": Case(dict(lr=0.002, beta1=0.8, beta2=0.95, weight_decay=0.1),
                           _kozistr("Lion", lr=0.002, betas=(0.8, 0.95), weight_decay=0.1, cautious=True), GROUP),
+    "schedulefree_adamw": Case(dict(lr=0.01, beta1=0.8, beta2=0.99, eps=1e-6) | SF_GENES,
+                               _schedulefree("AdamWScheduleFree", lr=0.01, betas=(0.8, 0.99), eps=1e-6, **SF_KW),
+                               GROUP, eval_point=True),
+    # warmup_steps = 20 of 200 is the genome's linear_warmup over a 0.1 fraction of total_steps
+    "schedulefree_adamw+warmup": Case(dict(lr=0.01, beta1=0.8, beta2=0.99, eps=1e-6) | SF_GENES,
+                                      _schedulefree("AdamWScheduleFree", lr=0.01, betas=(0.8, 0.99), eps=1e-6,
+                                                    warmup_steps=20, **SF_KW),
+                                      GROUP, genome=_with_warmup("schedulefree_adamw", 0.1), total_steps=STEPS,
+                                      eval_point=True),
+    "schedulefree_sgd": Case(dict(lr=0.05, beta1=0.8) | SF_GENES,
+                             _schedulefree("SGDScheduleFree", lr=0.05, momentum=0.8, **SF_KW), GROUP, eval_point=True),
+    "schedulefree_sgd+warmup": Case(dict(lr=0.05, beta1=0.8) | SF_GENES,
+                                    _schedulefree("SGDScheduleFree", lr=0.05, momentum=0.8, warmup_steps=20, **SF_KW),
+                                    GROUP, genome=_with_warmup("schedulefree_sgd", 0.1), total_steps=STEPS,
+                                    eval_point=True),
     "signsgd": Case(dict(lr=0.002, weight_decay=0.01),
                     lambda g: SignSGDReference(g, lr=0.002, weight_decay=0.01), GROUP),
 }
 
 
-def _run(make_optimizer) -> list[torch.Tensor]:
+def _run(make_optimizer, eval_point: bool = False) -> list[torch.Tensor]:
+    """The parameters after training (then, with ``eval_point``, after ``optimizer.eval()`` too)."""
     model = tiny_net()
     weights, biases = weight_and_bias_groups(model)
     optimizer = make_optimizer(weights, biases)
     train(model, optimizer, tiny_batches(STEPS))
-    return [p.detach().clone() for p in model.parameters()]
+    params = [p.detach().clone() for p in model.parameters()]
+    if eval_point:
+        optimizer.eval()
+        params += [p.detach().clone() for p in model.parameters()]
+    return params
 
 
 def test_every_named_genome_has_a_reference_case():
@@ -135,8 +180,12 @@ def test_compiled_genome_matches_reference(name, float64):
     def reference(weights, biases):
         return case.reference([{"params": weights}, {"params": biases, **case.bias_group}])
 
-    got, expected = _run(ours), _run(reference)
+    got, expected = _run(ours, case.eval_point), _run(reference, case.eval_point)
     initial = [p.detach() for p in tiny_net().parameters()]
     assert any(not torch.equal(a, b) for a, b in zip(got, initial)), "parameters never moved"
+    assert len(got) == len(expected)
+    if case.eval_point:
+        y, x = got[:len(got) // 2], got[len(got) // 2:]
+        assert all(not torch.equal(a, b) for a, b in zip(y, x)), "eval() left the parameters where they were"
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-12)

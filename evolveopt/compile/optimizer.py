@@ -10,7 +10,9 @@ float32 tensor (torch.optim.Adam's layout; on the parameter's device when ``capt
 ``capturable=True`` or ``torch.compile`` runs the step, which then computes every function of
 the step count with tensor ops, never reading it on the host, so compiled code does not
 recompile per step and CUDA graphs can capture it. Eve's loss-feedback state is kept
-per group under the key ``"loss_feedback.<group index>"``. Everything in ``state_dict()`` is
+per group under the key ``"loss_feedback.<group index>"``. A genome with schedule-free averaging
+holds y, its gradient point, in the parameters; ``eval()`` moves them to the evaluation point x
+and ``train()`` back (a ``train_mode`` flag in every group; see :meth:`RuleOptimizer.eval`). Everything in ``state_dict()`` is
 plain tensors, numbers and strings, so ``torch.load(weights_only=True)`` reads it. Complex
 parameters, gradients and buffers are stepped as real pairs (``torch.view_as_real``), as torch.optim does.
 """
@@ -29,8 +31,9 @@ from evolveopt.errors import GenomeError, OptimizerUsageError
 from evolveopt.genome.genes import range_problem
 from evolveopt.genome.io import load_genome
 from evolveopt.genome.schema import SCHEMA_VERSION, Genome
-from evolveopt.genome.slots import PARAM_SHAPED
+from evolveopt.genome.slots import PARAM_KINDS
 from evolveopt.compile.rule import Rule, StepContext
+from evolveopt.primitives import averaging
 from evolveopt.primitives import feedback as eve
 from evolveopt.primitives import gradient, tensorlist
 
@@ -76,6 +79,8 @@ class RuleOptimizer(torch.optim.Optimizer):
             defaults[alias] = _alias_value(alias, [defaults[n] for n in names])
         defaults.update(total_steps=total_steps, maximize=maximize, foreach=foreach, capturable=capturable,
                         differentiable=False, fused=fused, schema_version=SCHEMA_VERSION)
+        if genome.averaging is not None:
+            defaults["train_mode"] = True
         super().__init__(params, defaults)
 
     @staticmethod
@@ -172,6 +177,9 @@ class RuleOptimizer(torch.optim.Optimizer):
             raise OptimizerUsageError(
                 f"{self.genome.label} uses loss feedback: call step(closure) with a closure that returns the loss"
             )
+        if not all(group.get("train_mode", True) for group in self.param_groups):
+            raise OptimizerUsageError(f"{self.genome.label}: step() in eval mode: call optimizer.train() first "
+                                      "(optimizer.eval() moved the parameters to the averaged evaluation point)")
         groups = [(index, group, self._group_genes(index, group), *self._collect(group))
                   for index, group in enumerate(self.param_groups)]  # every group is checked before any moves
         norm = None
@@ -285,11 +293,53 @@ class RuleOptimizer(torch.optim.Optimizer):
             return self.state[key]["factor"]
         return eve.update_feedback_(self.state[key], value, genes[fb.beta], genes[fb.low], genes[fb.high])
 
+    # ------------------------------------------------------------------ schedule-free evaluation point
+
+    @torch.no_grad()
+    def eval(self) -> None:
+        """Move every parameter to its evaluation point x = (y − (1−β)z)/β (schedule-free
+        averaging), as schedulefree's ``optimizer.eval()``; y is kept in the state (key
+        ``averaging.y``), so :meth:`train` returns to it bit for bit. Call it before measuring
+        validation loss or saving weights. A no-op for genomes without averaging, or when already in eval mode."""
+        avg = self.genome.averaging
+        if avg is None:
+            return
+        for group in self.param_groups:
+            if group["train_mode"]:
+                for p in group["params"]:
+                    state = self.state.get(p)
+                    if state and "averaging.z" in state:
+                        state["averaging.y"] = p.detach().clone(memory_format=torch.preserve_format)
+                        averaging.to_eval_point_([_real(p)], [_real(state["averaging.z"])], _as_float(group[avg.beta]))
+                group["train_mode"] = False
+        self.defaults["train_mode"] = False
+
+    @torch.no_grad()
+    def train(self) -> None:
+        """Return the parameters to y, where training takes gradients (after :meth:`eval`); a
+        no-op for genomes without averaging, or when already in train mode."""
+        avg = self.genome.averaging
+        if avg is None:
+            return
+        for group in self.param_groups:
+            if not group["train_mode"]:
+                for p in group["params"]:
+                    state = self.state.get(p)
+                    if state and "averaging.y" in state:
+                        p.copy_(state.pop("averaging.y"))
+                    elif state and "averaging.z" in state:  # no saved y: recompute it from x and z
+                        averaging.to_train_point_([_real(p)], [_real(state["averaging.z"])], _as_float(group[avg.beta]))
+                group["train_mode"] = True
+        self.defaults["train_mode"] = True
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's, but scalar state (NAdam's μ product) keeps its saved dtype: torch casts every
-        floating tensor except ``step`` to its parameter's dtype."""
+        floating tensor except ``step`` to its parameter's dtype. The train/eval mode of
+        schedule-free averaging comes back with the groups."""
         super().load_state_dict(state_dict)
-        scalars = {name for name, kind in self.rule.slots.items() if kind != PARAM_SHAPED}
+        if self.genome.averaging is not None:
+            self.defaults["train_mode"] = all(group["train_mode"] for group in self.param_groups)
+        scalars = {name for name, kind in self.rule.slots.items() if kind not in PARAM_KINDS}
         saved = [i for group in state_dict["param_groups"] for i in group["params"]]
         params = [(p, group["capturable"]) for group in self.param_groups for p in group["params"]]
         for i, (p, capturable) in zip(saved, params):
@@ -314,6 +364,8 @@ class RuleOptimizer(torch.optim.Optimizer):
             group.setdefault("differentiable", False)
             group.setdefault("fused", None)
             group.setdefault("schema_version", SCHEMA_VERSION)
+            if "genome" in state and self.genome.averaging is not None:
+                group.setdefault("train_mode", True)
         alias, names = torch_alias(self.genome) if "genome" in state else (None, ())
         if alias:
             self.defaults.setdefault(alias, _alias_value(alias, [self.defaults[n] for n in names]))

@@ -22,7 +22,8 @@ from torch import Tensor
 
 from evolveopt.genome.registry import pipeline
 from evolveopt.genome.schema import Genome, Momentum, Signal, Term
-from evolveopt.genome.slots import PARAM_SHAPED, momentum_slot, nadam_slot, precondition_slots, signal_name, state_slots
+from evolveopt.genome.slots import (PARAM_COPY, PARAM_KINDS, PARAM_SHAPED, PER_MEMBER_ZERO, momentum_slot, nadam_slot,
+                                    precondition_slots, signal_name, state_slots)
 from evolveopt.primitives import gradient, moments, preconditioners, schedules
 from evolveopt.primitives import tensorlist as tl
 from evolveopt.primitives.tensorlist import Factor, Scalar, Step, TensorList
@@ -94,6 +95,7 @@ class Rule:
         self.slots = state_slots(genome)
         self.before_terms = _stage(genome, "gradient", "weights")
         self.on_direction = _stage(genome, "direction")
+        self.move = _stage(genome, "move")  # replaces θ ← θ − η_t·u where a locus moves θ itself
         self.after_move = _stage(genome, "after")
 
     def init_state(self, param: Tensor, member_dims: int = 0, capturable: bool = False) -> dict[str, Tensor]:
@@ -103,16 +105,21 @@ class Rule:
         for name, kind in self.slots.items():
             if kind == PARAM_SHAPED:
                 state[name] = torch.zeros_like(param, memory_format=torch.preserve_format)
-            elif member_dims == 0:
-                state[name] = torch.ones((), dtype=torch.float64, device=param.device if capturable else None)
+            elif kind == PARAM_COPY:
+                state[name] = param.detach().clone(memory_format=torch.preserve_format)
             else:
-                state[name] = torch.ones(param.shape[:member_dims], dtype=param.dtype, device=param.device)
+                start = 0.0 if kind == PER_MEMBER_ZERO else 1.0
+                if member_dims == 0:
+                    device = param.device if capturable else None
+                    state[name] = torch.full((), start, dtype=torch.float64, device=device)
+                else:
+                    state[name] = torch.full(param.shape[:member_dims], start, dtype=param.dtype, device=param.device)
         return state
 
     @property
     def buffers_per_param(self) -> int:
         """Parameter-sized state buffers (Adam 2, Lion 1)."""
-        return sum(kind == PARAM_SHAPED for kind in self.slots.values())
+        return sum(kind in PARAM_KINDS for kind in self.slots.values())
 
     # ------------------------------------------------------------------ per-step scalars
 
@@ -146,7 +153,13 @@ class Rule:
             parts = [Part(1.0, flow.direction)]
         if "prev_grad" in state:
             torch._foreach_copy_(state["prev_grad"], flow.grads)
-        apply_(params, parts, -ctx.lr)
+        if self.move:
+            if flow.direction is None:
+                flow.direction = materialize(parts)
+            for run, value in self.move:
+                run(value, flow, ctx)
+        else:
+            apply_(params, parts, -ctx.lr)
         for run, value in self.after_move:
             run(value, flow, ctx)
 

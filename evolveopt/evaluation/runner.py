@@ -7,6 +7,12 @@ sort members by structure, so a unit has few such groups). A member whose loss t
 or exceeds ``explode_factor`` × its first loss after the warm-up, is frozen at its last
 parameters and marked diverged; the other members are untouched (every operation is per member).
 
+Training losses (the final loss, its EMA, the curve) are measured where the rule takes its
+gradients; for a genome with schedule-free averaging that is y. When training ends every
+optimizer moves its members to their evaluation point (x for schedule-free averaging, the
+parameters themselves otherwise), so held-out metrics, and anything that reads ``run.params``
+afterwards, see x.
+
 A member's result is bit-for-bit the same whatever unit it trains in (its size, its other
 members, its position; ``tests/test_evaluate.py``), so a cache may hand out a result computed
 in any unit. Two things would break that, and are avoided:
@@ -80,7 +86,8 @@ def run_unit(task: Task, genomes: Sequence[Genome], seeds: Sequence[int], budget
 def train_population(task: Task, genomes: Sequence[Genome], seeds: Sequence[int], budget: int,
                      device: torch.device | str = "cpu", policy: DivergencePolicy = DivergencePolicy()
                      ) -> tuple[TaskRun, "_Tracker"]:
-    """The training loop of :func:`run_unit`; returns the trained run and the loss tracker."""
+    """The training loop of :func:`run_unit`; returns the trained run, its parameters at their
+    evaluation point (``PopulationOptimizer.eval``), and the loss tracker."""
     run = task.start(seeds, device)
     groups = [(a, b, _group_optimizer(genomes[a:b], run.params, a, b, budget)) for a, b in structure_runs(genomes)]
     tracker = _Tracker(len(genomes), budget, policy, device, initial=[p.detach().clone() for p in run.params])
@@ -96,6 +103,8 @@ def train_population(task: Task, genomes: Sequence[Genome], seeds: Sequence[int]
             tracker.restore_frozen(run.params, before)
         if tracker.all_frozen:
             break
+    for _, _, optimizer in groups:
+        optimizer.eval()
     return run, tracker
 
 

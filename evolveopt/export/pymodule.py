@@ -95,7 +95,10 @@ def class_docstring(genome: Genome, class_name: str, provenance: dict[str, Any])
         f"    Provenance:\n{source}\n\n"
         f"    Usage:\n\n"
         f"        optimizer = {class_name}(model.parameters(), lr={genome.genes['lr']:g}{horizon})\n"
-        f"        optimizer.step()   # step(closure) when the rule uses loss feedback\n    "
+        f"        optimizer.step()   # step(closure) when the rule uses loss feedback\n"
+        + (f"        optimizer.eval()   # before evaluating or saving weights: θ moves to the averaged point x\n"
+           f"        optimizer.train()  # before training again: θ returns to y\n" if genome.averaging else "")
+        + "    "
     )
 
 

@@ -9,7 +9,7 @@ from evolveopt.genome.slots import buffers_per_param, momentum_slot, preconditio
 SYMBOLS = {
     "lr": "η", "beta1": "β1", "beta2": "β2", "beta3": "β3", "eps": "ε", "weight_decay": "λ",
     "alpha": "α", "clip": "c", "warmup": "w", "gamma": "γ", "trust_clamp": "C", "trust_eps": "ε_τ",
-    "feedback_low": "k", "feedback_high": "K", "momentum_decay": "ψ",
+    "feedback_low": "k", "feedback_high": "K", "momentum_decay": "ψ", "avg_r": "r", "avg_lr_power": "p",
 }
 
 
@@ -129,16 +129,16 @@ class _Renderer:
 
     def _postprocess(self) -> None:
         self._stage("direction", g=self.g)
-        self.lines.append("θ ← θ − η_t·u")
+        self._stage_or_default("move", "θ ← θ − η_t·u")
         self._stage("after")
-        self._stage_or_default("lr")
+        self._stage_or_default("lr", "η_t = η")
         self._stage("loss")
 
-    def _stage_or_default(self, stage: str) -> None:
+    def _stage_or_default(self, stage: str, default: str) -> None:
         before = len(self.lines)
         self._stage(stage)
         if len(self.lines) == before:
-            self.lines.append("η_t = η")
+            self.lines.append(default)
 
 
 def render_equations(genome: Genome) -> list[str]:

@@ -70,6 +70,11 @@ GENES: dict[str, GeneSpec] = {
     "feedback_low": GeneSpec(0.0, 10.0, "log", (0.01, 0.5), "Eve lower threshold k", "feedback_bound"),
     "feedback_high": GeneSpec(0.0, 1000.0, "log", (2.0, 20.0), "Eve upper threshold K", "feedback_bound"),
     "momentum_decay": GeneSpec(0.0, 1.0, "log", (1e-3, 1e-2), "NAdam momentum-schedule rate ψ", "momentum_decay"),
+    "avg_r": GeneSpec(0.0, 10.0, "linear", (0.0, 1.0),
+                      "schedule-free averaging: power r of t in the weights t^r·lr_max^p", "averaging_power"),
+    "avg_lr_power": GeneSpec(0.0, 10.0, "linear", (0.0, 4.0),
+                             "schedule-free averaging: power p of lr_max in the weights t^r·lr_max^p",
+                             "averaging_power"),
 }
 
 ROLES: dict[str, str] = {  # role -> what a field of that role means, for messages
@@ -77,6 +82,7 @@ ROLES: dict[str, str] = {  # role -> what a field of that role means, for messag
     "weight_decay": "a weight-decay rate", "coefficient": "the adaptor's weight", "threshold": "a clipping threshold",
     "fraction": "a fraction of total_steps", "decay_factor": "a decay factor per step", "clamp": "a trust-ratio clamp",
     "feedback_bound": "a loss-feedback bound", "momentum_decay": "a momentum-schedule rate",
+    "averaging_power": "a power in the averaging weights",
 }
 
 _WEIGHT = GeneSpec(-100.0, 100.0, "linear", (-2.0, 2.0), "weight of a direction term", "weight")

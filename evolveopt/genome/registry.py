@@ -11,6 +11,11 @@ evolveopt derives from it:
   function that does it, named as ``"module:function"`` (torch-side code in evolveopt.primitives);
 * its state buffers, its equations for ``evolveopt show``, and how the search space draws it.
 
+The ``move`` stage is the one place a locus replaces a step of the rule rather than adding one:
+a variant there moves θ itself from the finished direction u (schedule-free averaging keeps a
+second sequence z and interpolates θ toward it) in place of the plain ``θ ← θ − η_t·u``. At
+most one locus has variants in that stage; its equation lines stand in for ``θ ← θ − η_t·u``.
+
 Parsing and dumping (schema.py), referenced genes, state slots, equations, ``diff``, the search
 space and its mutations and crossover, and the export bundler all read this table; adding a
 primitive is one primitives module plus one row here (docs/architecture.md shows the cautious mask
@@ -28,10 +33,11 @@ from typing import Any, Callable
 #   gradient   g ← f(g)           before the terms (clipping, L2 decay, ALTO's adaptor)
 #   weights    θ ← f(θ)           before the terms (decoupled decay)
 #   direction  u ← f(u, g, θ)     after the terms, before θ moves (cautious mask, trust ratio, friction)
-#   after      θ ← f(θ)           after θ − η_t·u (proximal decay)
+#   move       θ ← f(θ, u)        replaces θ ← θ − η_t·u (schedule-free averaging)
+#   after      θ ← f(θ)           after θ moves (proximal decay)
 #   lr         η_t = η·s(t)       a per-step multiplier of lr (schedule)
 #   loss       a global factor from the loss (Eve's feedback), computed by the optimizer
-STAGES = ("gradient", "weights", "direction", "after", "lr", "loss")
+STAGES = ("gradient", "weights", "direction", "move", "after", "lr", "loss")
 
 
 @dataclass(frozen=True)
@@ -59,7 +65,8 @@ class Variant:
     stage: str = "direction"
     order: int = 50
     function: str | None = None  # "module:function"; None where the optimizer handles it (lr, loss)
-    slots: tuple[str, ...] = ()  # parameter-shaped state buffers
+    slots: tuple[str, ...] = ()  # state buffers: parameter-shaped zeros unless slot_kinds says otherwise
+    slot_kinds: dict[str, str] = field(default_factory=dict)  # slot -> kind (slots.py: param_copy, per_member_zero)
     equation: Callable[[Any, Callable[[str], str], str], list[str]] = lambda value, sym, g: []  # (value, symbol of a gene, symbol of g)
     draw: dict[str, str] = field(default_factory=dict)  # field -> gene name when the search draws it
 
@@ -178,6 +185,21 @@ class Cautious:
     kind: str
 
 
+@dataclass(frozen=True)
+class Averaging:
+    """Schedule-free averaging (Defazio et al. 2024): θ holds y, where gradients are taken; z
+    takes plain steps; the evaluation point x = (y − (1−β)z)/β averages z with weights c_t.
+
+    schedule_free: lr_max ← max(lr_max, η_t);  w = t^r·lr_max^p;  S ← S + w;  c = w/S
+                   y ← (1−c)·y + c·z;  y ← y + η_t·(β(1−c) − 1)·u;  z ← z − η_t·u
+    """
+
+    kind: str
+    beta: str
+    r: str
+    lr_power: str
+
+
 # ---------------------------------------------------------------------------- equations
 
 
@@ -232,6 +254,14 @@ def _feedback_lines(fb: LossFeedback, sym, g: str = "g") -> list[str]:
 def _cautious_lines(c: Cautious, sym, g: str = "g") -> list[str]:
     scaled = "u⊙M/max(mean(M), 10⁻³)" if c.kind == "mean" else "u⊙M·n/(ΣM + 1)"
     return [f"u ← {scaled},  M = 1[u⊙{g} > 0] per tensor (n elements)"]
+
+
+def _averaging_lines(a: Averaging, sym, g: str = "g") -> list[str]:
+    b, r, p = sym(a.beta), sym(a.r), sym(a.lr_power)
+    return [f"lr_max ← max(lr_max, η_t);  S ← S + t^{r}·lr_max^{p};  c = t^{r}·lr_max^{p}/S   (c = 0 while S = 0)",
+            f"θ ← (1 − c)·θ + c·z;  θ ← θ + η_t·({b}·(1 − c) − 1)·u;  z ← z − η_t·u"
+            "   (θ = y, the gradient point; z_0 = θ_0)",
+            f"evaluation point x = (θ − (1 − {b})·z)/{b}   (optimizer.eval(); train() returns to θ = y)"]
 
 
 # ---------------------------------------------------------------------------- the registry
@@ -336,6 +366,19 @@ LOCI: dict[str, Locus] = {locus.key: locus for locus in (
                        for kind in ("mean", "plus_one")),
         space_key="cautious", space_default=("none",), draw_rank=8, since_schema=2,
     ),
+    Locus(
+        "averaging", "schedule-free averaging (a z sequence and an evaluation point)", value_type=Averaging,
+        variants=(Variant(
+            "schedule_free", (_gene("beta", "rate"), _gene("r", "averaging_power"),
+                              _gene("lr_power", "averaging_power")),
+            stage="move", order=85, function="evolveopt.primitives.averaging:schedule_free_stage",
+            slots=("averaging.z", "averaging.lr_max", "averaging.weight_sum"),
+            slot_kinds={"averaging.z": "param_copy", "averaging.lr_max": "per_member_zero",
+                        "averaging.weight_sum": "per_member_zero"},
+            equation=_averaging_lines, draw={"beta": "beta1", "r": "avg_r", "lr_power": "avg_lr_power"},
+        ),),
+        space_key="averaging", space_default=("none",), draw_rank=9, since_schema=2,
+    ),
 )}
 
 
@@ -349,6 +392,12 @@ def locus_genes(locus: Locus, value: Any) -> list[str]:
 
 def locus_slots(locus: Locus, value: Any) -> tuple[str, ...]:
     return locus.variant(locus.kind_of(value)).slots
+
+
+def locus_slot_kinds(locus: Locus, value: Any) -> dict[str, str]:
+    """Every state slot of a locus value with its kind (``param_shaped`` unless the row says otherwise)."""
+    variant = locus.variant(locus.kind_of(value))
+    return {slot: variant.slot_kinds.get(slot, "param_shaped") for slot in variant.slots}
 
 
 def present_loci(loci: dict[str, Any]) -> list[tuple[Locus, Any]]:

@@ -17,6 +17,7 @@ The update it describes, in the order the compiler applies it (η_t = lr · sche
     u  ← τ(θ, u)·u                               layerwise: trust_ratio | rms_norm
     u  ← ξ·u                                     friction (diffGrad)
     θ  ← θ − η_t u   or (θ − η_t u)/(1 + η_t λ)  weight_decay.mode = proximal
+       (averaging: θ = y ← lerp(y, z, c) + η_t(β(1−c) − 1)u, z ← z − η_t u in place of θ − η_t u)
 
 Loss feedback (Eve) scales every precondition denominator: d_t·√v̂ + ε.
 

@@ -6,7 +6,7 @@ checkpoint reads like the rule: ``momentum.grad.beta1``, ``second_moment.grad.be
 
 from __future__ import annotations
 
-from evolveopt.genome.registry import LOCI, locus_slots
+from evolveopt.genome.registry import LOCI, locus_slot_kinds
 from evolveopt.genome.schema import Genome, Signal, Term
 
 
@@ -42,8 +42,11 @@ def precondition_slots(term: Term) -> list[str]:
     return [base, f"second_moment_max.{signal}.{pre.beta}"] if pre.kind == "max" else [base]
 
 
-PARAM_SHAPED = "param_shaped"  # a buffer shaped like its parameter
+PARAM_SHAPED = "param_shaped"  # a buffer shaped like its parameter, starting at 0
+PARAM_COPY = "param_copy"  # a buffer shaped like its parameter, starting as a copy of it (schedule-free z)
 PER_MEMBER = "per_member"  # one number per model (0-d, or [P] for a population), starting at 1
+PER_MEMBER_ZERO = "per_member_zero"  # the same, starting at 0 (schedule-free lr_max and weight sum)
+PARAM_KINDS = (PARAM_SHAPED, PARAM_COPY)  # the kinds that cost a parameter-sized buffer
 
 
 def state_slots(genome: Genome) -> dict[str, str]:
@@ -61,11 +64,10 @@ def state_slots(genome: Genome) -> dict[str, str]:
             for slot in precondition_slots(term):
                 slots[slot] = PARAM_SHAPED
     for key, value in genome.loci.items():
-        for slot in locus_slots(LOCI[key], value):
-            slots[slot] = PARAM_SHAPED
+        slots.update(locus_slot_kinds(LOCI[key], value))
     return slots
 
 
 def buffers_per_param(genome: Genome) -> int:
     """Parameter-sized state buffers (Adam 2, Lion 1, Adan 4)."""
-    return sum(kind == PARAM_SHAPED for kind in state_slots(genome).values())
+    return sum(kind in PARAM_KINDS for kind in state_slots(genome).values())

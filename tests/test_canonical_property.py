@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 import evolveopt
 from evolveopt.errors import GenomeError
 from evolveopt.genome import canonical_form, genome_hash, to_dict
-from evolveopt.genome.genes import gene_spec
+from evolveopt.genome.genes import GENES, gene_spec, round_gene
 from evolveopt.genome.registry import LOCI
 from evolveopt.genome.schema import (EPS_MODES, MOMENTUM_KINDS, PRECONDITION_KINDS, SCHEMA_VERSION, SIGNALS,
                                      TERM_SIGNALS, parse_genome)
@@ -66,6 +66,14 @@ def terms(draw):
     return term
 
 
+KNOWN_GENES = [*GENES, *(g for g in ON_GRID if g not in GENES)]
+
+
+def on_grid(name: str) -> list[float]:
+    """Values of a gene already on the canonical grid (the top of its search range if not listed)."""
+    return ON_GRID.get(name) or [round_gene(name, gene_spec(name).search[1])]
+
+
 @st.composite
 def locus_values(draw, locus):
     """Any value of a registry locus: a variant, then each of its fields (a gene of a fitting role,
@@ -78,7 +86,7 @@ def locus_values(draw, locus):
         if not f.required and draw(st.booleans()):
             continue
         if f.is_gene:
-            value[f.name] = draw(st.sampled_from([g for g in ON_GRID if gene_spec(g).role in f.roles]))
+            value[f.name] = draw(st.sampled_from([g for g in KNOWN_GENES if gene_spec(g).role in f.roles]))
         elif f.options:
             value[f.name] = draw(st.sampled_from(f.options))
         else:
@@ -96,7 +104,7 @@ def genome_dicts(draw):
         if draw(st.booleans()):
             data[locus.key] = draw(locus_values(locus))
     used = {"lr"} | _names(data)
-    data["genes"] = {name: draw(st.sampled_from(ON_GRID[name])) for name in sorted(used)}
+    data["genes"] = {name: draw(st.sampled_from(on_grid(name))) for name in sorted(used)}
     return data
 
 
@@ -106,7 +114,7 @@ def _names(node) -> set[str]:
         node = list(node.values())
     if isinstance(node, list):
         return set().union(*(_names(v) for v in node))
-    return {node} if isinstance(node, str) and node in ON_GRID else set()
+    return {node} if isinstance(node, str) and node in KNOWN_GENES else set()
 
 
 def _steps(genome, steps: int = 6) -> torch.Tensor:

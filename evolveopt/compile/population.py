@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from evolveopt.compile.rule import Rule, StepContext
+from evolveopt.compile.rule import FALLBACK_RULE, StepContext, route, rules_of
 from evolveopt.errors import OptimizerUsageError
 from evolveopt.genome.schema import Genome
 from evolveopt.primitives import feedback as eve
@@ -51,7 +51,8 @@ class PopulationOptimizer:
 
     def __init__(self, genome: Genome, params: Sequence[Tensor], genes: Mapping[str, Tensor],
                  total_steps: int | None = None, shared_floats: bool = True):
-        self.rule = Rule(genome)
+        self.rules = rules_of(genome)
+        self.rule = self.rules[0]
         self.genome = genome
         self.params = list(params)
         self.genes = {name: _uniform_as_float(values, zero_only=not shared_floats) for name, values in genes.items()}
@@ -59,8 +60,14 @@ class PopulationOptimizer:
         self.total_steps = total_steps
         if genome.schedule.needs_horizon and total_steps is None:
             raise OptimizerUsageError(f"{genome.label} has a '{genome.schedule.kind}' schedule: pass total_steps")
-        per_param = [self.rule.init_state(p, member_dims=1) for p in self.params]
-        self.state = {slot: [s[slot] for s in per_param] for slot in self.rule.slots}
+        # Tensor i goes to rule routes[i]: the matrix rule or the fallback (rule.route; [P, ...] has member_dims 1).
+        self.routes = [route(genome, tuple(p.shape), 1, where=f"tensor {i}") for i, p in enumerate(self.params)]
+        self.members_of = [[i for i, r in enumerate(self.routes) if r == k] for k in range(len(self.rules))]
+        self.states = []
+        for rule, members in zip(self.rules, self.members_of):
+            per_param = [rule.init_state(self.params[i], member_dims=1) for i in members]
+            self.states.append({slot: [s[slot] for s in per_param] for slot in rule.slots})
+        self.state = self.states[0]
         self.feedback_state: dict[str, Tensor] | None = None
         self.t = 0
 
@@ -76,9 +83,17 @@ class PopulationOptimizer:
         if self.rule.clips_global_norm:
             norm = tensorlist.global_norm(list(grads), member_dims=1)
             global_clip = gradient.clip_factor(norm, genes[self.genome.clip.threshold])
-        ctx = StepContext(t=t, genes=genes, lr=lr, member_dims=1, global_clip=global_clip,
-                          feedback=self._feedback(loss) if self.genome.uses_loss else None)
-        self.rule.step(self.params, list(grads), self.state, ctx)
+        feedback = self._feedback(loss) if self.genome.uses_loss else None
+        for k, (rule, members, state) in enumerate(zip(self.rules, self.members_of, self.states)):
+            if not members:
+                continue
+            if k == FALLBACK_RULE:  # η_t·ρ; loss feedback scales the genome's own rule only
+                ratio = self.genome.fallback.lr_ratio
+                ctx = StepContext(t=t, genes=genes, lr=lr * genes[ratio] if ratio else lr, member_dims=1,
+                                  global_clip=global_clip)
+            else:
+                ctx = StepContext(t=t, genes=genes, lr=lr, member_dims=1, global_clip=global_clip, feedback=feedback)
+            rule.step([self.params[i] for i in members], [grads[i] for i in members], state, ctx)
 
     def _feedback(self, loss: Tensor | None) -> Tensor:
         if loss is None:

@@ -70,6 +70,14 @@ GENES: dict[str, GeneSpec] = {
     "feedback_low": GeneSpec(0.0, 10.0, "log", (0.01, 0.5), "Eve lower threshold k", "feedback_bound"),
     "feedback_high": GeneSpec(0.0, 1000.0, "log", (2.0, 20.0), "Eve upper threshold K", "feedback_bound"),
     "momentum_decay": GeneSpec(0.0, 1.0, "log", (1e-3, 1e-2), "NAdam momentum-schedule rate ψ", "momentum_decay"),
+    # The fallback sub-rule's own hyperparameters (schema.Fallback: the tensors a matrix rule such as Muon's
+    # does not take). Its lr is a ratio ρ of the genome's η_t, so lr schedulers and per-group lr drive both.
+    "fallback_lr_ratio": GeneSpec(0.0, 1e4, "log", (0.01, 1.0), "fallback learning rate as a multiple ρ of η",
+                                  "lr_ratio"),
+    "fallback_beta1": GeneSpec(**_BETA, search=(0.5, 0.99), doc="fallback first EMA rate"),
+    "fallback_beta2": GeneSpec(**_BETA, search=(0.8, 0.9999), doc="fallback second EMA rate"),
+    "fallback_eps": GeneSpec(0.0, 1.0, "log", (1e-10, 1e-4), "fallback numerical floor", "eps"),
+    "fallback_weight_decay": GeneSpec(0.0, 10.0, "log", (1e-6, 1e-1), "fallback weight decay", "weight_decay"),
 }
 
 ROLES: dict[str, str] = {  # role -> what a field of that role means, for messages
@@ -77,6 +85,7 @@ ROLES: dict[str, str] = {  # role -> what a field of that role means, for messag
     "weight_decay": "a weight-decay rate", "coefficient": "the adaptor's weight", "threshold": "a clipping threshold",
     "fraction": "a fraction of total_steps", "decay_factor": "a decay factor per step", "clamp": "a trust-ratio clamp",
     "feedback_bound": "a loss-feedback bound", "momentum_decay": "a momentum-schedule rate",
+    "lr_ratio": "a learning-rate ratio",
 }
 
 _WEIGHT = GeneSpec(-100.0, 100.0, "linear", (-2.0, 2.0), "weight of a direction term", "weight")

@@ -7,7 +7,7 @@ checkpoint reads like the rule: ``momentum.grad.beta1``, ``second_moment.grad.be
 from __future__ import annotations
 
 from evolveopt.genome.registry import LOCI, locus_slots
-from evolveopt.genome.schema import Genome, Signal, Term
+from evolveopt.genome.schema import Genome, Signal, Term, fallback_genome
 
 
 def signal_name(signal: Signal) -> str:
@@ -67,5 +67,14 @@ def state_slots(genome: Genome) -> dict[str, str]:
 
 
 def buffers_per_param(genome: Genome) -> int:
-    """Parameter-sized state buffers (Adam 2, Lion 1, Adan 4)."""
+    """Parameter-sized state buffers (Adam 2, Lion 1, Adan 4); with a fallback rule, the larger of
+    the two rules' counts (the bound a memory cap needs)."""
+    counts = [_param_shaped(genome)]
+    sub = fallback_genome(genome)
+    if sub is not None:
+        counts.append(_param_shaped(sub))
+    return max(counts)
+
+
+def _param_shaped(genome: Genome) -> int:
     return sum(kind == PARAM_SHAPED for kind in state_slots(genome).values())

@@ -117,9 +117,13 @@ class RuleOptimizer(torch.optim.Optimizer):
         genes = self._check_genes(index, {**self.defaults, **param_group})
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        for position, p in enumerate(group["params"]):  # a use the genome cannot serve fails here, not at a step
-            route(self.genome, tuple(p.shape), 0, group.get("matrix_rule", True),
-                  f"param_groups[{index}].params[{position}]", p.is_complex())
+        try:  # a use the genome cannot serve fails here, not at a step, and leaves the optimizer as it was
+            for position, p in enumerate(group["params"]):
+                route(self.genome, tuple(p.shape), 0, group.get("matrix_rule", True),
+                      f"param_groups[{index}].params[{position}]", p.is_complex())
+        except OptimizerUsageError:
+            self.param_groups.pop()
+            raise
         if alias:
             group[alias] = _alias_value(alias, [group[n] for n in names])
         self._checked[id(group)] = (group, genes)

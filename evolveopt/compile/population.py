@@ -6,7 +6,8 @@ same :class:`~evolveopt.compile.rule.Rule` code the ``torch.optim`` form runs, s
 trains as it would alone with its own genes: with float64 gene tensors to float64 rounding
 (``tests/test_population.py``); with the float32 gene tensors evaluation uses, each gene value is
 first rounded to float32, and members agree with lone float32 runs to a relative 1e-5 after 200
-Adam steps (measured about 2.4e-7).
+Adam steps (measured about 2.4e-7). A genome with a fallback rule steps the tensors of fewer than 2
+dims per member (``[P, n]``) with it and the others with its own rule, as the torch.optim form does.
 """
 
 from __future__ import annotations

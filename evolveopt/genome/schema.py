@@ -13,12 +13,17 @@ The update it describes, in the order the compiler applies it (η_t = lr · sche
     θ  ← θ(1 − η_t λ)                            weight_decay.mode = decoupled
     ĝ  ← g + α·EMA_β(g_t − g_{t−1})              adaptor (ALTO's "E")
     u  ← Σ_k w_k · T_k(ĝ)                        terms: signal → momentum → precondition → sign
+    u  ← NS(u); s = shape factor                 orthogonalize (Muon; the step becomes η_t·s·u)
+    u  ← u⊙M/scale                               cautious
     u  ← u + λθ                                  weight_decay.mode = in_direction
     u  ← τ(θ, u)·u                               layerwise: trust_ratio | rms_norm
     u  ← ξ·u                                     friction (diffGrad)
     θ  ← θ − η_t u   or (θ − η_t u)/(1 + η_t λ)  weight_decay.mode = proximal
 
 Loss feedback (Eve) scales every precondition denominator: d_t·√v̂ + ε.
+
+With a ``fallback`` (schema 2), tensors of fewer than 2 dims per member and param groups with
+``matrix_rule: False`` follow the fallback's own terms and loci instead, at η_t·ρ (see Fallback).
 
 This module imports nothing from torch: genomes travel as plain data.
 """

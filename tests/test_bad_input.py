@@ -338,3 +338,12 @@ def test_a_refused_param_group_leaves_the_optimizer_as_it_was():
     with pytest.raises(evolveopt.OptimizerUsageError, match=r"param_groups\[1\]\.params\[0\] has shape \[3\]"):
         optimizer.add_param_group({"params": [torch.nn.Parameter(torch.zeros(3))]})
     assert len(optimizer.param_groups) == 1
+
+
+def test_matrix_rule_must_be_a_boolean():
+    import torch
+
+    group = {"params": [torch.nn.Parameter(torch.zeros(4, 3))], "matrix_rule": "no"}
+    with pytest.raises(evolveopt.OptimizerUsageError, match=r"^genome 'muon': param_groups\[0\]\.matrix_rule: "
+                       r"expected True or False, got 'no'$"):
+        evolveopt.build_optimizer("muon", [group])

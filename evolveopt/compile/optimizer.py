@@ -13,6 +13,8 @@ recompile per step and CUDA graphs can capture it. Eve's loss-feedback state is 
 per group under the key ``"loss_feedback.<group index>"``. Everything in ``state_dict()`` is
 plain tensors, numbers and strings, so ``torch.load(weights_only=True)`` reads it. Complex
 parameters, gradients and buffers are stepped as real pairs (``torch.view_as_real``), as torch.optim does.
+A genome with a fallback rule (Muon's AdamW) steps each parameter of fewer than 2 dims, and every
+parameter of a group with ``matrix_rule=False`` (embeddings, an output head), by that rule.
 """
 
 from __future__ import annotations
@@ -118,6 +120,9 @@ class RuleOptimizer(torch.optim.Optimizer):
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         try:  # a use the genome cannot serve fails here, not at a step, and leaves the optimizer as it was
+            if not isinstance(group.get("matrix_rule", True), bool):
+                raise OptimizerUsageError(f"{self.genome.label}: param_groups[{index}].matrix_rule: expected True or "
+                                          f"False, got {group['matrix_rule']!r}")
             for position, p in enumerate(group["params"]):
                 route(self.genome, tuple(p.shape), 0, group.get("matrix_rule", True),
                       f"param_groups[{index}].params[{position}]", p.is_complex())
@@ -360,6 +365,9 @@ class GenomeOptimizer(RuleOptimizer):
             ``fused=True`` are not supported and raise.
         **genes: overrides of the genome's genes by name (``lr``, ``beta1``, ``weight_decay``, ...);
             a 1-element tensor (``lr=torch.tensor(1e-3)``) stays a tensor in the param groups.
+
+    A param group of a genome with a fallback rule may say ``matrix_rule=False`` to send all its
+    parameters to the fallback (embeddings and the output head, as Muon's authors advise).
     """
 
     def __init__(self, params: Iterable[Any], genome: Genome | str | os.PathLike[str], *,

@@ -181,3 +181,13 @@ def test_state_and_show_count_each_rules_buffers():
     text = render_genome(muon)
     assert "state: 1 buffer(s) per matrix parameter, 2 per other parameter" in text
     assert "θ ← θ − η_t·s·u" in text and "θ ← θ − η_t·ρ·u" in text and "5×: A = X·Xᵀ" in text
+
+
+def test_a_fallback_lr_ratio_of_one_is_the_same_rule_as_none():
+    moonlight = evolveopt.load_genome("muon_moonlight")
+    data = to_dict(moonlight)
+    data["genes"]["fallback_lr_ratio"] = 1.0
+    data["fallback"]["lr_ratio"] = "fallback_lr_ratio"
+    with_ratio = parse_genome(data)
+    assert with_ratio != moonlight and genome_hash(with_ratio) == genome_hash(moonlight)
+    assert genome_hash(with_ratio.with_genes(fallback_lr_ratio=0.5)) != genome_hash(moonlight)

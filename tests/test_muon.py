@@ -223,3 +223,23 @@ def test_one_dimensional_tensors_follow_the_fallback_rule_alone(float64):
     assert sub.terms == genome.fallback.terms
     for a, b in zip(*runs):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_cautious_masks_the_orthogonalized_direction_and_the_shape_factor_scales_the_step(float64):
+    """Order in the direction stage: u = NS(U) first, then the cautious mask on it; s multiplies η last."""
+    from evolveopt.primitives.cautious import cautious_mask
+    from evolveopt.primitives.orthogonal import newton_schulz, shape_scale
+
+    data = to_dict(evolveopt.load_genome("muon"))
+    data["cautious"] = "mean"
+    genome = parse_genome(data)
+    theta = torch.randn(9, 4, generator=torch.Generator().manual_seed(3))
+    grad = torch.randn(9, 4, generator=torch.Generator().manual_seed(4))
+    param = nn.Parameter(theta.clone())
+    optimizer = evolveopt.build_optimizer(genome, [param], lr=0.02, beta1=0.9, weight_decay=0.05)
+    param.grad = grad.clone()
+    optimizer.step()
+    (o,) = newton_schulz([0.1 * grad + 0.9 * (0.1 * grad)], 5, "original", "bfloat16", member_dims=0)
+    expected = theta * (1 - 0.02 * 0.05) - 0.02 * shape_scale((9, 4), "original", 0) * o * cautious_mask(o, grad, "mean", 0)
+    assert shape_scale((9, 4), "original", 0) == 1.5
+    torch.testing.assert_close(param.detach(), expected, rtol=1e-12, atol=1e-15)

@@ -67,6 +67,11 @@ CASES = {
     "fallback_orthogonalizes": (WITH_FALLBACK + "  orthogonalize: newton_schulz\n",
                                 r"fallback\.orthogonalize: a fallback takes no 'orthogonalize' \(it takes the tensors "
                                 r"that are not matrices\)$"),
+    "fallback_clip_under_a_global_clip": (
+        WITH_FALLBACK.replace("eps: 1.0e-8}", "eps: 1.0e-8, clip: 1.0}").replace(
+            "fallback:\n", "clip: {mode: global_norm, threshold: clip}\nfallback:\n  clip: {mode: value, threshold: clip}\n"),
+        r"fallback\.clip: the genome clips by the global norm, which clips the fallback's gradients too: leave this "
+        r"clip out$"),
     "weighted_fallback_term": (WITH_FALLBACK.replace("genes: {lr: 0.02,", "genes: {lr: 0.02, w1: 2.0,").replace(
                                    "- precondition:", "- weight: w1\n      precondition:"),
                                r"fallback\.terms\[0\]\.weight: a fallback term takes no weight$"),

@@ -243,3 +243,31 @@ def test_cautious_masks_the_orthogonalized_direction_and_the_shape_factor_scales
     expected = theta * (1 - 0.02 * 0.05) - 0.02 * shape_scale((9, 4), "original", 0) * o * cautious_mask(o, grad, "mean", 0)
     assert shape_scale((9, 4), "original", 0) == 1.5
     torch.testing.assert_close(param.detach(), expected, rtol=1e-12, atol=1e-15)
+
+
+def _with_own_terms_as_fallback(name, genes, **loci):
+    """Genome ``name`` (plus ``genes`` and ``loci``) whose fallback repeats its own terms, and the genome alone."""
+    data = to_dict(evolveopt.load_genome(name))
+    data.update(schema_version=2, **loci)
+    data["genes"].update(genes)
+    whole = parse_genome(data)
+    data["fallback"] = {"terms": data["terms"]}
+    return parse_genome(data), whole
+
+
+@pytest.mark.parametrize("name, genes, loci", [
+    ("eve", {}, {}),
+    ("adam", {"clip": 0.05}, {"clip": {"mode": "global_norm", "threshold": "clip"}}),
+], ids=["loss_feedback", "global_norm_clip"])
+def test_the_genomes_global_loci_serve_the_fallback_too(name, genes, loci, float64):
+    """Eve's d_t and a global-norm clip are one per optimizer: a fallback equal to the genome's own terms
+    trains the conv+linear net exactly as the genome alone (biases in the fallback)."""
+    split, whole = _with_own_terms_as_fallback(name, genes, **loci)
+    runs = []
+    for genome in (split, whole):
+        model = tiny_net()
+        train(model, evolveopt.build_optimizer(genome, model.parameters(), lr=0.01), tiny_batches(30))
+        runs.append([p.detach() for p in model.parameters()])
+    for a, b in zip(*runs):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert set(evolveopt.genome.schema.fallback_genome(split).loci) == ({"clip"} if loci else {"loss_feedback"})

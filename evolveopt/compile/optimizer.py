@@ -236,13 +236,10 @@ class RuleOptimizer(torch.optim.Optimizer):
             if not tensor_steps:
                 self._warn_past_horizon(t, group["total_steps"])
             lr = _as_float(group["lr"]) * self.rule.schedule(t, genes, group["total_steps"])
-            if rule is not self.rule:  # the fallback: η_t·ρ; the genome's loss feedback scales its own rule only
-                ratio = self.genome.fallback.lr_ratio
-                lr, feedback_here = (lr * genes[ratio] if ratio else lr), None
-            else:
-                feedback_here = feedback
+            if rule is not self.rule and self.genome.fallback.lr_ratio:  # the fallback steps with η_t·ρ
+                lr *= genes[self.genome.fallback.lr_ratio]
             ctx = StepContext(t=t, genes=genes, lr=lr, maximize=group["maximize"], global_clip=global_clip,
-                              feedback=feedback_here)
+                              feedback=feedback)
             slots = {name: [_real(self.state[p][name]) for p in chunk_params] for name in rule.slots}
             rule.step([_real(p) for p in chunk_params], [grads[i] for i in chunk], slots, ctx)
 

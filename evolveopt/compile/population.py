@@ -88,12 +88,9 @@ class PopulationOptimizer:
         for k, (rule, members, state) in enumerate(zip(self.rules, self.members_of, self.states)):
             if not members:
                 continue
-            if k == FALLBACK_RULE:  # η_t·ρ; loss feedback scales the genome's own rule only
-                ratio = self.genome.fallback.lr_ratio
-                ctx = StepContext(t=t, genes=genes, lr=lr * genes[ratio] if ratio else lr, member_dims=1,
-                                  global_clip=global_clip)
-            else:
-                ctx = StepContext(t=t, genes=genes, lr=lr, member_dims=1, global_clip=global_clip, feedback=feedback)
+            ratio = self.genome.fallback.lr_ratio if k == FALLBACK_RULE else None  # the fallback steps with η_t·ρ
+            ctx = StepContext(t=t, genes=genes, lr=lr * genes[ratio] if ratio else lr, member_dims=1,
+                              global_clip=global_clip, feedback=feedback)
             rule.step([self.params[i] for i in members], [grads[i] for i in members], state, ctx)
 
     def _feedback(self, loss: Tensor | None) -> Tensor:

@@ -153,7 +153,7 @@ def render_equations(genome: Genome) -> list[str]:
         return lines
     ratio = genome.fallback.lr_ratio
     step = f"η_t·{sym(ratio)}" if ratio else "η_t"
-    fallback = [line for line in _Renderer(sub).render()[1:] if not line.startswith("η_t")]
+    fallback = [line for line in _Renderer(sub).render()[1:] if not line.startswith(("η_t", "d_t ="))]
     fallback = [line.replace("η_t·", f"{step}·") for line in fallback]  # the fallback steps with η_t·ρ
     head = "matrices (≥ 2 dims):" if genome.orthogonalize is not None else "tensors of ≥ 2 dims:"
     return ([head] + [f"  {line}" for line in lines]

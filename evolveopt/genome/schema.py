@@ -422,8 +422,8 @@ def _field_order(locus: Locus):
 
 
 TOP_LEVEL_KEYS = ("schema_version", "name", "description", "genes", "terms", *LOCI, "fallback")
-# The loci a fallback may have: not the lr schedule and Eve's feedback (the genome's own serve every tensor),
-# not orthogonalize (it takes the tensors that are not matrices), not global-norm clipping (one norm per optimizer).
+# The loci a fallback may have: not the lr schedule, Eve's feedback and global-norm clipping (the genome's own
+# serve every tensor: fallback_genome hands them on), not orthogonalize (it takes the tensors that are not matrices).
 FALLBACK_LOCI = tuple(key for key in LOCI if key not in ("schedule", "loss_feedback", "orthogonalize"))
 FALLBACK_SINCE_SCHEMA = 2
 
@@ -434,7 +434,7 @@ def _parse_fallback(node: _Node, genes: dict[str, float]) -> Fallback | None:
     for key, why in (("orthogonalize", "it takes the tensors that are not matrices"),
                      ("fallback", "a fallback has no fallback of its own"),
                      ("schedule", "the genome's schedule sets η_t for every tensor"),
-                     ("loss_feedback", "the genome's loss feedback is the only one")):
+                     ("loss_feedback", "the genome's loss feedback scales every tensor")):
         if node.has(key):
             raise node.child(key).fail(f"a fallback takes no '{key}' ({why})")
     node.mapping(("lr_ratio", "terms", *FALLBACK_LOCI), required=("terms",))
@@ -448,19 +448,28 @@ def _parse_fallback(node: _Node, genes: dict[str, float]) -> Fallback | None:
         if LOCI[key].present(value):
             loci[key] = value
     if "clip" in loci and loci["clip"].mode == "global_norm":
-        raise node.child("clip").fail("a fallback cannot clip by the global norm (the genome's clip does, "
-                                      "over every parameter)")
+        raise node.child("clip").fail("a fallback cannot clip by the global norm (the genome's global-norm clip "
+                                      "covers every parameter)")
     return Fallback(terms=terms, loci=loci, lr_ratio=node.child("lr_ratio").gene_ref(genes, "lr_ratio", optional=True))
 
 
 def fallback_genome(genome: Genome) -> Genome | None:
     """The fallback sub-rule as a genome of its own (the genome's genes, the fallback's terms and
-    loci), the form the compiler, ``show`` and the slot names read; None without a fallback."""
+    loci), the form the compiler, ``show`` and the slot names read; None without a fallback.
+
+    The genome's global loci serve the fallback's tensors too: a global-norm clip (one norm over
+    every parameter clips every gradient) and Eve's loss feedback (one d_t for every denominator).
+    """
     fb = genome.fallback
     if fb is None:
         return None
+    loci = dict(fb.loci)
+    if genome.clip is not None and genome.clip.mode == "global_norm":
+        loci["clip"] = genome.clip
+    if genome.loss_feedback is not None:
+        loci["loss_feedback"] = genome.loss_feedback
     name = f"{genome.name} (fallback)" if genome.name else "fallback"
-    return Genome(genes=genome.genes, terms=fb.terms, loci=fb.loci, name=name)
+    return Genome(genes=genome.genes, terms=fb.terms, loci=loci, name=name)
 
 
 def parse_genome(data: Any, source: str = "genome", allow_unused_genes: bool = False) -> Genome:
@@ -491,9 +500,12 @@ def parse_genome(data: Any, source: str = "genome", allow_unused_genes: bool = F
     if root.has("fallback") and version < FALLBACK_SINCE_SCHEMA:
         raise root.child("fallback").fail(f"'fallback' needs schema_version {FALLBACK_SINCE_SCHEMA} "
                                           f"(this file says {version})")
+    fallback = _parse_fallback(root.child("fallback"), genes)
+    if fallback is not None and "clip" in fallback.loci and "clip" in loci and loci["clip"].mode == "global_norm":
+        raise root.child("fallback").child("clip").fail(
+            "the genome clips by the global norm, which clips the fallback's gradients too: leave this clip out")
     genome = Genome(genes=genes, terms=terms, loci=loci, name=root.child("name").text(),
-                    description=root.child("description").text(),
-                    fallback=_parse_fallback(root.child("fallback"), genes))
+                    description=root.child("description").text(), fallback=fallback)
     unused = sorted(set(genes) - referenced_genes(genome))
     if unused and not allow_unused_genes:
         raise root.child("genes").fail(

@@ -32,7 +32,7 @@ from evolveopt.genome.genes import range_problem
 from evolveopt.genome.io import load_genome
 from evolveopt.genome.schema import SCHEMA_VERSION, Genome
 from evolveopt.genome.slots import PARAM_SHAPED
-from evolveopt.compile.rule import FALLBACK_RULE, route, rules_of, StepContext
+from evolveopt.compile.rule import FALLBACK_RULE, StepContext, route, rules_of
 from evolveopt.primitives import feedback as eve
 from evolveopt.primitives import gradient, tensorlist
 

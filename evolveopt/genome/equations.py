@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from evolveopt.genome.registry import pipeline
 from evolveopt.genome.schema import Genome, Momentum, Precondition, Signal, Term, fallback_genome
-from evolveopt.genome.slots import _param_shaped, buffers_per_param, momentum_slot, precondition_slots
+from evolveopt.genome.slots import buffers_per_param, momentum_slot, precondition_slots, rule_buffers
 
 SYMBOLS = {
     "lr": "η", "beta1": "β1", "beta2": "β2", "beta3": "β3", "eps": "ε", "weight_decay": "λ",
@@ -170,5 +170,5 @@ def render_genome(genome: Genome) -> str:
     genes = ", ".join(f"{k} ({sym(k)}) = {v:g}" if sym(k) != k else f"{k} = {v:g}" for k, v in genome.genes.items())
     sub = fallback_genome(genome)
     state = (f"{buffers_per_param(genome)} buffer(s) per parameter" if sub is None else
-             f"{_param_shaped(genome)} buffer(s) per matrix parameter, {_param_shaped(sub)} per other parameter")
+             f"{rule_buffers(genome)} buffer(s) per matrix parameter, {rule_buffers(sub)} per other parameter")
     return f"{title}\n\n{body}\n\ngenes: {genes}\nstate: {state}"

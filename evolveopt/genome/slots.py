@@ -69,12 +69,13 @@ def state_slots(genome: Genome) -> dict[str, str]:
 def buffers_per_param(genome: Genome) -> int:
     """Parameter-sized state buffers (Adam 2, Lion 1, Adan 4); with a fallback rule, the larger of
     the two rules' counts (the bound a memory cap needs)."""
-    counts = [_param_shaped(genome)]
+    counts = [rule_buffers(genome)]
     sub = fallback_genome(genome)
     if sub is not None:
-        counts.append(_param_shaped(sub))
+        counts.append(rule_buffers(sub))
     return max(counts)
 
 
-def _param_shaped(genome: Genome) -> int:
+def rule_buffers(genome: Genome) -> int:
+    """Parameter-sized buffers of the genome's own rule (not its fallback's)."""
     return sum(kind == PARAM_SHAPED for kind in state_slots(genome).values())

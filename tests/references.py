@@ -1,7 +1,8 @@
 """Step-by-step reference optimizers written from the papers' equations (test-only).
 
 Each is a plain per-parameter loop, deliberately unlike the compiled rule, for the genomes
-without an established implementation: ALTO, Eve, EVE ("ever"), ga2025 and signSGD.
+without an established implementation: ALTO, Eve, EVE ("ever"), ga2025 and signSGD, and for those whose
+implementation cannot run as published (Moonlight's Muon stops in pdb.set_trace()).
 """
 
 from __future__ import annotations
@@ -190,4 +191,57 @@ class CautiousAdamWReference(_Reference):
                 mask.div_(mask.mean().clamp(min=1e-3))
                 denom = (st["v"].sqrt() / math.sqrt(1 - b2**t)).add_(group["eps"])
                 p.addcdiv_(st["m"] * mask, denom, value=-group["lr"] / (1 - b1**t))
+        return loss
+
+
+def _moonlight_newton_schulz(g, steps):
+    """Moonlight toy_train.py's zeropower_via_newtonschulz5 in torch 2.13's fused op order (addmm),
+    which the torch.optim.Muon it was merged into uses; X/max(‖X‖, 1e-7) as torch does."""
+    a, b, c = (3.4445, -4.7750, 2.0315)
+    x = g.bfloat16()
+    if g.size(0) > g.size(1):
+        x = x.T
+    x = x / x.norm().clamp(min=1e-7)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if g.size(0) > g.size(1) else x
+
+
+class MoonlightMuonReference(_Reference):
+    """Moonlight (arXiv 2502.16982) examples/toy_train.py Muon, step by step: matrices (>= 2 dims, viewed
+    as [d0, prod(rest)]) by heavy-ball Nesterov momentum, Newton–Schulz and lr·0.2·√max(d0, d1); the
+    rest by its AdamW (same lr and wd, eps on the raw root); decoupled decay θ(1 − lr·wd) for both."""
+
+    def __init__(self, params, lr, wd, momentum, adamw_betas, adamw_eps, ns_steps=5):
+        super().__init__(params, dict(lr=lr, wd=wd, momentum=momentum, adamw_betas=adamw_betas,
+                                      adamw_eps=adamw_eps, ns_steps=ns_steps))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        with torch.enable_grad():
+            loss = closure() if closure else None
+        for group in self.param_groups:
+            lr, wd, mu = group["lr"], group["wd"], group["momentum"]
+            beta1, beta2 = group["adamw_betas"]
+            for p, g, st in self._grads(group):
+                if p.ndim >= 2:
+                    g = g.view(g.size(0), -1)
+                    if not st:
+                        st["buf"] = torch.zeros_like(g)
+                    st["buf"].mul_(mu).add_(g)
+                    u = _moonlight_newton_schulz(g.add(st["buf"], alpha=mu), group["ns_steps"])
+                    adjusted = lr * 0.2 * math.sqrt(max(g.size(0), g.size(1)))
+                    p.mul_(1 - lr * wd)
+                    p.add_(u.view(p.shape), alpha=-adjusted)
+                    continue
+                if not st:
+                    st.update(step=0, m=torch.zeros_like(g), v=torch.zeros_like(g))
+                st["step"] += 1
+                st["m"].lerp_(g, 1 - beta1)
+                st["v"].lerp_(g.square(), 1 - beta2)
+                direction = st["m"] / (group["adamw_eps"] + st["v"].sqrt())
+                scale = (1 - beta1 ** st["step"]) / (1 - beta2 ** st["step"]) ** 0.5
+                p.mul_(1 - lr * wd)
+                p.add_(direction, alpha=-lr / scale)
         return loss

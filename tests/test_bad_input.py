@@ -21,6 +21,18 @@ terms:
     precondition: {kind: ema, beta: beta2, eps: eps, bias_correction: true}
 """
 
+MATRIX_ONLY = """schema_version: 2
+name: muon_matrices
+genes: {lr: 0.02, beta1: 0.95}
+terms:
+  - momentum: {kind: nesterov, beta: beta1}
+orthogonalize: {kind: newton_schulz, steps: 5, coefficients: original}
+"""
+WITH_FALLBACK = MATRIX_ONLY.replace("beta1: 0.95}", "beta1: 0.95, beta2: 0.99, eps: 1.0e-8}") + """fallback:
+  terms:
+    - precondition: {kind: ema, beta: beta2, eps: eps}
+"""
+
 CASES = {
     "typo_in_key": (ADAM.replace("terms:", "termz:"), r"unknown key 'termz' \(allowed: schema_version, name"),
     "wrong_type": (ADAM.replace("lr: 1.0e-3", "lr: fast"), r"genes\.lr: expected a number, got a string"),
@@ -49,6 +61,29 @@ CASES = {
         r"layerwise\.clamp: layerwise 'rms_norm' takes no 'clamp'"),
     "locus_gene_out_of_role": (ADAM + "weight_decay: {mode: decoupled, rate: beta1}\n",
                                r"weight_decay\.rate: gene 'beta1' is .*; this field takes"),
+    "unknown_ns_coefficients": (MATRIX_ONLY.replace("coefficients: original", "coefficients: cubic"),
+                                r"orthogonalize\.coefficients: unknown value 'cubic' \(allowed: original, quintic, "
+                                r"polar_express, polar_express_safer\)$"),
+    "zero_ns_steps": (MATRIX_ONLY.replace("steps: 5", "steps: 0"),
+                      r"orthogonalize\.steps: 0 is out of range \(an integer >= 1\)$"),
+    "fractional_ns_steps": (MATRIX_ONLY.replace("steps: 5", "steps: 2.5"),
+                            r"orthogonalize\.steps: expected an integer >= 1, got a float$"),
+    "orthogonalize_in_schema_1": (MATRIX_ONLY.replace("schema_version: 2", "schema_version: 1"),
+                                  r"orthogonalize: 'orthogonalize' needs schema_version 2 \(this file says 1\)$"),
+    "fallback_in_schema_1": (WITH_FALLBACK.replace("schema_version: 2", "schema_version: 1").replace(
+                                 "orthogonalize: {kind: newton_schulz, steps: 5, coefficients: original}\n", ""),
+                             r"fallback: 'fallback' needs schema_version 2 \(this file says 1\)$"),
+    "fallback_orthogonalizes": (WITH_FALLBACK + "  orthogonalize: newton_schulz\n",
+                                r"fallback\.orthogonalize: a fallback takes no 'orthogonalize' \(it takes the tensors "
+                                r"that are not matrices\)$"),
+    "fallback_clip_under_a_global_clip": (
+        WITH_FALLBACK.replace("eps: 1.0e-8}", "eps: 1.0e-8, clip: 1.0}").replace(
+            "fallback:\n", "clip: {mode: global_norm, threshold: clip}\nfallback:\n  clip: {mode: value, threshold: clip}\n"),
+        r"fallback\.clip: the genome clips by the global norm, which clips the fallback's gradients too: leave this "
+        r"clip out$"),
+    "weighted_fallback_term": (WITH_FALLBACK.replace("genes: {lr: 0.02,", "genes: {lr: 0.02, w1: 2.0,").replace(
+                                   "- precondition:", "- weight: w1\n      precondition:"),
+                               r"fallback\.terms\[0\]\.weight: a fallback term takes no weight$"),
 }
 
 
@@ -268,3 +303,61 @@ def test_benchmark_that_fails_midway_leaves_no_output_folder(tmp_path, capsys):
                  "--out", str(out)]) == 2
     assert capsys.readouterr().err.splitlines()[-1].startswith("evolveopt: error: unknown task 'nosuch'")
     assert not (tmp_path / "new").exists()
+
+
+def _matrix_only():
+    from evolveopt.genome.io import parse_genome_text
+
+    return parse_genome_text(MATRIX_ONLY, source="muon_matrices.yaml")
+
+
+def test_a_matrix_only_genome_refuses_a_1d_parameter_when_built():
+    """OptimizerUsageError, not GenomeError: the genome is valid; giving it a bias is the mistake."""
+    import torch
+
+    params = [torch.nn.Parameter(torch.zeros(4, 3)), torch.nn.Parameter(torch.zeros(5))]
+    with pytest.raises(evolveopt.OptimizerUsageError) as info:
+        evolveopt.build_optimizer(_matrix_only(), params)
+    assert str(info.value) == ("genome 'muon_matrices' orthogonalizes matrices and has no fallback rule: "
+                               "param_groups[0].params[1] has shape [5] (fewer than 2 dims); give the genome a "
+                               "fallback or leave the tensor out")
+    assert not isinstance(info.value, evolveopt.GenomeError)
+
+
+def test_a_matrix_only_population_refuses_a_1d_tensor_per_member():
+    import torch
+
+    from evolveopt.compile.population import PopulationOptimizer, stack_genes
+
+    genome = _matrix_only()
+    stacked = [torch.zeros(3, 4, 6), torch.zeros(3, 6)]  # members: [4, 6] and [6]
+    with pytest.raises(evolveopt.OptimizerUsageError, match=r"^genome 'muon_matrices' orthogonalizes matrices and "
+                       r"has no fallback rule: tensor 1 has shape \[6\] \(fewer than 2 dims\)"):
+        PopulationOptimizer(genome, stacked, stack_genes([genome] * 3))
+
+
+def test_matrix_rule_false_needs_a_fallback():
+    import torch
+
+    group = {"params": [torch.nn.Parameter(torch.zeros(4, 3))], "matrix_rule": False}
+    with pytest.raises(evolveopt.OptimizerUsageError, match=r"^genome 'muon_matrices': param_groups\[0\]\.params\[0\]: "
+                       r"matrix_rule=False needs a genome with a fallback rule \(this one has none\)$"):
+        evolveopt.build_optimizer(_matrix_only(), [group])
+
+
+def test_a_refused_param_group_leaves_the_optimizer_as_it_was():
+    import torch
+
+    optimizer = evolveopt.build_optimizer(_matrix_only(), [torch.nn.Parameter(torch.zeros(4, 3))])
+    with pytest.raises(evolveopt.OptimizerUsageError, match=r"param_groups\[1\]\.params\[0\] has shape \[3\]"):
+        optimizer.add_param_group({"params": [torch.nn.Parameter(torch.zeros(3))]})
+    assert len(optimizer.param_groups) == 1
+
+
+def test_matrix_rule_must_be_a_boolean():
+    import torch
+
+    group = {"params": [torch.nn.Parameter(torch.zeros(4, 3))], "matrix_rule": "no"}
+    with pytest.raises(evolveopt.OptimizerUsageError, match=r"^genome 'muon': param_groups\[0\]\.matrix_rule: "
+                       r"expected True or False, got 'no'$"):
+        evolveopt.build_optimizer("muon", [group])

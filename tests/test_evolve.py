@@ -69,6 +69,39 @@ def test_operators_always_return_valid_canonical_genomes():
         assert evolveopt.genome.canonical_form(child) == child
 
 
+def test_orthogonalize_is_drawn_only_where_the_space_allows_it_and_always_with_a_fallback():
+    rng = np.random.default_rng(2)
+    assert not any(random_genome(rng, SearchSpace()).orthogonalize for _ in range(200))  # v1 draws unchanged
+    space = SearchSpace(max_terms=2, orthogonalize=("none", "newton_schulz"))
+    population = [random_genome(rng, space) for _ in range(12)] + [evolveopt.load_genome("muon")]
+    drawn = sum(g.orthogonalize is not None for g in population[:12])
+    assert 0 < drawn < 12
+    seen = 0
+    for _ in range(200):
+        a, b = (population[i] for i in rng.integers(len(population), size=2))
+        child, _ = mutate_structure(rng, crossover(rng, a, b, space)[0], space)
+        child, _ = mutate_genes(rng, child, space)
+        population[int(rng.integers(len(population)))] = child
+        assert child.orthogonalize is None or child.fallback is not None
+        assert evolveopt.genome.canonical_form(child) == child
+        seen += child.orthogonalize is not None
+    assert seen > 0
+
+
+def test_a_drawn_orthogonalizing_genome_trains_a_net_with_biases():
+    import torch
+
+    rng, space = np.random.default_rng(4), SearchSpace(max_terms=1, orthogonalize=("newton_schulz",))
+    genome = random_genome(rng, space)
+    assert genome.orthogonalize.kind == "newton_schulz" and genome.fallback.lr_ratio == "fallback_lr_ratio"
+    model = torch.nn.Linear(5, 3)
+    optimizer = evolveopt.build_optimizer(genome, model.parameters(), total_steps=10)
+    before = [p.detach().clone() for p in model.parameters()]
+    model(torch.ones(2, 5)).pow(2).sum().backward()
+    optimizer.step()
+    assert all(not torch.equal(a, b) for a, b in zip(model.parameters(), before))
+
+
 def test_gene_mutation_stays_in_range_and_flips_no_structure():
     rng, space = np.random.default_rng(1), SearchSpace()
     adam = evolveopt.genome.canonical_form(evolveopt.load_genome("adam"))

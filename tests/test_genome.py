@@ -129,3 +129,65 @@ def test_with_genes_validates_names_and_ranges():
 def test_signal_defaults_to_the_gradient():
     genome = parse_genome({"schema_version": 1, "genes": {"lr": 0.1}, "terms": [{}]})
     assert genome.terms == (Term(signal=Signal("grad")),)
+
+
+# ----------------------------------------------------------------------------- orthogonalize and the fallback
+
+
+def test_orthogonalize_bare_kind_means_the_torch_defaults():
+    data = to_dict(evolveopt.load_genome("muon"))
+    data["orthogonalize"] = "newton_schulz"
+    assert parse_genome(data) == evolveopt.load_genome("muon")
+
+
+def test_fallback_terms_are_sorted_in_the_canonical_form():
+    data = to_dict(evolveopt.load_genome("muon"))
+    sign_term = {"signal": "grad", "precondition": {"kind": "ema", "beta": "fallback_beta2", "eps": "fallback_eps"},
+                 "sign": True}
+    data["fallback"]["terms"] = [data["fallback"]["terms"][0], sign_term]
+    flipped = {**data, "fallback": {**data["fallback"], "terms": data["fallback"]["terms"][::-1]}}
+    a, b = parse_genome(data), parse_genome(flipped)
+    assert a != b and canonical_form(a) == canonical_form(b) and genome_hash(a) == genome_hash(b)
+    assert canonical_form(a).fallback.terms[0].precondition is None or canonical_form(a).fallback.terms[1].precondition is None
+
+
+def test_the_fallback_is_part_of_the_rule_hash_and_diff():
+    from evolveopt.genome.diff import diff_genomes
+
+    muon = evolveopt.load_genome("muon")
+    data = to_dict(muon)
+    data["fallback"]["weight_decay"]["mode"] = "l2"
+    changed = parse_genome(data)
+    assert genome_hash(changed) != genome_hash(muon) and structure_key(changed) != structure_key(muon)
+    lines = diff_genomes(muon, changed)
+    assert len(lines) == 1 and lines[0].startswith("fallback: ") and '"l2"' in lines[0]
+    assert diff_genomes(muon, evolveopt.load_genome("muon_moonlight"))  # scale, momentum, eps placement, ...
+
+
+def test_fallback_genes_count_as_used_and_the_file_says_schema_2():
+    muon = evolveopt.load_genome("muon")
+    assert to_dict(muon)["schema_version"] == 2
+    data = to_dict(muon)
+    del data["fallback"]
+    with pytest.raises(evolveopt.GenomeError, match=r"gene 'fallback_beta1' is not used"):
+        parse_genome(data)
+
+
+def test_state_and_show_count_each_rules_buffers():
+    from evolveopt.genome.slots import buffers_per_param
+
+    muon = evolveopt.load_genome("muon")
+    assert buffers_per_param(muon) == 2  # the larger of Muon's 1 and AdamW's 2: the bound a memory cap needs
+    text = render_genome(muon)
+    assert "state: 1 buffer(s) per matrix parameter, 2 per other parameter" in text
+    assert "θ ← θ − η_t·s·u" in text and "θ ← θ − η_t·ρ·u" in text and "5×: A = X·Xᵀ" in text
+
+
+def test_a_fallback_lr_ratio_of_one_is_the_same_rule_as_none():
+    moonlight = evolveopt.load_genome("muon_moonlight")
+    data = to_dict(moonlight)
+    data["genes"]["fallback_lr_ratio"] = 1.0
+    data["fallback"]["lr_ratio"] = "fallback_lr_ratio"
+    with_ratio = parse_genome(data)
+    assert with_ratio != moonlight and genome_hash(with_ratio) == genome_hash(moonlight)
+    assert genome_hash(with_ratio.with_genes(fallback_lr_ratio=0.5)) != genome_hash(moonlight)

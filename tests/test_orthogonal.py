@@ -15,6 +15,7 @@ from pytorch_optimizer.optimizer.muon.base import get_adjusted_lr
 from pytorch_optimizer.optimizer.utils.matrix import NS_COEFFICIENTS, zero_power_via_newton_schulz_5
 
 from evolveopt.errors import GenomeError, OptimizerUsageError
+from evolveopt.genome import registry
 from evolveopt.primitives.orthogonal import COEFFICIENTS, newton_schulz, shape_scale, shape_scales
 
 torch_muon = pytest.importorskip("torch.optim._muon", reason="this torch build has no torch.optim.Muon")
@@ -36,6 +37,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def test_presets_are_pytorch_optimizers():
     assert set(COEFFICIENTS) == set(NS_COEFFICIENTS)
+    assert tuple(COEFFICIENTS) == registry.NS_COEFFICIENTS  # the genome layer's torch-free copy of the names
     for name, triples in COEFFICIENTS.items():
         assert list(triples) == [tuple(t) for t in NS_COEFFICIENTS[name]], name
 
@@ -211,7 +213,7 @@ BAD = [
     (lambda: newton_schulz([_randn((3, 6))], 5, "original", "param", 1), OptimizerUsageError,
      r"^orthogonalize: tensor 0 has shape \[6\] per member"),
     (lambda: shape_scale((4, 6), "moonlight", 0), GenomeError,
-     r"^shape_scale: unknown kind 'moonlight' \(allowed: original, match_rms_adamw\)$"),
+     r"^shape_scale: unknown kind 'moonlight' \(allowed: original, match_rms_adamw, none\)$"),
     (lambda: shape_scale((3, 6), "original", 1), OptimizerUsageError, r"^orthogonalize: a tensor has shape \[6\]"),
 ]
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import tiny_batches, tiny_net, train, weight_and_bias_groups
 from references import (AltoReference, CautiousAdamWReference, EveReference, EverReference, GA2025Reference,
-                        SignSGDReference)
+                        MoonlightMuonReference, SignSGDReference)
 
 import evolveopt
 from evolveopt.genome.schema import Schedule
@@ -32,6 +32,7 @@ class Case:
     genome: Any = None  # a Genome or name; defaults to the case's key
     total_steps: int | None = None
     eval_point: bool = False  # also compare the parameters after optimizer.eval() (schedule-free averaging)
+    reference_groups: tuple[dict[str, Any], dict[str, Any]] | None = None  # the reference's own group keys, if they differ
 
 
 def _torch(cls, **kw):
@@ -145,6 +146,19 @@ CASES: dict[str, Case] = {
                                     _schedulefree("SGDScheduleFree", lr=0.05, momentum=0.8, warmup_steps=20, **SF_KW),
                                     GROUP, genome=_with_warmup("schedulefree_sgd", 0.1), total_steps=STEPS,
                                     eval_point=True),
+    # Muon: weights (conv [2,1,3,3] as [2, 9], head [4, 18]) take the matrix rule, biases the AdamW fallback.
+    # pytorch-optimizer 4.1.0 Muon runs Newton–Schulz in bfloat16 in torch's op order, as the genome does:
+    # the two agree to the last bit on the matrices (biases: ρ·η is one rounding away from the given lr).
+    "muon": Case(dict(lr=0.02, beta1=0.9, weight_decay=0.05, fallback_lr_ratio=0.15, fallback_beta1=0.8,
+                      fallback_beta2=0.99, fallback_eps=1e-8, fallback_weight_decay=0.01),
+                 _kozistr("Muon", lr=0.02, momentum=0.9, weight_decay=0.05, adamw_betas=(0.8, 0.99), adamw_eps=1e-8,
+                          adamw_wd=0.01),
+                 dict(lr=0.01), reference_groups=(dict(use_muon=True), dict(use_muon=False, lr=0.01 * 0.15))),
+    "muon_moonlight": Case(dict(lr=0.01, beta1=0.9, weight_decay=0.05, fallback_beta1=0.8, fallback_beta2=0.99,
+                                fallback_eps=1e-8),
+                           lambda g: MoonlightMuonReference(g, lr=0.01, wd=0.05, momentum=0.9, adamw_betas=(0.8, 0.99),
+                                                            adamw_eps=1e-8),
+                           dict(lr=0.003, weight_decay=0.03), reference_groups=(dict(), dict(lr=0.003, wd=0.03))),
     "signsgd": Case(dict(lr=0.002, weight_decay=0.01),
                     lambda g: SignSGDReference(g, lr=0.002, weight_decay=0.01), GROUP),
 }
@@ -178,6 +192,9 @@ def test_compiled_genome_matches_reference(name, float64):
                                          total_steps=case.total_steps, **case.genes)
 
     def reference(weights, biases):
+        if case.reference_groups is not None:
+            first, second = case.reference_groups
+            return case.reference([{"params": weights, **first}, {"params": biases, **second}])
         return case.reference([{"params": weights}, {"params": biases, **case.bias_group}])
 
     got, expected = _run(ours, case.eval_point), _run(reference, case.eval_point)

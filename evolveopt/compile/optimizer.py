@@ -15,6 +15,8 @@ holds y, its gradient point, in the parameters; ``eval()`` moves them to the eva
 and ``train()`` back (a ``train_mode`` flag in every group; see :meth:`RuleOptimizer.eval`). Everything in ``state_dict()`` is
 plain tensors, numbers and strings, so ``torch.load(weights_only=True)`` reads it. Complex
 parameters, gradients and buffers are stepped as real pairs (``torch.view_as_real``), as torch.optim does.
+A genome with a fallback rule (Muon's AdamW) steps each parameter of fewer than 2 dims, and every
+parameter of a group with ``matrix_rule=False`` (embeddings, an output head), by that rule.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from evolveopt.genome.genes import range_problem
 from evolveopt.genome.io import load_genome
 from evolveopt.genome.schema import SCHEMA_VERSION, Genome
 from evolveopt.genome.slots import PARAM_KINDS
-from evolveopt.compile.rule import Rule, StepContext
+from evolveopt.compile.rule import FALLBACK_RULE, StepContext, route, rules_of
 from evolveopt.primitives import averaging
 from evolveopt.primitives import feedback as eve
 from evolveopt.primitives import gradient, tensorlist
@@ -70,7 +72,8 @@ class RuleOptimizer(torch.optim.Optimizer):
         if genome.schedule.needs_horizon:
             _check_total_steps(genome, total_steps)
         self.genome = genome
-        self.rule = Rule(genome)
+        self.rules = rules_of(genome)  # [the genome's rule] or [its rule, its fallback's] (see _route)
+        self.rule = self.rules[0]
         self._checked: dict[int, tuple[dict[str, Any], dict[str, float]]] = {}
         self._labels: dict[int, tuple[dict[str, Any], list[int | None]]] = {}  # see _cohorts
         defaults: dict[str, Any] = {**genome.genes, **(tensors or {})}
@@ -81,6 +84,8 @@ class RuleOptimizer(torch.optim.Optimizer):
                         differentiable=False, fused=fused, schema_version=SCHEMA_VERSION)
         if genome.averaging is not None:
             defaults["train_mode"] = True
+        if genome.fallback is not None:
+            defaults["matrix_rule"] = True  # a group with matrix_rule=False sends all its tensors to the fallback
         super().__init__(params, defaults)
 
     @staticmethod
@@ -119,6 +124,16 @@ class RuleOptimizer(torch.optim.Optimizer):
         genes = self._check_genes(index, {**self.defaults, **param_group})
         super().add_param_group(param_group)
         group = self.param_groups[-1]
+        try:  # a use the genome cannot serve fails here, not at a step, and leaves the optimizer as it was
+            if not isinstance(group.get("matrix_rule", True), bool):
+                raise OptimizerUsageError(f"{self.genome.label}: param_groups[{index}].matrix_rule: expected True or "
+                                          f"False, got {group['matrix_rule']!r}")
+            for position, p in enumerate(group["params"]):
+                route(self.genome, tuple(p.shape), 0, group.get("matrix_rule", True),
+                      f"param_groups[{index}].params[{position}]", p.is_complex())
+        except OptimizerUsageError:
+            self.param_groups.pop()
+            raise
         if alias:
             group[alias] = _alias_value(alias, [group[n] for n in names])
         self._checked[id(group)] = (group, genes)
@@ -212,26 +227,35 @@ class RuleOptimizer(torch.optim.Optimizer):
         global_clip = gradient.clip_factor(norm, genes[self.genome.clip.threshold]) if norm is not None else None
         tensor_steps = group["capturable"] or torch.compiler.is_compiling()
         labels = self._cohorts(group, positions) if tensor_steps else self._labels.pop(id(group), None)
-        for p in params:
+        routes = [self._route(group, p) for p in params]
+        for p, r in zip(params, routes):
             state = self.state[p]
             if not state:
-                state.update(self.rule.init_state(p, capturable=group["capturable"]))
+                state.update(self.rules[r].init_state(p, capturable=group["capturable"]))
                 state["step"] = 0
             if tensor_steps and not isinstance(state["step"], Tensor):
                 state["step"] = _step_tensor(state["step"], p, group["capturable"])
             state["step"] += 1
-        for chunk in self._chunks(group, params, labels if tensor_steps else None):
+        for chunk in self._chunks(group, params, labels if tensor_steps else None, routes):
             chunk_params = [params[i] for i in chunk]
+            rule = self.rules[routes[chunk[0]]]
             step = self.state[chunk_params[0]]["step"]
             t = step.to(torch.float64) if tensor_steps else _step_int(step)
             if not tensor_steps:
                 self._warn_past_horizon(t, group["total_steps"])
-            ctx = StepContext(
-                t=t, genes=genes, lr=_as_float(group["lr"]) * self.rule.schedule(t, genes, group["total_steps"]),
-                maximize=group["maximize"], global_clip=global_clip, feedback=feedback,
-            )
-            slots = {name: [_real(self.state[p][name]) for p in chunk_params] for name in self.rule.slots}
-            self.rule.step([_real(p) for p in chunk_params], [grads[i] for i in chunk], slots, ctx)
+            lr = _as_float(group["lr"]) * self.rule.schedule(t, genes, group["total_steps"])
+            if rule is not self.rule and self.genome.fallback.lr_ratio:  # the fallback steps with η_t·ρ
+                lr *= genes[self.genome.fallback.lr_ratio]
+            ctx = StepContext(t=t, genes=genes, lr=lr, maximize=group["maximize"], global_clip=global_clip,
+                              feedback=feedback)
+            slots = {name: [_real(self.state[p][name]) for p in chunk_params] for name in rule.slots}
+            rule.step([_real(p) for p in chunk_params], [grads[i] for i in chunk], slots, ctx)
+
+    def _route(self, group: dict[str, Any], p: Tensor) -> int:
+        """The index in ``self.rules`` of the rule that steps ``p`` (checked in add_param_group)."""
+        if len(self.rules) == 1:
+            return 0
+        return 0 if group.get("matrix_rule", True) and p.dim() >= 2 else FALLBACK_RULE
 
     def _warn_past_horizon(self, t: int, total_steps: int | None) -> None:
         """Once per optimizer: a decaying schedule is 0 past its horizon, so nothing moves any more
@@ -243,15 +267,16 @@ class RuleOptimizer(torch.optim.Optimizer):
                           f"'{kind}' schedule is 0 from here on, so the parameters no longer move "
                           "(pass the number of steps you train as total_steps)", stacklevel=6)
 
-    def _chunks(self, group: dict[str, Any], params: list[Tensor], labels: list[int] | None) -> list[list[int]]:
-        """Indices of tensors sharing device, dtype and step count (one at a time without foreach).
+    def _chunks(self, group: dict[str, Any], params: list[Tensor], labels: list[int] | None,
+                routes: list[int]) -> list[list[int]]:
+        """Indices of tensors sharing rule, device, dtype and step count (one at a time without foreach).
         With tensor step counts, ``labels`` (:meth:`_cohorts`) stand for the counts."""
         if not _use_foreach(group["foreach"], params):
             return [[i] for i in range(len(params))]
         chunks: dict[tuple, list[int]] = defaultdict(list)
         for i, p in enumerate(params):
             count = labels[i] if labels is not None else _step_int(self.state[p]["step"])
-            chunks[(p.device, p.dtype, count)].append(i)
+            chunks[(routes[i], p.device, p.dtype, count)].append(i)
         return list(chunks.values())
 
     def _cohorts(self, group: dict[str, Any], positions: list[int]) -> list[int]:
@@ -339,7 +364,7 @@ class RuleOptimizer(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
         if self.genome.averaging is not None:
             self.defaults["train_mode"] = all(group["train_mode"] for group in self.param_groups)
-        scalars = {name for name, kind in self.rule.slots.items() if kind not in PARAM_KINDS}
+        scalars = {name for rule in self.rules for name, kind in rule.slots.items() if kind not in PARAM_KINDS}
         saved = [i for group in state_dict["param_groups"] for i in group["params"]]
         params = [(p, group["capturable"]) for group in self.param_groups for p in group["params"]]
         for i, (p, capturable) in zip(saved, params):
@@ -353,7 +378,8 @@ class RuleOptimizer(torch.optim.Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         if "genome" in state:
-            self.rule = Rule(self.genome)
+            self.rules = rules_of(self.genome)
+            self.rule = self.rules[0]
         self._checked = {}
         self._labels = {}
         for group in self.param_groups:
@@ -366,6 +392,8 @@ class RuleOptimizer(torch.optim.Optimizer):
             group.setdefault("schema_version", SCHEMA_VERSION)
             if "genome" in state and self.genome.averaging is not None:
                 group.setdefault("train_mode", True)
+            if "genome" in state and self.genome.fallback is not None:
+                group.setdefault("matrix_rule", True)
         alias, names = torch_alias(self.genome) if "genome" in state else (None, ())
         if alias:
             self.defaults.setdefault(alias, _alias_value(alias, [self.defaults[n] for n in names]))
@@ -386,6 +414,9 @@ class GenomeOptimizer(RuleOptimizer):
             ``fused=True`` are not supported and raise.
         **genes: overrides of the genome's genes by name (``lr``, ``beta1``, ``weight_decay``, ...);
             a 1-element tensor (``lr=torch.tensor(1e-3)``) stays a tensor in the param groups.
+
+    A param group of a genome with a fallback rule may say ``matrix_rule=False`` to send all its
+    parameters to the fallback (embeddings and the output head, as Muon's authors advise).
     """
 
     def __init__(self, params: Iterable[Any], genome: Genome | str | os.PathLike[str], *,

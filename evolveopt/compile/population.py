@@ -6,7 +6,8 @@ same :class:`~evolveopt.compile.rule.Rule` code the ``torch.optim`` form runs, s
 trains as it would alone with its own genes: with float64 gene tensors to float64 rounding
 (``tests/test_population.py``); with the float32 gene tensors evaluation uses, each gene value is
 first rounded to float32, and members agree with lone float32 runs to a relative 1e-5 after 200
-Adam steps (measured about 2.4e-7).
+Adam steps (measured about 2.4e-7). A genome with a fallback rule steps the tensors of fewer than 2
+dims per member (``[P, n]``) with it and the others with its own rule, as the torch.optim form does.
 
 A genome with schedule-free averaging trains at y and is judged at x: :meth:`PopulationOptimizer.eval`
 moves the stacked parameters to every member's evaluation point (the evaluator calls it when
@@ -20,7 +21,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from evolveopt.compile.rule import Rule, StepContext
+from evolveopt.compile.rule import FALLBACK_RULE, StepContext, route, rules_of
 from evolveopt.errors import OptimizerUsageError
 from evolveopt.genome.schema import Genome
 from evolveopt.primitives import averaging
@@ -56,7 +57,8 @@ class PopulationOptimizer:
 
     def __init__(self, genome: Genome, params: Sequence[Tensor], genes: Mapping[str, Tensor],
                  total_steps: int | None = None, shared_floats: bool = True):
-        self.rule = Rule(genome)
+        self.rules = rules_of(genome)
+        self.rule = self.rules[0]
         self.genome = genome
         self.params = list(params)
         self.genes = {name: _uniform_as_float(values, zero_only=not shared_floats) for name, values in genes.items()}
@@ -64,8 +66,14 @@ class PopulationOptimizer:
         self.total_steps = total_steps
         if genome.schedule.needs_horizon and total_steps is None:
             raise OptimizerUsageError(f"{genome.label} has a '{genome.schedule.kind}' schedule: pass total_steps")
-        per_param = [self.rule.init_state(p, member_dims=1) for p in self.params]
-        self.state = {slot: [s[slot] for s in per_param] for slot in self.rule.slots}
+        # Tensor i goes to rule routes[i]: the matrix rule or the fallback (rule.route; [P, ...] has member_dims 1).
+        self.routes = [route(genome, tuple(p.shape), 1, where=f"tensor {i}") for i, p in enumerate(self.params)]
+        self.members_of = [[i for i, r in enumerate(self.routes) if r == k] for k in range(len(self.rules))]
+        self.states = []
+        for rule, members in zip(self.rules, self.members_of):
+            per_param = [rule.init_state(self.params[i], member_dims=1) for i in members]
+            self.states.append({slot: [s[slot] for s in per_param] for slot in rule.slots})
+        self.state = self.states[0]
         self.feedback_state: dict[str, Tensor] | None = None
         self.t = 0
         self.train_mode = True
@@ -85,9 +93,14 @@ class PopulationOptimizer:
         if self.rule.clips_global_norm:
             norm = tensorlist.global_norm(list(grads), member_dims=1)
             global_clip = gradient.clip_factor(norm, genes[self.genome.clip.threshold])
-        ctx = StepContext(t=t, genes=genes, lr=lr, member_dims=1, global_clip=global_clip,
-                          feedback=self._feedback(loss) if self.genome.uses_loss else None)
-        self.rule.step(self.params, list(grads), self.state, ctx)
+        feedback = self._feedback(loss) if self.genome.uses_loss else None
+        for k, (rule, members, state) in enumerate(zip(self.rules, self.members_of, self.states)):
+            if not members:
+                continue
+            ratio = self.genome.fallback.lr_ratio if k == FALLBACK_RULE else None  # the fallback steps with η_t·ρ
+            ctx = StepContext(t=t, genes=genes, lr=lr * genes[ratio] if ratio else lr, member_dims=1,
+                              global_clip=global_clip, feedback=feedback)
+            rule.step([self.params[i] for i in members], [grads[i] for i in members], state, ctx)
 
     @torch.no_grad()
     def eval(self) -> None:
@@ -97,7 +110,8 @@ class PopulationOptimizer:
         if avg is None or not self.train_mode:
             return
         self._train_point = [p.detach().clone() for p in self.params]
-        averaging.to_eval_point_(self.params, self.state["averaging.z"], self.genes[avg.beta])
+        averaged = [self.params[i] for i in self.members_of[0]]  # the genome's own rule (not its fallback)
+        averaging.to_eval_point_(averaged, self.states[0]["averaging.z"], self.genes[avg.beta])
         self.train_mode = False
 
     @torch.no_grad()

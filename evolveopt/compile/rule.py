@@ -20,8 +20,9 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import Tensor
 
+from evolveopt.errors import OptimizerUsageError
 from evolveopt.genome.registry import pipeline
-from evolveopt.genome.schema import Genome, Momentum, Signal, Term
+from evolveopt.genome.schema import Genome, Momentum, Signal, Term, fallback_genome
 from evolveopt.genome.slots import (PARAM_COPY, PARAM_KINDS, PARAM_SHAPED, PER_MEMBER_ZERO, momentum_slot, nadam_slot,
                                     precondition_slots, signal_name, state_slots)
 from evolveopt.primitives import gradient, moments, preconditioners, schedules
@@ -60,6 +61,7 @@ class Flow:
     grads: TensorList  # g: after maximize, then each gradient-stage locus
     state: Mapping[str, TensorList]
     direction: TensorList | None = None  # u, during the direction stage
+    step_scale: list[float] | None = None  # per-tensor factor s of η_t (orthogonalize's shape scale): θ ← θ − η_t·s·u
 
 
 Stage = list[tuple[Callable[[Any, Flow, StepContext], None], Any]]
@@ -150,7 +152,7 @@ class Rule:
             flow.direction = materialize(parts)
             for run, value in self.on_direction:
                 run(value, flow, ctx)
-            parts = [Part(1.0, flow.direction)]
+            parts = [Part(1.0 if flow.step_scale is None else flow.step_scale, flow.direction)]
         if "prev_grad" in state:
             torch._foreach_copy_(state["prev_grad"], flow.grads)
         if self.move:
@@ -252,6 +254,40 @@ class Rule:
             torch._foreach_maximum_(state[slots[1]], state[slots[0]])
             cache.updated[slots[1]] = state[slots[1]]
         return state[slots[-1]]
+
+
+# ---------------------------------------------------------------------------- routing
+
+MATRIX_RULE, FALLBACK_RULE = 0, 1
+
+
+def rules_of(genome: Genome) -> list[Rule]:
+    """[the genome's rule] or [its rule, its fallback's rule] (schema.Fallback)."""
+    sub = fallback_genome(genome)
+    return [Rule(genome)] if sub is None else [Rule(genome), Rule(sub)]
+
+
+def route(genome: Genome, shape: tuple[int, ...], member_dims: int, matrix_rule: bool = True,
+          where: str = "a parameter", is_complex: bool = False) -> int:
+    """Which rule steps a tensor: the genome's own (MATRIX_RULE) for tensors of >= 2 dims per member, the
+    fallback (FALLBACK_RULE) for the others and for every tensor of a group with ``matrix_rule: False``.
+    A genome without a fallback takes every tensor, except that an orthogonalizing one cannot take a
+    tensor of < 2 dims: an OptimizerUsageError (the genome is valid; this use of it is not)."""
+    dims = len(shape) - member_dims
+    if genome.fallback is not None:
+        chosen = MATRIX_RULE if matrix_rule and dims >= 2 else FALLBACK_RULE
+    elif not matrix_rule:
+        raise OptimizerUsageError(f"{genome.label}: {where}: matrix_rule=False needs a genome with a fallback rule "
+                                  "(this one has none)")
+    elif genome.orthogonalize is not None and dims < 2:
+        raise OptimizerUsageError(
+            f"{genome.label} orthogonalizes matrices and has no fallback rule: {where} has shape {list(shape[member_dims:])} "
+            "(fewer than 2 dims); give the genome a fallback or leave the tensor out")
+    else:
+        chosen = MATRIX_RULE
+    if is_complex and chosen == MATRIX_RULE and genome.orthogonalize is not None:
+        raise OptimizerUsageError(f"{genome.label}: {where} is complex; orthogonalize takes real matrices only")
+    return chosen
 
 
 def _momentum_readout(mom: Momentum, m: TensorList, x: TensorList, beta: Scalar, t: Step) -> moments.Parts:

@@ -19,13 +19,14 @@ from evolveopt.genome.equations import render_equations, sym
 from evolveopt.genome.registry import LOCI, STAGES, pipeline
 from evolveopt.genome.schema import Genome, schema_version_of
 
-STRUCTURE_CLASSES = ("Genome", "Term", "Signal", "Momentum", "Precondition",
+STRUCTURE_CLASSES = ("Genome", "Term", "Signal", "Momentum", "Precondition", "Fallback",
                      *(locus.value_type.__name__ for locus in LOCI.values() if locus.value_type))
 
 
 def stage_functions(genome: Genome) -> list[str]:
     """Names of the tensor functions the genome's loci run (registry rows name them)."""
-    return [v.function.split(":")[1] for v, _ in pipeline(genome.loci, *STAGES) if v.function]
+    loci = [genome.loci] + ([genome.fallback.loci] if genome.fallback is not None else [])
+    return [v.function.split(":")[1] for each in loci for v, _ in pipeline(each, *STAGES) if v.function]
 
 INIT_TEMPLATE = '''
 def __init__(self, params, *, total_steps=None, maximize=False, foreach=None, capturable=False,

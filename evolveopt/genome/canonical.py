@@ -9,7 +9,9 @@ Two genomes that describe the same rule get the same canonical form, hence the s
 3. terms of weight 0 are dropped, and terms equal up to their (untied) weight are merged
    into one term whose weight is the sum;
 4. terms are sorted by their structure and weight genes renamed w1, w2, ... in that order;
-5. genes nothing refers to, the name and the description are dropped.
+5. genes nothing refers to, the name and the description are dropped;
+6. a fallback sub-rule's terms (weightless) are sorted, with rule 1 applied to them, and an lr
+   ratio of 1 is dropped.
 
 The *structure key* hashes the canonical form without gene values: genomes with equal keys
 compile to the same rule and train together with per-member gene tensors.
@@ -23,7 +25,7 @@ from dataclasses import replace
 from typing import Any
 
 from evolveopt.genome.genes import WEIGHT_GENE, round_gene
-from evolveopt.genome.schema import Genome, Term, referenced_genes, term_to_dict, to_dict
+from evolveopt.genome.schema import Fallback, Genome, Term, referenced_genes, term_to_dict, to_dict
 
 
 def canonical_form(genome: Genome) -> Genome:
@@ -44,7 +46,7 @@ def canonical_form(genome: Genome) -> Genome:
         entries.append([bare, value, term.weight if tied else None])
     entries = sorted((e for e in entries if e[1] != 0.0), key=lambda e: (_sort_key(e[0]), e[2] or ""))
     if not entries:  # every weight cancelled: keep the rule as given, it is valid data
-        return replace(genome, genes=genes, name="", description="")
+        return replace(genome, genes=genes, name="", description="", fallback=_canonical_fallback(genome.fallback, genes))
     out_genes = {k: v for k, v in genes.items() if not WEIGHT_GENE.match(k)}
     terms = []
     for index, (bare, value, tied) in enumerate(entries, start=1):
@@ -52,9 +54,20 @@ def canonical_form(genome: Genome) -> Genome:
         if tied is None:
             out_genes[name] = round_gene(name, value)
         terms.append(replace(bare, weight=name))
-    canonical = replace(genome, genes=out_genes, terms=tuple(terms), name="", description="")
+    canonical = replace(genome, genes=out_genes, terms=tuple(terms), name="", description="",
+                        fallback=_canonical_fallback(genome.fallback, genes))
     used = referenced_genes(canonical)
     return replace(canonical, genes={k: out_genes[k] for k in sorted(out_genes) if k in used})
+
+
+def _canonical_fallback(fb: Fallback | None, genes: dict[str, float]) -> Fallback | None:
+    """A fallback's terms (which carry no weight) sorted, sign terms without a preconditioner (rule 1);
+    an lr ratio of 1 is no ratio."""
+    if fb is None:
+        return None
+    terms = [replace(t, precondition=None) if t.sign else t for t in fb.terms]
+    ratio = None if fb.lr_ratio is not None and genes[fb.lr_ratio] == 1.0 else fb.lr_ratio
+    return replace(fb, terms=tuple(sorted(terms, key=_sort_key)), lr_ratio=ratio)
 
 
 def canonical_dict(genome: Genome) -> dict[str, Any]:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from evolveopt.genome.registry import pipeline
-from evolveopt.genome.schema import Genome, Momentum, Precondition, Signal, Term
-from evolveopt.genome.slots import buffers_per_param, momentum_slot, precondition_slots
+from evolveopt.genome.schema import Genome, Momentum, Precondition, Signal, Term, fallback_genome
+from evolveopt.genome.slots import buffers_per_param, momentum_slot, precondition_slots, rule_buffers
 
 SYMBOLS = {
     "lr": "η", "beta1": "β1", "beta2": "β2", "beta3": "β3", "eps": "ε", "weight_decay": "λ",
     "alpha": "α", "clip": "c", "warmup": "w", "gamma": "γ", "trust_clamp": "C", "trust_eps": "ε_τ",
     "feedback_low": "k", "feedback_high": "K", "momentum_decay": "ψ", "avg_r": "r", "avg_lr_power": "p",
+    "fallback_lr_ratio": "ρ", "fallback_beta1": "β1'", "fallback_beta2": "β2'", "fallback_eps": "ε'",
+    "fallback_weight_decay": "λ'",
 }
 
 
@@ -129,7 +131,9 @@ class _Renderer:
 
     def _postprocess(self) -> None:
         self._stage("direction", g=self.g)
-        self._stage_or_default("move", "θ ← θ − η_t·u")
+        ortho = self.genome.orthogonalize
+        scaled = ortho is not None and ortho.scale != "none"
+        self._stage_or_default("move", "θ ← θ − η_t·s·u" if scaled else "θ ← θ − η_t·u")
         self._stage("after")
         self._stage_or_default("lr", "η_t = η")
         self._stage("loss")
@@ -142,8 +146,20 @@ class _Renderer:
 
 
 def render_equations(genome: Genome) -> list[str]:
-    """The update rule as lines of equations, in the order they run."""
-    return _Renderer(genome).render()
+    """The update rule as lines of equations, in the order they run; with a fallback, its rule follows,
+    for the tensors of fewer than 2 dims (and param groups with matrix_rule=False)."""
+    lines = _Renderer(genome).render()
+    sub = fallback_genome(genome)
+    if sub is None:
+        return lines
+    ratio = genome.fallback.lr_ratio
+    step = f"η_t·{sym(ratio)}" if ratio else "η_t"
+    fallback = [line for line in _Renderer(sub).render()[1:] if not line.startswith(("η_t", "d_t ="))]
+    fallback = [line.replace("η_t·", f"{step}·") for line in fallback]  # the fallback steps with η_t·ρ
+    head = "matrices (≥ 2 dims):" if genome.orthogonalize is not None else "tensors of ≥ 2 dims:"
+    return ([head] + [f"  {line}" for line in lines]
+            + ["other tensors (< 2 dims; param groups with matrix_rule=False), the fallback rule:"]
+            + [f"  {line}" for line in fallback])
 
 
 def render_genome(genome: Genome) -> str:
@@ -153,4 +169,7 @@ def render_genome(genome: Genome) -> str:
         title += f": {genome.description}"
     body = "\n".join(f"  {line}" for line in render_equations(genome))
     genes = ", ".join(f"{k} ({sym(k)}) = {v:g}" if sym(k) != k else f"{k} = {v:g}" for k, v in genome.genes.items())
-    return f"{title}\n\n{body}\n\ngenes: {genes}\nstate: {buffers_per_param(genome)} buffer(s) per parameter"
+    sub = fallback_genome(genome)
+    state = (f"{buffers_per_param(genome)} buffer(s) per parameter" if sub is None else
+             f"{rule_buffers(genome)} buffer(s) per matrix parameter, {rule_buffers(sub)} per other parameter")
+    return f"{title}\n\n{body}\n\ngenes: {genes}\nstate: {state}"

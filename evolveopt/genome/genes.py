@@ -75,6 +75,14 @@ GENES: dict[str, GeneSpec] = {
     "avg_lr_power": GeneSpec(0.0, 10.0, "linear", (0.0, 4.0),
                              "schedule-free averaging: power p of lr_max in the weights t^r·lr_max^p",
                              "averaging_power"),
+    # The fallback sub-rule's own hyperparameters (schema.Fallback: the tensors a matrix rule such as Muon's
+    # does not take). Its lr is a ratio ρ of the genome's η_t, so lr schedulers and per-group lr drive both.
+    "fallback_lr_ratio": GeneSpec(0.0, 1e4, "log", (0.01, 1.0), "fallback learning rate as a multiple ρ of η",
+                                  "lr_ratio"),
+    "fallback_beta1": GeneSpec(**_BETA, search=(0.5, 0.99), doc="fallback first EMA rate"),
+    "fallback_beta2": GeneSpec(**_BETA, search=(0.8, 0.9999), doc="fallback second EMA rate"),
+    "fallback_eps": GeneSpec(0.0, 1.0, "log", (1e-10, 1e-4), "fallback numerical floor", "eps"),
+    "fallback_weight_decay": GeneSpec(0.0, 10.0, "log", (1e-6, 1e-1), "fallback weight decay", "weight_decay"),
 }
 
 ROLES: dict[str, str] = {  # role -> what a field of that role means, for messages
@@ -83,6 +91,7 @@ ROLES: dict[str, str] = {  # role -> what a field of that role means, for messag
     "fraction": "a fraction of total_steps", "decay_factor": "a decay factor per step", "clamp": "a trust-ratio clamp",
     "feedback_bound": "a loss-feedback bound", "momentum_decay": "a momentum-schedule rate",
     "averaging_power": "a power in the averaging weights",
+    "lr_ratio": "a learning-rate ratio",
 }
 
 _WEIGHT = GeneSpec(-100.0, 100.0, "linear", (-2.0, 2.0), "weight of a direction term", "weight")

@@ -42,7 +42,8 @@ STAGES = ("gradient", "weights", "direction", "move", "after", "lr", "loss")
 
 @dataclass(frozen=True)
 class Field:
-    """One key of a locus: a gene reference (``roles``), a choice (``options``) or a flag."""
+    """One key of a locus: a gene reference (``roles``), a choice (``options``), an integer
+    (``integer``: at least ``minimum``; structural, not a gene) or a flag."""
 
     name: str
     roles: tuple[str, ...] = ()
@@ -50,6 +51,8 @@ class Field:
     flag: bool = False
     required: bool = True
     default: Any = None
+    integer: bool = False
+    minimum: int = 0
 
     @property
     def is_gene(self) -> bool:
@@ -200,6 +203,29 @@ class Averaging:
     lr_power: str
 
 
+# Names the orthogonalize locus may take (torch-free copies; primitives/orthogonal.py imports them and
+# holds the coefficient numbers for every name here: tests/test_orthogonal.py checks they agree).
+NS_COEFFICIENTS = ("original", "quintic", "polar_express", "polar_express_safer")
+NS_DTYPES = ("bfloat16", "param")
+NS_SCALES = ("original", "match_rms_adamw", "none")
+
+
+@dataclass(frozen=True)
+class Orthogonalize:
+    """Muon's orthogonalized update (Jordan et al. 2024): u ← NS(u), the polar factor of u's matrix
+    view [d0, prod(rest)] by ``steps`` quintic Newton–Schulz iterations with the ``coefficients``
+    preset, computed in ``dtype`` (bfloat16, or the parameter's own); then the tensor's step is
+    η_t·s·u with the shape factor s: original √max(1, d0/d1) (Jordan; torch.optim.Muon),
+    match_rms_adamw 0.2·√max(d0, d1) (Moonlight), none 1. Structural: no field is a gene.
+    """
+
+    kind: str
+    steps: int
+    coefficients: str
+    dtype: str
+    scale: str
+
+
 # ---------------------------------------------------------------------------- equations
 
 
@@ -262,6 +288,14 @@ def _averaging_lines(a: Averaging, sym, g: str = "g") -> list[str]:
             f"θ ← (1 − c)·θ + c·z;  θ ← θ + η_t·({b}·(1 − c) − 1)·u;  z ← z − η_t·u"
             "   (θ = y, the gradient point; z_0 = θ_0)",
             f"evaluation point x = (θ − (1 − {b})·z)/{b}   (optimizer.eval(); train() returns to θ = y)"]
+
+
+def _orthogonalize_lines(o: Orthogonalize, sym, g: str = "g") -> list[str]:
+    dtype = "in bfloat16" if o.dtype == "bfloat16" else "in the parameter's dtype"
+    scale = {"original": "s = √max(1, d0/d1)", "match_rms_adamw": "s = 0.2·√max(d0, d1)", "none": "s = 1"}[o.scale]
+    return [f"X = u as a [d0, d1 = prod(rest)] matrix (Xᵀ when d0 > d1), X ← X/max(‖X‖_F, 10⁻⁷)   ({dtype})",
+            f"{o.steps}×: A = X·Xᵀ, X ← a·X + (b·A + c·A²)·X   ((a, b, c): '{o.coefficients}' coefficients)",
+            f"u ← X (back to u's shape);  {scale} (a factor of the tensor's step, after the other direction loci)"]
 
 
 # ---------------------------------------------------------------------------- the registry
@@ -378,6 +412,23 @@ LOCI: dict[str, Locus] = {locus.key: locus for locus in (
             equation=_averaging_lines, draw={"beta": "beta1", "r": "avg_r", "lr_power": "avg_lr_power"},
         ),),
         space_key="averaging", space_default=("none",), draw_rank=9, since_schema=2,
+    ),
+    Locus(
+        # First of the direction stage (order 50), right after the terms: cautious masks, in-direction decay,
+        # the trust ratio / rms_norm and friction then act on the orthogonalized u; the shape factor s
+        # multiplies the tensor's step size (as torch.optim.Muon's adjusted lr), after all of them.
+        "orthogonalize", "Muon's Newton–Schulz orthogonalization of each matrix's direction",
+        value_type=Orthogonalize, bare=True,
+        variants=(Variant(
+            "newton_schulz",
+            (Field("steps", integer=True, minimum=1, required=False, default=5),
+             Field("coefficients", options=NS_COEFFICIENTS, required=False, default="original"),
+             Field("dtype", options=NS_DTYPES, required=False, default="bfloat16"),
+             Field("scale", options=NS_SCALES, required=False, default="original")),
+            stage="direction", order=50, function="evolveopt.primitives.orthogonal:orthogonalize_stage",
+            equation=_orthogonalize_lines,
+        ),),
+        space_key="orthogonalize", space_default=("none",), draw_rank=10, since_schema=2,
     ),
 )}
 

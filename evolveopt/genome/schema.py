@@ -13,6 +13,8 @@ The update it describes, in the order the compiler applies it (η_t = lr · sche
     θ  ← θ(1 − η_t λ)                            weight_decay.mode = decoupled
     ĝ  ← g + α·EMA_β(g_t − g_{t−1})              adaptor (ALTO's "E")
     u  ← Σ_k w_k · T_k(ĝ)                        terms: signal → momentum → precondition → sign
+    u  ← NS(u); s = shape factor                 orthogonalize (Muon; the step becomes η_t·s·u)
+    u  ← u⊙M/scale                               cautious
     u  ← u + λθ                                  weight_decay.mode = in_direction
     u  ← τ(θ, u)·u                               layerwise: trust_ratio | rms_norm
     u  ← ξ·u                                     friction (diffGrad)
@@ -20,6 +22,9 @@ The update it describes, in the order the compiler applies it (η_t = lr · sche
        (averaging: θ = y ← lerp(y, z, c) + η_t(β(1−c) − 1)u, z ← z − η_t u in place of θ − η_t u)
 
 Loss feedback (Eve) scales every precondition denominator: d_t·√v̂ + ε.
+
+With a ``fallback`` (schema 2), tensors of fewer than 2 dims per member and param groups with
+``matrix_rule: False`` follow the fallback's own terms and loci instead, at η_t·ρ (see Fallback).
 
 This module imports nothing from torch: genomes travel as plain data.
 """
@@ -114,6 +119,19 @@ class Term:
 
 
 @dataclass(frozen=True)
+class Fallback:
+    """The sub-rule for the tensors the genome's own rule does not take: those with fewer than 2
+    dims per member (biases, norm gains), and every tensor of a param group with ``matrix_rule:
+    False`` (embeddings, an output head). Its terms and loci refer to the genome's genes; it steps
+    with η_t·ρ, ρ the gene ``lr_ratio`` names (1 without one). Its terms take no weight.
+    """
+
+    terms: tuple[Term, ...]
+    loci: dict[str, Any] = field(default_factory=dict)
+    lr_ratio: str | None = None
+
+
+@dataclass(frozen=True)
 class Genome:
     """A complete update rule. Build with :func:`parse_genome`; it validates everything.
 
@@ -126,6 +144,7 @@ class Genome:
     loci: dict[str, Any] = field(default_factory=dict)
     name: str = ""
     description: str = ""
+    fallback: Fallback | None = None  # the rule of the non-matrix tensors (schema 2)
 
     def __getattr__(self, name: str) -> Any:
         locus = LOCI.get(name)
@@ -196,6 +215,15 @@ class _Node:
         if not isinstance(self.value, str) or self.value not in options:
             shown = repr(self.value) if isinstance(self.value, str) else _type_name(self.value)
             raise self.fail(f"unknown value {shown} (allowed: {', '.join(options)})")
+        return self.value
+
+    def integer(self, minimum: int, default: int | None) -> int:
+        if self.value is None:
+            return default
+        if isinstance(self.value, bool) or not isinstance(self.value, int):
+            raise self.fail(f"expected an integer >= {minimum}, got {_type_name(self.value)}")
+        if self.value < minimum:
+            raise self.fail(f"{self.value} is out of range (an integer >= {minimum})")
         return self.value
 
     def boolean(self, default: bool) -> bool:
@@ -382,6 +410,8 @@ def _parse_locus(node: _Node, genes: dict[str, float], locus: Locus) -> Any:
             values[f.name] = child.gene_ref(genes, f.roles, optional=not f.required)
         elif f.options:
             values[f.name] = child.choice(f.options) if node.has(f.name) else f.default
+        elif f.integer:
+            values[f.name] = child.integer(f.minimum, f.default)
         else:
             values[f.name] = child.boolean(f.default)
     return locus.value_type(**values)
@@ -392,7 +422,55 @@ def _field_order(locus: Locus):
     return order.index
 
 
-TOP_LEVEL_KEYS = ("schema_version", "name", "description", "genes", "terms", *LOCI)
+TOP_LEVEL_KEYS = ("schema_version", "name", "description", "genes", "terms", *LOCI, "fallback")
+# The loci a fallback may have: not the lr schedule, Eve's feedback and global-norm clipping (the genome's own
+# serve every tensor: fallback_genome hands them on), not orthogonalize (it takes the tensors that are not matrices).
+FALLBACK_LOCI = tuple(key for key in LOCI if key not in ("schedule", "loss_feedback", "orthogonalize"))
+FALLBACK_SINCE_SCHEMA = 2
+
+
+def _parse_fallback(node: _Node, genes: dict[str, float]) -> Fallback | None:
+    if node.value is None:
+        return None
+    for key, why in (("orthogonalize", "it takes the tensors that are not matrices"),
+                     ("fallback", "a fallback has no fallback of its own"),
+                     ("schedule", "the genome's schedule sets η_t for every tensor"),
+                     ("loss_feedback", "the genome's loss feedback scales every tensor")):
+        if node.has(key):
+            raise node.child(key).fail(f"a fallback takes no '{key}' ({why})")
+    node.mapping(("lr_ratio", "terms", *FALLBACK_LOCI), required=("terms",))
+    terms = _parse_terms(node.child("terms"), genes)
+    for i, term in enumerate(terms):
+        if term.weight is not None:
+            raise node.child("terms").child(i).child("weight").fail("a fallback term takes no weight")
+    loci = {}
+    for key in FALLBACK_LOCI:
+        value = _parse_locus(node.child(key), genes, LOCI[key])
+        if LOCI[key].present(value):
+            loci[key] = value
+    if "clip" in loci and loci["clip"].mode == "global_norm":
+        raise node.child("clip").fail("a fallback cannot clip by the global norm (the genome's global-norm clip "
+                                      "covers every parameter)")
+    return Fallback(terms=terms, loci=loci, lr_ratio=node.child("lr_ratio").gene_ref(genes, "lr_ratio", optional=True))
+
+
+def fallback_genome(genome: Genome) -> Genome | None:
+    """The fallback sub-rule as a genome of its own (the genome's genes, the fallback's terms and
+    loci), the form the compiler, ``show`` and the slot names read; None without a fallback.
+
+    The genome's global loci serve the fallback's tensors too: a global-norm clip (one norm over
+    every parameter clips every gradient) and Eve's loss feedback (one d_t for every denominator).
+    """
+    fb = genome.fallback
+    if fb is None:
+        return None
+    loci = dict(fb.loci)
+    if genome.clip is not None and genome.clip.mode == "global_norm":
+        loci["clip"] = genome.clip
+    if genome.loss_feedback is not None:
+        loci["loss_feedback"] = genome.loss_feedback
+    name = f"{genome.name} (fallback)" if genome.name else "fallback"
+    return Genome(genes=genome.genes, terms=fb.terms, loci=loci, name=name)
 
 
 def parse_genome(data: Any, source: str = "genome", allow_unused_genes: bool = False) -> Genome:
@@ -420,8 +498,15 @@ def parse_genome(data: Any, source: str = "genome", allow_unused_genes: bool = F
         value = _parse_locus(root.child(key), genes, locus)
         if locus.present(value):
             loci[key] = value
+    if root.has("fallback") and version < FALLBACK_SINCE_SCHEMA:
+        raise root.child("fallback").fail(f"'fallback' needs schema_version {FALLBACK_SINCE_SCHEMA} "
+                                          f"(this file says {version})")
+    fallback = _parse_fallback(root.child("fallback"), genes)
+    if fallback is not None and "clip" in fallback.loci and "clip" in loci and loci["clip"].mode == "global_norm":
+        raise root.child("fallback").child("clip").fail(
+            "the genome clips by the global norm, which clips the fallback's gradients too: leave this clip out")
     genome = Genome(genes=genes, terms=terms, loci=loci, name=root.child("name").text(),
-                    description=root.child("description").text())
+                    description=root.child("description").text(), fallback=fallback)
     unused = sorted(set(genes) - referenced_genes(genome))
     if unused and not allow_unused_genes:
         raise root.child("genes").fail(
@@ -433,14 +518,19 @@ def parse_genome(data: Any, source: str = "genome", allow_unused_genes: bool = F
 def referenced_genes(genome: Genome) -> set[str]:
     """Every gene name the structure refers to (``lr`` always)."""
     refs: list[str | None] = ["lr"]
-    for term in genome.terms:
-        refs += [term.weight, term.signal.beta]
-        if term.momentum is not None:
-            refs += [term.momentum.beta, term.momentum.mix, term.momentum.decay]
-        if term.precondition is not None:
-            refs += [term.precondition.eps, term.precondition.beta, term.precondition.signal.beta]
-    for key, value in genome.loci.items():
-        refs += locus_genes(LOCI[key], value)
+    rules = [(genome.terms, genome.loci)]
+    if genome.fallback is not None:
+        rules.append((genome.fallback.terms, genome.fallback.loci))
+        refs.append(genome.fallback.lr_ratio)
+    for terms, loci in rules:
+        for term in terms:
+            refs += [term.weight, term.signal.beta]
+            if term.momentum is not None:
+                refs += [term.momentum.beta, term.momentum.mix, term.momentum.decay]
+            if term.precondition is not None:
+                refs += [term.precondition.eps, term.precondition.beta, term.precondition.signal.beta]
+        for key, value in loci.items():
+            refs += locus_genes(LOCI[key], value)
     return {name for name in refs if name is not None}
 
 
@@ -458,12 +548,23 @@ def to_dict(genome: Genome) -> dict[str, Any]:
     out["terms"] = [term_to_dict(t) for t in genome.terms]
     for key, value in genome.loci.items():
         out[key] = locus_to_data(LOCI[key], value)
+    if genome.fallback is not None:
+        out["fallback"] = fallback_to_dict(genome.fallback)
+    return out
+
+
+def fallback_to_dict(fb: Fallback) -> dict[str, Any]:
+    out: dict[str, Any] = {"lr_ratio": fb.lr_ratio} if fb.lr_ratio else {}
+    out["terms"] = [term_to_dict(t) for t in fb.terms]
+    for key, value in fb.loci.items():
+        out[key] = locus_to_data(LOCI[key], value)
     return out
 
 
 def schema_version_of(genome: Genome) -> int:
     """The lowest schema version that expresses ``genome`` (so v1 rules keep their files and hashes)."""
-    return max([1, *(LOCI[key].since_schema for key in genome.loci)])
+    loci = [*genome.loci, *(genome.fallback.loci if genome.fallback else ())]
+    return max([1, *(LOCI[key].since_schema for key in loci), *([FALLBACK_SINCE_SCHEMA] if genome.fallback else [])])
 
 
 def locus_to_data(locus: Locus, value: Any) -> Any:

@@ -7,7 +7,7 @@ checkpoint reads like the rule: ``momentum.grad.beta1``, ``second_moment.grad.be
 from __future__ import annotations
 
 from evolveopt.genome.registry import LOCI, locus_slot_kinds
-from evolveopt.genome.schema import Genome, Signal, Term
+from evolveopt.genome.schema import Genome, Signal, Term, fallback_genome
 
 
 def signal_name(signal: Signal) -> str:
@@ -69,5 +69,15 @@ def state_slots(genome: Genome) -> dict[str, str]:
 
 
 def buffers_per_param(genome: Genome) -> int:
-    """Parameter-sized state buffers (Adam 2, Lion 1, Adan 4)."""
+    """Parameter-sized state buffers (Adam 2, Lion 1, Adan 4); with a fallback rule, the larger of
+    the two rules' counts (the bound a memory cap needs)."""
+    counts = [rule_buffers(genome)]
+    sub = fallback_genome(genome)
+    if sub is not None:
+        counts.append(rule_buffers(sub))
+    return max(counts)
+
+
+def rule_buffers(genome: Genome) -> int:
+    """Parameter-sized buffers of the genome's own rule (not its fallback's)."""
     return sum(kind in PARAM_KINDS for kind in state_slots(genome).values())

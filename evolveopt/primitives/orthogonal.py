@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from evolveopt.errors import GenomeError, OptimizerUsageError
+from evolveopt.genome.registry import NS_DTYPES, NS_SCALES
 from evolveopt.primitives.tensorlist import TensorList
 
 Triple = tuple[float, float, float]
@@ -24,7 +25,8 @@ Coefficients = Union[str, Triple, Sequence[Triple]]
 # (a, b, c) of X ← aX + (bA + cA²)X per iteration; a schedule shorter than ``steps`` repeats
 # its last triple. "original": Jordan 2024 (max slope at 0); "quintic": modded-nanogpt's tuned
 # 5-step schedule; "polar_express" (safety 1e-2) and "polar_express_safer" (2e-2): Amsel et al.,
-# arXiv 2505.16932. The numbers are the pytorch-optimizer 4.1.0 presets (tests compare them).
+# arXiv 2505.16932. The numbers are the pytorch-optimizer 4.1.0 presets (tests compare them); the
+# names are registry.NS_COEFFICIENTS, the genome layer's torch-free copy (tests check they agree).
 COEFFICIENTS: dict[str, tuple[Triple, ...]] = {
     "original": ((3.4445, -4.7750, 2.0315),),
     "quintic": (
@@ -55,8 +57,8 @@ COEFFICIENTS: dict[str, tuple[Triple, ...]] = {
         (1.8749999923301852, -1.2499999836060613, 0.374999991275876),
     ),
 }
-COMPUTE_DTYPES = ("bfloat16", "param")
-SHAPE_SCALES = ("original", "match_rms_adamw")
+COMPUTE_DTYPES = NS_DTYPES  # the one list of names, in the registry (torch-free)
+SHAPE_SCALES = NS_SCALES
 
 
 def _names(allowed: Sequence[str]) -> str:
@@ -145,7 +147,7 @@ def newton_schulz(xs: TensorList, steps: int, coefficients: Coefficients, comput
 
 def shape_scale(shape: Sequence[int], kind: str, member_dims: int) -> float:
     """The update's shape factor for matrix view [d0, d1] (torch 2.13 ``Muon._adjust_lr``):
-    "original" √max(1, d0/d1) (Jordan); "match_rms_adamw" 0.2·√max(d0, d1) (Moonlight).
+    "original" √max(1, d0/d1) (Jordan); "match_rms_adamw" 0.2·√max(d0, d1) (Moonlight); "none" 1.
 
     For a tensor of more than 2 dims, d1 = prod(rest) (the matrix Newton–Schulz sees).
     """
@@ -154,9 +156,20 @@ def shape_scale(shape: Sequence[int], kind: str, member_dims: int) -> float:
         return math.sqrt(max(1, d0 / d1))
     if kind == "match_rms_adamw":
         return 0.2 * math.sqrt(max(d0, d1))
+    if kind == "none":
+        return 1.0
     raise GenomeError(f"shape_scale: unknown kind {kind!r} (allowed: {_names(SHAPE_SCALES)})")
 
 
 def shape_scales(xs: TensorList, kind: str, member_dims: int) -> list[float]:
     """One :func:`shape_scale` per tensor (a per-tensor Factor for ``tensorlist``)."""
     return [shape_scale(x.shape, kind, member_dims) for x in xs]
+
+
+def orthogonalize_stage(value, flow, ctx) -> None:
+    """Stage function (registry.py): ``flow.direction`` ← its Newton–Schulz polar factor, and the shape
+    factor s of each tensor goes to ``flow.step_scale`` (θ ← θ − η_t·s·u, torch.optim.Muon's adjusted lr:
+    the product η_t·s is formed before it meets u, as there)."""
+    flow.direction = newton_schulz(flow.direction, value.steps, value.coefficients, value.dtype, ctx.member_dims)
+    scales = shape_scales(flow.direction, value.scale, ctx.member_dims)
+    flow.step_scale = None if all(s == 1.0 for s in scales) else scales

@@ -121,6 +121,9 @@ def add_scaled_(xs: TensorList, ys: TensorList, f: Factor) -> None:
         return
     if is_float(f):
         torch._foreach_add_(xs, ys, alpha=float(f))
+    elif isinstance(f, (list, tuple)) and all(is_float(a) for a in f):  # one float per tensor
+        for x, y, a in zip(xs, ys, f):
+            x.add_(y, alpha=float(a))
     else:
         torch._foreach_addcmul_(xs, ys, factor_args(f, xs))
 

@@ -26,7 +26,7 @@ from evolveopt.genome.canonical import canonical_form
 from evolveopt.genome.genes import WEIGHT_GENE, gene_spec
 from evolveopt.genome.registry import LOCI
 from evolveopt.genome.schema import EPS_MODES, Genome, to_dict
-from evolveopt.search.space import SearchSpace, _random_term, draw_gene, random_genome, structure_genes
+from evolveopt.search.space import SearchSpace, _random_term, draw_gene, random_genome, structure_genes, with_fallback
 
 Change = tuple[Genome, dict[str, Any]]
 
@@ -193,6 +193,8 @@ def _locus(name: str) -> Callable:
             return None
         if after is None:
             data.pop(name, None)
+            if name == "orthogonalize":  # in a search the fallback travels with the matrix rule
+                data.pop("fallback", None)
         else:
             data[name] = after
         return {"to": _describe(after)}
@@ -255,6 +257,7 @@ def mutate_structure(rng: np.random.Generator, genome: Genome, space: SearchSpac
 def _with_genes_for(rng: np.random.Generator, data: dict[str, Any], space: SearchSpace,
                     known: dict[str, float]) -> Genome:
     """Keep known gene values, draw the ones the new structure adds, drop the rest."""
+    data = with_fallback(data)
     genes = {n: known[n] if n in known else draw_gene(rng, n, space) for n in structure_genes(data)}
     data = {**data, "genes": genes}
     return _finish(data)
@@ -296,6 +299,8 @@ def crossover(rng: np.random.Generator, a: Genome, b: Genome, space: SearchSpace
             parent = da if side == "a" else db
             if locus in parent:
                 child[locus] = copy.deepcopy(parent[locus])
+                if locus == "orthogonalize" and "fallback" in parent:  # the fallback comes with the matrix rule
+                    child["fallback"] = copy.deepcopy(parent["fallback"])
             loci[locus] = side
         first, second = (da, db) if rng.random() < 0.5 else (db, da)
         for name in structure_genes(child):

@@ -9,6 +9,7 @@ can tie two statistics to one gene (as Adan does) or keep them apart.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field, make_dataclass
 from typing import Any
@@ -164,7 +165,27 @@ def _draw_genome(rng: np.random.Generator, space: SearchSpace) -> Genome:
             value = draw_locus(rng, locus, space)
             if value is not None:
                 data[locus.key] = value
-    return with_drawn_genes(rng, data, space)
+    return with_drawn_genes(rng, with_fallback(data), space)
+
+
+# The fallback a drawn orthogonalizing genome gets for its 0-/1-D tensors (biases, norm gains): AdamW with
+# genes of its own (drawn like any gene). No random number is drawn for it, so spaces without
+# orthogonalize draw exactly as before.
+DRAWN_FALLBACK: dict[str, Any] = {
+    "lr_ratio": "fallback_lr_ratio",
+    "terms": [{"signal": "grad",
+               "momentum": {"kind": "ema", "beta": "fallback_beta1", "bias_correction": True},
+               "precondition": {"kind": "ema", "beta": "fallback_beta2", "eps": "fallback_eps",
+                                "bias_correction": True}}],
+    "weight_decay": {"mode": "decoupled", "rate": "fallback_weight_decay"},
+}
+
+
+def with_fallback(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with :data:`DRAWN_FALLBACK` added where it orthogonalizes and has no fallback (in place)."""
+    if data.get("orthogonalize") not in (None, "none") and "fallback" not in data:
+        data["fallback"] = copy.deepcopy(DRAWN_FALLBACK)
+    return data
 
 
 def draw_locus(rng: np.random.Generator, locus: Locus, space: SearchSpace) -> Any:

@@ -42,6 +42,14 @@ def _kozistr(name, **kw):
     return make
 
 
+def _adam_atan2(**kw):
+    def make(groups):
+        from adam_atan2_pytorch import AdamAtan2
+
+        return AdamAtan2(groups, **kw)
+    return make
+
+
 def _jettify_lamb(**kw):
     def make(groups):
         import torch_optimizer
@@ -105,6 +113,8 @@ CASES: dict[str, Case] = {
                            GROUP),
     "cautious_lion": Case(dict(lr=0.002, beta1=0.8, beta2=0.95, weight_decay=0.1),
                           _kozistr("Lion", lr=0.002, betas=(0.8, 0.95), weight_decay=0.1, cautious=True), GROUP),
+    "adam_atan2": Case(dict(lr=0.003, beta1=0.8, beta2=0.95, a=1.5, b=0.8, weight_decay=0.05),
+                       _adam_atan2(lr=0.003, betas=(0.8, 0.95), a=1.5, b=0.8, weight_decay=0.05), GROUP),
     "signsgd": Case(dict(lr=0.002, weight_decay=0.01),
                     lambda g: SignSGDReference(g, lr=0.002, weight_decay=0.01), GROUP),
 }

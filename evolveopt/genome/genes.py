@@ -59,7 +59,9 @@ GENES: dict[str, GeneSpec] = {
     "beta3": GeneSpec(**_BETA, search=(0.8, 0.9999), doc="third EMA rate β3"),
     "eps": GeneSpec(0.0, 1.0, "log", (1e-10, 1e-4), "numerical floor ε", "eps"),
     "weight_decay": GeneSpec(0.0, 10.0, "log", (1e-6, 1e-1), "weight decay λ", "weight_decay"),
-    "alpha": GeneSpec(-100.0, 100.0, "linear", (-5.0, 1.0), "adaptor weight α of EMA(g_t - g_{t-1})", "coefficient"),
+    "alpha": GeneSpec(-100.0, 100.0, "linear", (-5.0, 1.0),
+                      "coefficient α (ALTO's adaptor weight of EMA(g_t - g_{t-1}); AdEMAMix's slow-momentum weight)",
+                      "coefficient"),
     "clip": GeneSpec(0.0, 1e6, "log", (0.1, 10.0), "clipping threshold c", "threshold", low_open=True),
     "warmup": GeneSpec(0.0, 1.0, "linear", (0.0, 0.3), "warmup length as a fraction of total_steps", "fraction"),
     "gamma": GeneSpec(0.0, 1.0, "beta", (0.99, 0.9999), "exponential decay factor per step γ", "decay_factor",
@@ -70,6 +72,10 @@ GENES: dict[str, GeneSpec] = {
     "feedback_low": GeneSpec(0.0, 10.0, "log", (0.01, 0.5), "Eve lower threshold k", "feedback_bound"),
     "feedback_high": GeneSpec(0.0, 1000.0, "log", (2.0, 20.0), "Eve upper threshold K", "feedback_bound"),
     "momentum_decay": GeneSpec(0.0, 1.0, "log", (1e-3, 1e-2), "NAdam momentum-schedule rate ψ", "momentum_decay"),
+    "a": GeneSpec(0.0, 100.0, "log", (0.5, 3.0), "output scale a of a·atan2(y, b·√v̂) (Adam-atan2)", "atan2_scale",
+                  low_open=True),
+    "b": GeneSpec(0.0, 100.0, "log", (0.25, 4.0), "denominator scale b of a·atan2(y, b·√v̂) (Adam-atan2)",
+                  "atan2_scale", low_open=True),
 }
 
 ROLES: dict[str, str] = {  # role -> what a field of that role means, for messages
@@ -77,6 +83,7 @@ ROLES: dict[str, str] = {  # role -> what a field of that role means, for messag
     "weight_decay": "a weight-decay rate", "coefficient": "the adaptor's weight", "threshold": "a clipping threshold",
     "fraction": "a fraction of total_steps", "decay_factor": "a decay factor per step", "clamp": "a trust-ratio clamp",
     "feedback_bound": "a loss-feedback bound", "momentum_decay": "a momentum-schedule rate",
+    "atan2_scale": "a scale of eps_mode atan2",
 }
 
 _WEIGHT = GeneSpec(-100.0, 100.0, "linear", (-2.0, 2.0), "weight of a direction term", "weight")

@@ -50,6 +50,23 @@ def _adam_atan2(**kw):
     return make
 
 
+def _adopt(clip: float, **kw):
+    def make(groups):
+        from adopt import ADOPT
+
+        return ADOPT(groups, clip_lambda=lambda step: clip * step**0.25, foreach=False, **kw)
+    return make
+
+
+def _adopt_as_pytorch_optimizer():
+    """adopt with pytorch-optimizer 4.1.0 ADOPT's choices: clip (c·t^¼, offset 0) and decoupled decay
+    (which it applies at t = 1 too, where torch-adopt's decouple=True skips it)."""
+    data = evolveopt.genome.to_dict(evolveopt.genome.load_genome("adopt"))
+    data["gene_schedules"]["clip"]["offset"] = 0
+    data["weight_decay"]["mode"] = "decoupled"
+    return evolveopt.genome.parse_genome(data, source="adopt (pytorch-optimizer form)")
+
+
 def _jettify_lamb(**kw):
     def make(groups):
         import torch_optimizer
@@ -115,6 +132,13 @@ CASES: dict[str, Case] = {
                           _kozistr("Lion", lr=0.002, betas=(0.8, 0.95), weight_decay=0.1, cautious=True), GROUP),
     "adam_atan2": Case(dict(lr=0.003, beta1=0.8, beta2=0.95, a=1.5, b=0.8, weight_decay=0.05),
                        _adam_atan2(lr=0.003, betas=(0.8, 0.95), a=1.5, b=0.8, weight_decay=0.05), GROUP),
+    "adopt": Case(dict(lr=0.003, beta1=0.8, beta2=0.99, eps=1e-5, clip=1.5, weight_decay=0.01),
+                  _adopt(1.5, lr=0.003, betas=(0.8, 0.99), eps=1e-5, weight_decay=0.01), GROUP),
+    "adopt_pytorch_optimizer_decoupled": Case(
+        dict(lr=0.003, beta1=0.8, beta2=0.99, eps=1e-5, clip=1.5, weight_decay=0.05),
+        _kozistr("ADOPT", lr=0.003, betas=(0.8, 0.99), eps=1e-5, weight_decay=0.05, weight_decouple=True,
+                 clip_lambda=lambda step: 1.5 * step**0.25),
+        GROUP, genome=_adopt_as_pytorch_optimizer),
     "signsgd": Case(dict(lr=0.002, weight_decay=0.01),
                     lambda g: SignSGDReference(g, lr=0.002, weight_decay=0.01), GROUP),
 }
@@ -150,3 +174,23 @@ def test_compiled_genome_matches_reference(name, float64):
     assert any(not torch.equal(a, b) for a, b in zip(got, initial)), "parameters never moved"
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-12)
+
+
+def test_adopt_follows_torch_adopt_where_the_references_disagree_on_the_clip_step(float64):
+    """torch-adopt 0.1.0 clips at c·s^¼ with its 0-based step s = t − 1 (the genome's offset 1);
+    pytorch-optimizer 4.1.0 ADOPT at c·t^¼. With offset 0 the genome leaves torch-adopt's path."""
+    case = CASES["adopt"]
+    data = evolveopt.genome.to_dict(evolveopt.genome.load_genome("adopt"))
+    data["gene_schedules"]["clip"]["offset"] = 0
+    shifted = evolveopt.genome.parse_genome(data, source="adopt with offset 0")
+
+    def ours(weights, biases):
+        return evolveopt.build_optimizer(shifted, [{"params": weights}, {"params": biases, **case.bias_group}],
+                                         **case.genes)
+
+    def reference(weights, biases):
+        return case.reference([{"params": weights}, {"params": biases, **case.bias_group}])
+
+    got, expected = _run(ours), _run(reference)
+    worst = max(float(((a - b).abs() / b.abs().clamp(min=1e-12)).max()) for a, b in zip(got, expected))
+    assert worst > 1e-3, worst

@@ -139,6 +139,8 @@ CASES: dict[str, Case] = {
         _kozistr("ADOPT", lr=0.003, betas=(0.8, 0.99), eps=1e-5, weight_decay=0.05, weight_decouple=True,
                  clip_lambda=lambda step: 1.5 * step**0.25),
         GROUP, genome=_adopt_as_pytorch_optimizer),
+    "laprop": Case(dict(lr=0.003, beta1=0.8, beta2=0.99, eps=1e-8, weight_decay=0.05),
+                   _kozistr("LaProp", lr=0.003, betas=(0.8, 0.99), eps=1e-8, weight_decay=0.05), GROUP),
     "signsgd": Case(dict(lr=0.002, weight_decay=0.01),
                     lambda g: SignSGDReference(g, lr=0.002, weight_decay=0.01), GROUP),
 }

@@ -62,6 +62,7 @@ class Variant:
     slots: tuple[str, ...] = ()  # parameter-shaped state buffers
     equation: Callable[[Any, Callable[[str], str], str], list[str]] = lambda value, sym, g: []  # (value, symbol of a gene, symbol of g)
     draw: dict[str, str] = field(default_factory=dict)  # field -> gene name when the search draws it
+    since_schema: int = 1  # a variant newer than its locus (the file needs this schema version)
 
 
 @dataclass(frozen=True)
@@ -308,6 +309,10 @@ LOCI: dict[str, Locus] = {locus.key: locus for locus in (
             Variant("in_direction", _DECAY, stage="direction", order=60,
                     function="evolveopt.primitives.decay:in_direction_stage",
                     equation=lambda wd, sym, g: [f"u ← u + {sym(wd.rate)}·θ"], draw={"rate": "weight_decay"}),
+            Variant("decoupled_after", _DECAY, stage="after", order=90,
+                    function="evolveopt.primitives.decay:decoupled_after_stage",
+                    equation=lambda wd, sym, g: [f"θ ← θ·(1 − η_t·{sym(wd.rate)})   (after the step)"],
+                    draw={"rate": "weight_decay"}, since_schema=2),
         ),
         space_key="weight_decay", space_default=("none", "l2", "decoupled", "decoupled", "proximal", "in_direction"),
         draw_rank=3,

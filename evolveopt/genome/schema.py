@@ -510,7 +510,7 @@ def _why_unschedulable(role: str) -> str:
             }.get(role, "it is read once per step outside the terms")
 
 
-def _parse_locus(node: _Node, genes: dict[str, float], locus: Locus) -> Any:
+def _parse_locus(node: _Node, genes: dict[str, float], locus: Locus, version: int = SCHEMA_VERSION) -> Any:
     """A locus value from its YAML node, validated against its registry row."""
     if node.is_none():
         return locus.default
@@ -526,6 +526,9 @@ def _parse_locus(node: _Node, genes: dict[str, float], locus: Locus) -> Any:
     if locus.tag:
         node.child(locus.tag).choice(locus.kinds)
     variant = locus.variant(kind)
+    if variant.since_schema > version:
+        raise node.child(locus.tag).fail(f"{locus.key} '{kind}' needs schema_version {variant.since_schema} "
+                                         f"(this file says {version})")
     own = {f.name for f in variant.fields}
     for key in allowed:
         if key != locus.tag and node.has(key) and key not in own:
@@ -574,7 +577,7 @@ def parse_genome(data: Any, source: str = "genome", allow_unused_genes: bool = F
     for key, locus in LOCI.items():
         if root.has(key) and locus.since_schema > version:
             raise root.child(key).fail(f"'{key}' needs schema_version {locus.since_schema} (this file says {version})")
-        value = _parse_locus(root.child(key), genes, locus)
+        value = _parse_locus(root.child(key), genes, locus, version)
         if locus.present(value):
             loci[key] = value
     genome = Genome(genes=genes, terms=terms, loci=loci, name=root.child("name").text(),
@@ -633,7 +636,9 @@ def to_dict(genome: Genome) -> dict[str, Any]:
 def schema_version_of(genome: Genome) -> int:
     """The lowest schema version that expresses ``genome`` (so v1 rules keep their files and hashes)."""
     v2_terms = any(_term_is_v2(t) for t in genome.terms) or bool(genome.gene_schedules)
-    return max([1, 2 if v2_terms else 1, *(LOCI[key].since_schema for key in genome.loci)])
+    loci = [max(LOCI[key].since_schema, LOCI[key].variant(LOCI[key].kind_of(value)).since_schema)
+            for key, value in genome.loci.items()]
+    return max([1, 2 if v2_terms else 1, *loci])
 
 
 def _term_is_v2(term: Term) -> bool:

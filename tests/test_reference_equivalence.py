@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import pytest
 import torch
-from conftest import tiny_batches, tiny_net, train, weight_and_bias_groups
+from conftest import ademamix_with_schedulers, tiny_batches, tiny_net, train, weight_and_bias_groups
 from references import (AltoReference, CautiousAdamWReference, EveReference, EverReference, GA2025Reference,
                         SignSGDReference)
 
@@ -65,6 +65,10 @@ def _adopt_as_pytorch_optimizer():
     data["gene_schedules"]["clip"]["offset"] = 0
     data["weight_decay"]["mode"] = "decoupled"
     return evolveopt.genome.parse_genome(data, source="adopt (pytorch-optimizer form)")
+
+
+AdEMAMIX_GENES = dict(lr=0.003, beta1=0.8, beta2=0.99, beta3=0.995, alpha=3.0, eps=1e-6, weight_decay=0.05)
+AdEMAMIX_KW = dict(lr=0.003, betas=(0.8, 0.99, 0.995), alpha=3.0, eps=1e-6, weight_decay=0.05, weight_decouple=True)
 
 
 def _jettify_lamb(**kw):
@@ -141,6 +145,9 @@ CASES: dict[str, Case] = {
         GROUP, genome=_adopt_as_pytorch_optimizer),
     "laprop": Case(dict(lr=0.003, beta1=0.8, beta2=0.99, eps=1e-8, weight_decay=0.05),
                    _kozistr("LaProp", lr=0.003, betas=(0.8, 0.99), eps=1e-8, weight_decay=0.05), GROUP),
+    "ademamix": Case(AdEMAMIX_GENES, _kozistr("AdEMAMix", **AdEMAMIX_KW), GROUP),
+    "ademamix_schedulers": Case(AdEMAMIX_GENES, _kozistr("AdEMAMix", t_alpha_beta3=60, **AdEMAMIX_KW), GROUP,
+                                genome=lambda: ademamix_with_schedulers(60)),
     "signsgd": Case(dict(lr=0.002, weight_decay=0.01),
                     lambda g: SignSGDReference(g, lr=0.002, weight_decay=0.01), GROUP),
 }

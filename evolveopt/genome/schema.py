@@ -428,7 +428,8 @@ def _parse_term(node: _Node, genes: dict[str, float], version: int) -> Term:
             raise node.child("order").fail("order 'normalize_first' takes no 'residual' precondition signal")
     return Term(
         signal=_parse_signal(node.child("signal"), genes, TERM_SIGNALS),
-        weight=node.child("weight").gene_ref(genes, ("weight", "rate", "coefficient"), optional=True),
+        weight=node.child("weight").gene_ref(genes, ("weight", "rate", "coefficient") if version >= 2 else
+                                             ("weight", "rate"), optional=True),
         momentum=momentum,
         precondition=precondition,
         sign=node.child("sign").boolean(False),
@@ -643,6 +644,8 @@ def schema_version_of(genome: Genome) -> int:
 
 def _term_is_v2(term: Term) -> bool:
     pre = term.precondition
+    if term.weight is not None and gene_spec(term.weight).role == "coefficient":  # AdEMAMix's α
+        return True
     return term.order != "momentum_first" or (pre is not None and (
         pre.eps_mode in ("clamp", "atan2") or pre.stale or pre.clip is not None))
 

@@ -30,7 +30,7 @@ ON_GRID = {  # values already on the canonical grid, so rounding leaves them be
     "eps": [1e-8, 1e-6], "trust_eps": [1e-6], "trust_clamp": [10.0], "weight_decay": [0.01, 0.1],
     "alpha": [-1.0, 0.5], "clip": [1.0, 0.25], "warmup": [0.1, 0.3], "gamma": [0.99],
     "feedback_low": [0.1], "feedback_high": [10.0], "momentum_decay": [0.004],
-    "w1": [1.0, 0.0, -0.5], "w2": [0.25, 1.0, 0.0], "w3": [-1.0, 2.0],
+    "w1": [1.0, 0.0, -0.5], "w2": [0.25, 1.0, 0.0], "w3": [-1.0, 2.0], "a": [1.27, 0.5], "b": [1.0, 2.0],
 }
 
 
@@ -57,18 +57,52 @@ def terms(draw):
     if draw(st.booleans()):
         kind = draw(st.sampled_from(PRECONDITION_KINDS))
         signal_kinds = SIGNALS if "momentum" in term else tuple(s for s in SIGNALS if s != "residual")
-        pre = {"kind": kind, "eps": "eps", "signal": draw(signals(signal_kinds)),
-               "eps_mode": draw(st.sampled_from(EPS_MODES))}
+        modes = EPS_MODES if kind != "belief" else tuple(m for m in EPS_MODES if m != "atan2")
+        pre = {"kind": kind, "eps": "eps", "signal": draw(signals(signal_kinds)), "eps_mode": draw(st.sampled_from(modes))}
+        if pre["eps_mode"] == "atan2":
+            del pre["eps"]
+            pre.update(a="a", b="b")
+        stale = draw(st.booleans())
         if kind != "sum":
-            pre.update(beta=draw(RATES), bias_correction=draw(st.booleans()), rectify=draw(st.booleans()))
+            pre.update(beta=draw(RATES), bias_correction=not stale and draw(st.booleans()),
+                       rectify=not stale and draw(st.booleans()))
+        if stale:
+            pre["stale"] = True
+        if draw(st.booleans()):
+            pre["clip"] = "clip"
         term["precondition"] = pre
+        if "momentum" in term and pre["signal"] != "residual" and draw(st.booleans()):
+            term["order"] = "normalize_first"
     return term
+
+
+SCHEDULABLE = {"linear_warmup": ("alpha", "beta1", "beta2", "beta3", "eps", "weight_decay", "clip", "a", "b"),
+               "halflife_warmup": ("beta2", "beta3"), "power": ("clip", "beta2", "beta3", "eps", "a")}
+
+
+@st.composite
+def gene_schedules(draw, used: set[str], outside: set[str]):
+    """Schedules for some of the genes a drawn structure uses (none of those read outside the step)."""
+    out = {}
+    for kind, genes in SCHEDULABLE.items():
+        options = sorted(g for g in genes if g in used - outside - set(out))
+        if not options or not draw(st.booleans()):
+            continue
+        gene = draw(st.sampled_from(options))
+        if kind == "power":
+            rate = gene.startswith("beta")
+            power = draw(st.sampled_from([-0.8, -0.5] if rate else [0.25, 0.5, -0.5]))
+            out[gene] = {"kind": kind, "power": power, **({"offset": 1} if power > 0 and draw(st.booleans()) else {})}
+        else:
+            out[gene] = {"kind": kind, "horizon": draw(st.sampled_from([1, 3, 10])),
+                         **({"start": draw(RATES)} if kind == "halflife_warmup" else {})}
+    return out
 
 
 @st.composite
 def genome_dicts(draw):
     """A genome document; ``draw``s a whole structure first, then on-grid values of its genes."""
-    data = {"schema_version": 1, "terms": draw(st.lists(terms(), min_size=1, max_size=4))}
+    data = {"schema_version": 2, "terms": draw(st.lists(terms(), min_size=1, max_size=4))}
     if draw(st.booleans()):
         data["terms"].append(dict(data["terms"][0]))  # an exact duplicate: canonicalization merges it
     if draw(st.booleans()):
@@ -88,6 +122,14 @@ def genome_dicts(draw):
     kind = draw(st.sampled_from(SCHEDULES))
     data["schedule"] = {"kind": kind, **({"warmup": "warmup"} if "warmup" in kind else {}),
                         **({"gamma": "gamma"} if kind == "exponential" else {})}
+    if draw(st.booleans()):  # AdEMAMix's α: a coefficient as a term weight, so a schedule can vary it
+        data["terms"][-1] = {**data["terms"][-1], "weight": "alpha"}
+    outside = {"warmup", "gamma", "feedback_low", "feedback_high"}
+    outside |= {"clip"} if data.get("clip", {}).get("mode") == "global_norm" else set()
+    outside |= {"beta3"} if "loss_feedback" in data else set()
+    schedules = draw(gene_schedules(_names(data), outside))
+    if schedules:
+        data["gene_schedules"] = schedules
     used = {"lr"} | _names(data)
     data["genes"] = {name: draw(st.sampled_from(ON_GRID[name])) for name in sorted(used)}
     return data

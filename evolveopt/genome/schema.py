@@ -450,8 +450,19 @@ def _parse_terms(node: _Node, genes: dict[str, float], version: int) -> tuple[Te
 
 
 # Genes a schedule may not vary: lr has the schedule locus; term weights are renamed and merged by
-# canonicalization; the lr schedule's, global-norm clip's and loss feedback's genes are read outside the rule's step.
-_UNSCHEDULABLE_ROLES = ("lr", "weight", "fraction", "decay_factor", "feedback_bound")
+# canonicalization; and genes read outside the rule's step (outside_step_genes).
+_UNSCHEDULABLE_ROLES = ("lr", "weight")
+
+
+def outside_step_genes(genome: Genome) -> set[str]:
+    """Genes the optimizer reads once per step outside the rule's terms and stages (the lr schedule's,
+    the global-norm clip's threshold, loss feedback's): a gene schedule cannot vary them."""
+    out = {g for g in (genome.schedule.warmup, genome.schedule.gamma) if g}
+    if genome.clip is not None and genome.clip.mode == "global_norm":
+        out.add(genome.clip.threshold)
+    if genome.loss_feedback is not None:
+        out |= set(locus_genes(LOCI["loss_feedback"], genome.loss_feedback))
+    return out
 
 
 def _parse_gene_schedules(node: _Node, genes: dict[str, float], version: int) -> dict[str, GeneSchedule]:
@@ -507,8 +518,7 @@ def _needs_v2_key(node: _Node, version: int) -> None:
 
 def _why_unschedulable(role: str) -> str:
     return {"lr": "the learning rate's is the 'schedule' key", "weight": "term weights are renamed and merged "
-            "in canonical form; weight the term with a named gene such as alpha",
-            }.get(role, "it is read once per step outside the terms")
+            "in canonical form; weight the term with a named gene such as alpha"}[role]
 
 
 def _parse_locus(node: _Node, genes: dict[str, float], locus: Locus, version: int = SCHEMA_VERSION) -> Any:
@@ -585,10 +595,14 @@ def parse_genome(data: Any, source: str = "genome", allow_unused_genes: bool = F
                     description=root.child("description").text())
     schedules = _parse_gene_schedules(root.child("gene_schedules"), genes, version)
     if schedules:
-        used = referenced_genes(genome)
+        used, outside = referenced_genes(genome), outside_step_genes(genome)
         for name in schedules:
             if name not in used:
                 raise root.child("gene_schedules").child(name).fail(f"gene '{name}' is not used by any part of the rule")
+            if name in outside:
+                raise root.child("gene_schedules").child(name).fail(
+                    f"gene '{name}' cannot have a schedule (the lr schedule, a global_norm clip or loss feedback "
+                    "reads it once per step outside the terms)")
         genome = replace(genome, gene_schedules=schedules)
     unused = sorted(set(genes) - referenced_genes(genome))
     if unused and not allow_unused_genes:

@@ -148,16 +148,16 @@ class _Renderer:
         for name, s in self.genome.gene_schedules.items():
             x = sym(name)
             if s.kind == "linear_warmup":
-                line = f"{x} ← {x}·min(1, t/{s.horizon})"
+                line = f"{x}_t = {x}·min(1, t/{s.horizon})"
             elif s.kind == "halflife_warmup":
                 b0 = sym(s.start)
-                line = (f"{x} ← min(exp(ln {b0}·ln {x}/((1 − s)·ln {x} + s·ln {b0})), {x}),  s = min(1, t/{s.horizon})"
-                        "   (1/ln of the rate moves linearly)")
+                line = (f"{x}_t = min(exp(ln {b0}·ln {x}/((1 − s)·ln {x} + s·ln {b0})), {x}),  s = min(1, t/{s.horizon})"
+                        f":  1/ln {x}_t moves linearly from 1/ln {b0} to 1/ln {x}")
             else:
                 power = f"max(t − {s.offset}, 0)^{s.power:g}" if s.offset else f"t^{s.power:g}"
-                line = (f"{x} ← 1 − (1 − {x})·{power}" if name in ("beta1", "beta2", "beta3")
-                        else f"{x} ← {x}·{power}")
-            self.lines.append(line + "   (at step t, before the rule reads it)")
+                line = (f"{x}_t = 1 − (1 − {x})·{power}" if name in ("beta1", "beta2", "beta3")
+                        else f"{x}_t = {x}·{power}")
+            self.lines.append(line + f"   (the rule reads {x}_t for {x})")
 
     def _postprocess(self) -> None:
         self._stage("direction", g=self.g)

@@ -95,7 +95,8 @@ def gene_schedules(draw, used: set[str], outside: set[str]):
             out[gene] = {"kind": kind, "power": power, **({"offset": 1} if power > 0 and draw(st.booleans()) else {})}
         else:
             out[gene] = {"kind": kind, "horizon": draw(st.sampled_from([1, 3, 10])),
-                         **({"start": draw(RATES)} if kind == "halflife_warmup" else {})}
+                         **({"start": draw(RATES)} if kind == "halflife_warmup" else {}),
+                         **({"offset": 1} if kind == "linear_warmup" and draw(st.booleans()) else {})}
     return out
 
 

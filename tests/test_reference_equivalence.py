@@ -58,6 +58,14 @@ def _adopt(clip: float, **kw):
     return make
 
 
+def _adopt_decoupled():
+    """adopt as torch-adopt's decouple=True: decoupled decay, off at t = 1 (a one-step warmup after one step)."""
+    data = evolveopt.genome.to_dict(evolveopt.genome.load_genome("adopt"))
+    data["weight_decay"]["mode"] = "decoupled"
+    data["gene_schedules"]["weight_decay"] = {"kind": "linear_warmup", "horizon": 1, "offset": 1}
+    return evolveopt.genome.parse_genome(data, source="adopt (decouple=True)")
+
+
 def _adopt_as_pytorch_optimizer():
     """adopt with pytorch-optimizer 4.1.0 ADOPT's choices: clip (c·t^¼, offset 0) and decoupled decay
     (which it applies at t = 1 too, where torch-adopt's decouple=True skips it)."""
@@ -138,6 +146,9 @@ CASES: dict[str, Case] = {
                        _adam_atan2(lr=0.003, betas=(0.8, 0.95), a=1.5, b=0.8, weight_decay=0.05), GROUP),
     "adopt": Case(dict(lr=0.003, beta1=0.8, beta2=0.99, eps=1e-5, clip=1.5, weight_decay=0.01),
                   _adopt(1.5, lr=0.003, betas=(0.8, 0.99), eps=1e-5, weight_decay=0.01), GROUP),
+    "adopt_decouple": Case(dict(lr=0.003, beta1=0.8, beta2=0.99, eps=1e-5, clip=1.5, weight_decay=0.05),
+                           _adopt(1.5, lr=0.003, betas=(0.8, 0.99), eps=1e-5, weight_decay=0.05, decouple=True),
+                           GROUP, genome=_adopt_decoupled),
     "adopt_pytorch_optimizer_decoupled": Case(
         dict(lr=0.003, beta1=0.8, beta2=0.99, eps=1e-5, clip=1.5, weight_decay=0.05),
         _kozistr("ADOPT", lr=0.003, betas=(0.8, 0.99), eps=1e-5, weight_decay=0.05, weight_decouple=True,

@@ -120,7 +120,7 @@ def _scheduled(schedule, gene="beta1", **extra):
     ("gene_schedules.beta2.horizon", "expected a whole number of steps, got a float",
      _scheduled({"kind": "halflife_warmup", "horizon": 2.5, "start": "beta1"}, gene="beta2")),
     ("gene_schedules.beta1", "schedule 'linear_warmup' needs 'horizon'", _scheduled({"kind": "linear_warmup"})),
-    ("gene_schedules.beta1.power", "schedule 'linear_warmup' takes no 'power' (it takes: horizon)",
+    ("gene_schedules.beta1.power", "schedule 'linear_warmup' takes no 'power' (it takes: horizon, offset)",
      _scheduled({"kind": "linear_warmup", "horizon": 3, "power": 2})),
     ("gene_schedules.beta1.kind", "unknown value 'cosine' (allowed: linear_warmup, halflife_warmup, power)",
      _scheduled({"kind": "cosine"})),
@@ -225,17 +225,20 @@ def test_atan2_genes_and_schedule_horizons_are_part_of_the_hash():
     assert genome_hash(parse_genome(short)) != genome_hash(parse_genome(long))
 
 
-def test_sign_keeps_a_stale_or_normalize_first_preconditioner_in_canonical_form():
+def test_sign_keeps_a_stale_clipping_or_normalize_first_preconditioner_in_canonical_form():
     """sign(y/den) = sign(y) lets canonicalization drop a preconditioner, but a stale one makes its term 0 at
-    t = 1 and a normalize-first one changes what the momentum averages."""
+    t = 1, a clip's scheduled threshold may be 0 (ADOPT's at t = 1) and a normalize-first one changes what
+    the momentum averages."""
     from evolveopt.genome import canonical_form
 
     plain = _doc()
     plain["terms"][0]["sign"] = True
     assert canonical_form(parse_genome(plain)).terms[0].precondition is None
-    for edit in (lambda t: t["precondition"].update(stale=True), lambda t: t.update(order="normalize_first")):
+    for edit in (lambda t: t["precondition"].update(stale=True), lambda t: t.update(order="normalize_first"),
+                 lambda t: t["precondition"].update(clip="clip")):
         doc = copy.deepcopy(plain)
         edit(doc["terms"][0])
+        doc["genes"].update(clip=1.0) if "clip" in str(doc["terms"]) else None
         assert canonical_form(parse_genome(doc)).terms[0].precondition is not None
 
 
@@ -278,7 +281,8 @@ def test_power_schedule_gives_adafactor_beta2_and_adopt_clip():
 
 
 @pytest.mark.parametrize("kind, args", [
-    ("linear_warmup", dict(horizon=6)), ("halflife_warmup", dict(horizon=6, start=0.85)),
+    ("linear_warmup", dict(horizon=6)), ("linear_warmup", dict(horizon=1, offset=1)),
+    ("halflife_warmup", dict(horizon=6, start=0.85)),
     ("power", dict(power=-0.8)), ("power", dict(power=0.25, offset=1)),
 ])
 def test_a_schedule_gives_one_value_for_float_tensor_and_per_member_genes(kind, args):

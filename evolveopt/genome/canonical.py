@@ -5,7 +5,8 @@ Two genomes that describe the same rule get the same canonical form, hence the s
 1. gene values are rounded to the canonical grid (4 significant digits; on 1 − β for rates);
    a term that takes the sign of a preconditioned value drops the preconditioner, since
    sign(y/(√v + ε)) = sign(y) for a positive denominator (its buffers would be wasted memory),
-   unless the preconditioner is stale (its term is 0 at t = 1) or comes before the momentum;
+   unless the preconditioner is stale (its term is 0 at t = 1), clips (a scheduled threshold may be 0)
+   or comes before the momentum;
 2. every term gets an explicit weight gene (a missing weight is a gene of value 1);
 3. terms of weight 0 are dropped, and terms equal up to their (untied) weight are merged
    into one term whose weight is the sum;
@@ -62,7 +63,8 @@ def canonical_form(genome: Genome) -> Genome:
 
 def _sign_drops_precondition(term: Term) -> bool:
     pre = term.precondition
-    return term.sign and pre is not None and not pre.stale and term.order == "momentum_first"
+    return (term.sign and pre is not None and not pre.stale and pre.clip is None  # a scheduled clip may be 0
+            and term.order == "momentum_first")
 
 
 def canonical_dict(genome: Genome) -> dict[str, Any]:

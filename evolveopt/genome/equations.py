@@ -148,7 +148,8 @@ class _Renderer:
         for name, s in self.genome.gene_schedules.items():
             x = sym(name)
             if s.kind == "linear_warmup":
-                line = f"{x}_t = {x}·min(1, t/{s.horizon})"
+                steps = f"max(t − {s.offset}, 0)" if s.offset else "t"
+                line = f"{x}_t = {x}·min(1, {steps}/{s.horizon})"
             elif s.kind == "halflife_warmup":
                 b0 = sym(s.start)
                 line = (f"{x}_t = min(exp(ln {b0}·ln {x}/((1 − s)·ln {x} + s·ln {b0})), {x}),  s = min(1, t/{s.horizon})"

@@ -128,7 +128,8 @@ class Term:
 class GeneSchedule:
     """A gene that varies with the step t = 1, 2, ... (x is the gene's value, T = ``horizon``):
 
-    linear_warmup:   x_t = x·min(1, t/T)                                 (AdEMAMix's α)
+    linear_warmup:   x_t = x·min(1, max(t − k, 0)/T), k = ``offset``      (AdEMAMix's α; k = 1, T = 1: off at
+                     t = 1 only, torch-adopt's decoupled decay)
     halflife_warmup: β_t = min(exp(ln β_s·ln β/((1 − s)·ln β + s·ln β_s)), β), s = min(1, t/T),
                      β_s the ``start`` gene: 1/ln β_t moves linearly from β_s's to β's (AdEMAMix's β3)
     power:           x_t = x·max(t − k, 0)^p, k = ``offset``; on a rate it scales 1 − β:
@@ -481,7 +482,7 @@ def _parse_gene_schedules(node: _Node, genes: dict[str, float], version: int) ->
             raise item.fail(f"gene '{name}' cannot have a schedule ({_why_unschedulable(role)})")
         kind, item = _kind_node(item, ("kind", "horizon", "start", "power", "offset"))
         item.child("kind").choice(GENE_SCHEDULE_KINDS)
-        own = {"linear_warmup": ("horizon",), "halflife_warmup": ("horizon", "start"),
+        own = {"linear_warmup": ("horizon", "offset"), "halflife_warmup": ("horizon", "start"),
                "power": ("power", "offset")}[kind]
         for key in ("horizon", "start", "power", "offset"):
             if item.has(key) and key not in own:

@@ -70,7 +70,9 @@ def scheduled_gene(kind: str, value: Scalar, t: Step, horizon: int | None = None
     """A gene's value at step t (schema.py GeneSchedule has the formulas); ``rate``: the gene is a
     rate, so ``power`` scales 1 − β."""
     if kind == "linear_warmup":
-        return tl.mul(value, min(1.0, t / horizon) if tl.is_float(t) else torch.clamp(t / horizon, max=1.0))
+        if tl.is_float(t):
+            return tl.mul(value, min(1.0, max(t - offset, 0) / horizon))
+        return tl.mul(value, torch.clamp(torch.clamp(t - offset, min=0.0) / horizon, max=1.0))
     if kind == "power":
         s = max(t - offset, 0) ** power if tl.is_float(t) else torch.clamp(t - offset, min=0.0) ** power
         return 1.0 - tl.mul(1.0 - value, s) if rate else tl.mul(value, s)

@@ -238,8 +238,19 @@ def test_sign_keeps_a_stale_clipping_or_normalize_first_preconditioner_in_canoni
                  lambda t: t["precondition"].update(clip="clip")):
         doc = copy.deepcopy(plain)
         edit(doc["terms"][0])
-        doc["genes"].update(clip=1.0) if "clip" in str(doc["terms"]) else None
+        if "clip" in doc["terms"][0]["precondition"]:
+            doc["genes"]["clip"] = 1.0
         assert canonical_form(parse_genome(doc)).terms[0].precondition is not None
+
+
+def test_diff_shows_a_changed_gene_schedule():
+    from evolveopt.genome.diff import diff_genomes
+
+    changed = _adopt_doc()
+    changed["gene_schedules"]["clip"]["offset"] = 0
+    assert diff_genomes(load_genome("adopt"), parse_genome(changed)) == [
+        'gene_schedules: {"clip": {"kind": "power", "offset": 1, "power": 0.25}} → '
+        '{"clip": {"kind": "power", "power": 0.25}}']
 
 
 def test_slots_name_what_the_buffers_hold():

@@ -273,15 +273,15 @@ class Rule:
             eps = ctx.genes[pre.eps] if pre.eps else 0.0
             v = state[slots[0]]
             if pre.stale:
-                beta = preconditioners.stale_beta(beta, ctx.t)
-                cache.stale_updates[slots[0]] = lambda: preconditioners.update_statistic_(pre.kind, v, x, beta, eps)
+                cache.stale_updates[slots[0]] = lambda v=v, x=x, beta=preconditioners.stale_beta(beta, ctx.t): \
+                    preconditioners.update_statistic_(pre.kind, v, x, beta, eps)
             else:
                 preconditioners.update_statistic_(pre.kind, v, x, beta, eps)
             cache.updated[slots[0]] = v
         if pre.kind == "max" and slots[1] not in cache.updated:
             v, vmax = state[slots[0]], state[slots[1]]
             if pre.stale:  # after v advanced (registered after it)
-                cache.stale_updates[slots[1]] = lambda: torch._foreach_maximum_(vmax, v)
+                cache.stale_updates[slots[1]] = lambda v=v, vmax=vmax: torch._foreach_maximum_(vmax, v)
             else:
                 torch._foreach_maximum_(vmax, v)
             cache.updated[slots[1]] = vmax

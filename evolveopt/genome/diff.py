@@ -39,6 +39,8 @@ def diff_genomes(a: Genome, b: Genome, names: tuple[str, str] = ("A", "B")) -> l
         if da.get(key) != db.get(key):
             default = "none" if locus.default is None else locus_to_data(locus, locus.default)
             lines.append(f"{key}: {_show(da.get(key, default))} → {_show(db.get(key, default))}")
+    if da.get("gene_schedules") != db.get("gene_schedules"):
+        lines.append(f"gene_schedules: {_show(da.get('gene_schedules'))} → {_show(db.get('gene_schedules'))}")
     weights = {t.weight for t in ca.terms + cb.terms if t.weight and t.weight.startswith("w")}
     for gene in sorted((set(ca.genes) | set(cb.genes)) - weights):
         va, vb = ca.genes.get(gene), cb.genes.get(gene)

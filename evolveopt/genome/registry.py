@@ -9,7 +9,8 @@ evolveopt derives from it:
 * the frozen dataclass its parsed value lives in (or a plain string for a locus that is only a kind);
 * where in the rule each variant acts (:data:`STAGES`, ordered by ``order``) and the tensor
   function that does it, named as ``"module:function"`` (torch-side code in evolveopt.primitives);
-* its state buffers, its equations for ``evolveopt show``, and how the search space draws it.
+* its state buffers, its equations for ``evolveopt show``, and how the search space draws it;
+* the schema version that first has it (a variant may be newer than its locus: ``Variant.since_schema``).
 
 Parsing and dumping (schema.py), referenced genes, state slots, equations, ``diff``, the search
 space and its mutations and crossover, and the export bundler all read this table; adding a

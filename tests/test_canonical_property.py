@@ -76,7 +76,8 @@ def terms(draw):
     return term
 
 
-SCHEDULABLE = {"linear_warmup": ("alpha", "beta1", "beta2", "beta3", "eps", "weight_decay", "clip", "a", "b"),
+# (ε is never warmed up from 0: y/(√v + 0) is 0/0 where v is, in either form)
+SCHEDULABLE = {"linear_warmup": ("alpha", "beta1", "beta2", "beta3", "weight_decay", "clip", "a", "b"),
                "halflife_warmup": ("beta2", "beta3"), "power": ("clip", "beta2", "beta3", "eps", "a")}
 
 
@@ -90,8 +91,8 @@ def gene_schedules(draw, used: set[str], outside: set[str]):
             continue
         gene = draw(st.sampled_from(options))
         if kind == "power":
-            rate = gene.startswith("beta")
-            power = draw(st.sampled_from([-0.8, -0.5] if rate else [0.25, 0.5, -0.5]))
+            decaying = gene.startswith("beta") or gene == "eps"
+            power = draw(st.sampled_from([-0.8, -0.5] if decaying else [0.25, 0.5, -0.5]))
             out[gene] = {"kind": kind, "power": power, **({"offset": 1} if power > 0 and draw(st.booleans()) else {})}
         else:
             out[gene] = {"kind": kind, "horizon": draw(st.sampled_from([1, 3, 10])),
@@ -211,7 +212,11 @@ def test_every_operator_yields_a_valid_canonical_genome(first, second, seed):
     except GenomeError as exc:
         assume("every term has weight 0" not in str(exc))
         raise
-    rng, space = np.random.default_rng(seed), SearchSpace(max_terms=6)
-    for child, _ in (mutate_genes(rng, a, space), mutate_structure(rng, a, space), crossover(rng, a, b, space)):
-        assert canonical_form(child) == child
-        assert parse_genome(to_dict(child), source="child") == child
+    rng = np.random.default_rng(seed)
+    for space in (SearchSpace(max_terms=6), SearchSpace(  # the default space, and one drawing every term option
+            max_terms=6, eps_modes=("outside", "raw", "inside", "clamp", "atan2"), stale_probability=0.5,
+            normalize_first_probability=0.5, normalized_clip_probability=0.5,
+            gene_schedules=("none", "linear_warmup", "halflife_warmup", "power"))):
+        for child, _ in (mutate_genes(rng, a, space), mutate_structure(rng, a, space), crossover(rng, a, b, space)):
+            assert canonical_form(child) == child
+            assert parse_genome(to_dict(child), source="child") == child

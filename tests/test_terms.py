@@ -261,6 +261,18 @@ def test_slots_name_what_the_buffers_hold():
                                                          "second_moment.grad.beta2"}
 
 
+def test_a_normalize_first_nadam_keeps_its_own_mu_product():
+    """Its μ product advances once per step for its own momentum, not shared with a plain NAdam term
+    (the property test found the two sharing one product, advanced twice a step)."""
+    doc = _doc()
+    doc["genes"]["momentum_decay"] = 0.004
+    doc["terms"][0]["momentum"] = {"kind": "nadam", "beta": "beta1", "decay": "momentum_decay"}
+    doc["terms"].append({**copy.deepcopy(doc["terms"][0]), "order": "normalize_first"})
+    products = [s for s, kind in state_slots(parse_genome(doc)).items() if kind == "per_member"]
+    assert products == ["nadam_mu_product.grad.beta1.momentum_decay",
+                        "nadam_mu_product.normalized(grad,second_moment.grad.beta2,outside(eps)).beta1.momentum_decay"]
+
+
 def test_equations_show_the_new_parts():
     adopt = "\n".join(render_equations(load_genome("adopt")))
     assert "c_t = c·max(t − 1, 0)^0.25   (the rule reads c_t for c)" in adopt

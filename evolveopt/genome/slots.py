@@ -23,12 +23,16 @@ def normalized_name(term: Term) -> str:
     return ",".join([signal_name(term.signal), precondition_slots(term)[-1], mode, *(e for e in extras if e)])
 
 
+def _averaged(term: Term) -> str:
+    """What the term's momentum averages: its signal, or the normalized signal (normalize_first)."""
+    if term.order == "normalize_first":
+        return f"normalized({normalized_name(term)})"
+    return signal_name(term.signal)
+
+
 def momentum_slot(term: Term) -> str:
     mom = term.momentum
-    averaged = signal_name(term.signal)
-    if term.order == "normalize_first":
-        averaged = f"normalized({normalized_name(term)})"
-    name = f"momentum.{averaged}.{mom.beta}"
+    name = f"momentum.{_averaged(term)}.{mom.beta}"
     if mom.kind == "interp":  # Lion reads m_{t-1} before updating: a buffer of its own
         return f"lion_{name}.{mom.mix}"
     if mom.kind == "nadam":  # the NAdam readout depends on its own μ product
@@ -37,7 +41,7 @@ def momentum_slot(term: Term) -> str:
 
 
 def nadam_slot(term: Term) -> str:
-    return f"nadam_mu_product.{signal_name(term.signal)}.{term.momentum.beta}.{term.momentum.decay}"
+    return f"nadam_mu_product.{_averaged(term)}.{term.momentum.beta}.{term.momentum.decay}"
 
 
 def precondition_slots(term: Term) -> list[str]:

@@ -89,8 +89,9 @@ def _halflife(beta: Scalar, start: Scalar, s: Scalar) -> Scalar:
         return min(math.exp(log_start * log_beta / ((1.0 - s) * log_beta + s * log_start)), beta)
     like = next(x for x in (beta, start, s) if isinstance(x, torch.Tensor))
     beta_t, start_t, s_t = (torch.as_tensor(x, dtype=like.dtype, device=like.device) for x in (beta, start, s))
-    log_beta, log_start = torch.log(torch.clamp(beta_t, min=_TINY)), torch.log(torch.clamp(start_t, min=_TINY))
+    tiny = torch.finfo(like.dtype).tiny
+    log_beta, log_start = torch.log(torch.clamp(beta_t, min=tiny)), torch.log(torch.clamp(start_t, min=tiny))
     return torch.minimum(torch.exp(log_start * log_beta / ((1.0 - s_t) * log_beta + s_t * log_start)), beta_t)
 
 
-_TINY = 1e-300  # a rate of 0 as the start of a half-life warmup: its log stays finite
+_TINY = 1e-300  # a rate of 0 as the start of a half-life warmup: its log stays finite (tensors: finfo.tiny)

@@ -32,6 +32,17 @@ def tiny_net(dtype: torch.dtype = torch.float64, seed: int = 0) -> TinyNet:
     return TinyNet().to(dtype)
 
 
+def ademamix_with_schedulers(horizon: int):
+    """The ademamix genome with pytorch-optimizer's ``t_alpha_beta3 = horizon`` as two gene schedules."""
+    import evolveopt
+
+    data = evolveopt.genome.to_dict(evolveopt.genome.load_genome("ademamix"))
+    data["name"] = f"ademamix+schedulers{horizon}"
+    data["gene_schedules"] = {"alpha": {"kind": "linear_warmup", "horizon": horizon},
+                              "beta3": {"kind": "halflife_warmup", "horizon": horizon, "start": "beta1"}}
+    return evolveopt.genome.parse_genome(data, source="ademamix with schedulers")
+
+
 def tiny_batches(steps: int, dtype: torch.dtype = torch.float64, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(steps, 8, 1, 5, 5, generator=gen, dtype=dtype)

@@ -21,6 +21,7 @@ from evolveopt.errors import GenomeError
 from evolveopt.genome import canonical_form, genome_hash, to_dict
 from evolveopt.genome.genes import GENES, gene_spec, round_gene
 from evolveopt.genome.registry import LOCI
+from evolveopt.search.space import with_fallback
 from evolveopt.genome.schema import (EPS_MODES, MOMENTUM_KINDS, PRECONDITION_KINDS, SCHEMA_VERSION, SIGNALS,
                                      TERM_SIGNALS, parse_genome)
 
@@ -31,7 +32,7 @@ ON_GRID = {  # values already on the canonical grid, so rounding leaves them be
     "eps": [1e-8, 1e-6], "trust_eps": [1e-6], "trust_clamp": [10.0], "weight_decay": [0.01, 0.1],
     "alpha": [-1.0, 0.5], "clip": [1.0, 0.25], "warmup": [0.1, 0.3], "gamma": [0.99],
     "feedback_low": [0.1], "feedback_high": [10.0], "momentum_decay": [0.004],
-    "w1": [1.0, 0.0, -0.5], "w2": [0.25, 1.0, 0.0], "w3": [-1.0, 2.0],
+    "w1": [1.0, 0.0, -0.5], "w2": [0.25, 1.0, 0.0], "w3": [-1.0, 2.0], "a": [1.27, 0.5], "b": [1.0, 2.0],
 }
 
 
@@ -58,11 +59,22 @@ def terms(draw):
     if draw(st.booleans()):
         kind = draw(st.sampled_from(PRECONDITION_KINDS))
         signal_kinds = SIGNALS if "momentum" in term else tuple(s for s in SIGNALS if s != "residual")
-        pre = {"kind": kind, "eps": "eps", "signal": draw(signals(signal_kinds)),
-               "eps_mode": draw(st.sampled_from(EPS_MODES))}
+        modes = EPS_MODES if kind != "belief" else tuple(m for m in EPS_MODES if m != "atan2")
+        pre = {"kind": kind, "eps": "eps", "signal": draw(signals(signal_kinds)), "eps_mode": draw(st.sampled_from(modes))}
+        if pre["eps_mode"] == "atan2":
+            del pre["eps"]
+            pre.update(a="a", b="b")
+        stale = draw(st.booleans())
         if kind != "sum":
-            pre.update(beta=draw(RATES), bias_correction=draw(st.booleans()), rectify=draw(st.booleans()))
+            pre.update(beta=draw(RATES), bias_correction=not stale and draw(st.booleans()),
+                       rectify=not stale and draw(st.booleans()))
+        if stale:
+            pre["stale"] = True
+        if draw(st.booleans()):
+            pre["clip"] = "clip"
         term["precondition"] = pre
+        if "momentum" in term and pre["signal"] != "residual" and draw(st.booleans()):
+            term["order"] = "normalize_first"
     return term
 
 
@@ -94,6 +106,31 @@ def locus_values(draw, locus):
     return value
 
 
+# (ε is never warmed up from 0: y/(√v + 0) is 0/0 where v is, in either form)
+SCHEDULABLE = {"linear_warmup": ("alpha", "beta1", "beta2", "beta3", "weight_decay", "clip", "a", "b"),
+               "halflife_warmup": ("beta2", "beta3"), "power": ("clip", "beta2", "beta3", "eps", "a")}
+
+
+@st.composite
+def gene_schedules(draw, used: set[str], outside: set[str]):
+    """Schedules for some of the genes a drawn structure uses (none of those read outside the step)."""
+    out = {}
+    for kind, genes in SCHEDULABLE.items():
+        options = sorted(g for g in genes if g in used - outside - set(out))
+        if not options or not draw(st.booleans()):
+            continue
+        gene = draw(st.sampled_from(options))
+        if kind == "power":
+            decaying = gene.startswith("beta") or gene == "eps"
+            power = draw(st.sampled_from([-0.8, -0.5] if decaying else [0.25, 0.5, -0.5]))
+            out[gene] = {"kind": kind, "power": power, **({"offset": 1} if power > 0 and draw(st.booleans()) else {})}
+        else:
+            out[gene] = {"kind": kind, "horizon": draw(st.sampled_from([1, 3, 10])),
+                         **({"start": draw(RATES)} if kind == "halflife_warmup" else {}),
+                         **({"offset": 1} if kind == "linear_warmup" and draw(st.booleans()) else {})}
+    return out
+
+
 @st.composite
 def genome_dicts(draw):
     """A genome document; ``draw``s a whole structure first, then on-grid values of its genes."""
@@ -103,6 +140,15 @@ def genome_dicts(draw):
     for locus in LOCI.values():  # every locus the registry declares, each variant and field
         if draw(st.booleans()):
             data[locus.key] = draw(locus_values(locus))
+    with_fallback(data)  # an orthogonalizing rule sends the bias to a fallback, as drawn genomes do
+    if draw(st.booleans()):  # AdEMAMix's α: a coefficient as a term weight, so a schedule can vary it
+        data["terms"][-1] = {**data["terms"][-1], "weight": "alpha"}
+    outside = {"warmup", "gamma", "feedback_low", "feedback_high"}
+    outside |= {"clip"} if data.get("clip", {}).get("mode") == "global_norm" else set()
+    outside |= {"beta3"} if "loss_feedback" in data else set()
+    schedules = draw(gene_schedules(_names(data), outside))
+    if schedules:
+        data["gene_schedules"] = schedules
     used = {"lr"} | _names(data)
     data["genes"] = {name: draw(st.sampled_from(on_grid(name))) for name in sorted(used)}
     return data
@@ -183,7 +229,11 @@ def test_every_operator_yields_a_valid_canonical_genome(first, second, seed):
     except GenomeError as exc:
         assume("every term has weight 0" not in str(exc))
         raise
-    rng, space = np.random.default_rng(seed), SearchSpace(max_terms=6)
-    for child, _ in (mutate_genes(rng, a, space), mutate_structure(rng, a, space), crossover(rng, a, b, space)):
-        assert canonical_form(child) == child
-        assert parse_genome(to_dict(child), source="child") == child
+    rng = np.random.default_rng(seed)
+    for space in (SearchSpace(max_terms=6), SearchSpace(  # the default space, and one drawing every term option
+            max_terms=6, eps_modes=("outside", "raw", "inside", "clamp", "atan2"), stale_probability=0.5,
+            normalize_first_probability=0.5, normalized_clip_probability=0.5,
+            gene_schedules=("none", "linear_warmup", "halflife_warmup", "power"))):
+        for child, _ in (mutate_genes(rng, a, space), mutate_structure(rng, a, space), crossover(rng, a, b, space)):
+            assert canonical_form(child) == child
+            assert parse_genome(to_dict(child), source="child") == child

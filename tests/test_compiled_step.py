@@ -17,20 +17,23 @@ import warnings
 import pytest
 import torch
 import torch._dynamo
-from conftest import exported_class, tiny_batches, tiny_net, train
+from conftest import ademamix_with_schedulers, exported_class, tiny_batches, tiny_net, train
 
 import evolveopt
 from evolveopt.genome.schema import Schedule
 
 SCHEDULES = ("linear_warmup", "cosine", "linear_decay", "exponential", "warmup_cosine")
-GENOMES = evolveopt.genome.named_genomes() + [f"adam+{kind}" for kind in SCHEDULES]
+GENOMES = evolveopt.genome.named_genomes() + [f"adam+{kind}" for kind in SCHEDULES] + ["ademamix+schedulers"]
 STEPS = 20
 HORIZON = 15  # shorter than STEPS: the decaying schedules are clamped at 0 for the last steps
 
 
 def genome_of(name: str):
-    """A named genome, or ``adam+KIND``: Adam with schedule KIND (warmup 0.25, γ 0.9)."""
+    """A named genome, ``adam+KIND``: Adam with schedule KIND (warmup 0.25, γ 0.9), or
+    ``ademamix+schedulers``: AdEMAMix with its gene schedules."""
     base, _, kind = name.partition("+")
+    if kind == "schedulers":  # gene schedules (α warmup, β3 half-life) with a tensor t
+        return ademamix_with_schedulers(HORIZON // 2)
     genome = evolveopt.load_genome(base)
     if not kind:
         return genome

@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import ademamix_with_schedulers
+
 import evolveopt
 from evolveopt.compile.population import PopulationOptimizer, stack_genes
 from evolveopt.genome.genes import gene_spec
 
-GENOMES = evolveopt.genome.named_genomes()
+GENOMES = evolveopt.genome.named_genomes() + ["ademamix+schedulers"]  # gene schedules with [P] genes
 SHAPES = [(3, 4), (4,), (2, 1, 3, 3)]
 MEMBERS, STEPS = 4, 25
 # Rules whose trajectories amplify rounding: stacked and lone steps agree to the last bit or one ulp per step
@@ -51,7 +53,7 @@ def problem(seed=0):
 
 @pytest.mark.parametrize("name", GENOMES)
 def test_stacked_step_equals_separate_optimizers(name, float64):
-    base = evolveopt.load_genome(name)
+    base = ademamix_with_schedulers(10) if name == "ademamix+schedulers" else evolveopt.load_genome(name)
     members = [perturbed(base, i) for i in range(MEMBERS)]
     init, targets, scales = problem()
     steps = AMPLIFYING.get(name, STEPS)

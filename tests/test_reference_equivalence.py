@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import pytest
 import torch
-from conftest import tiny_batches, tiny_net, train, weight_and_bias_groups
+from conftest import ademamix_with_schedulers, tiny_batches, tiny_net, train, weight_and_bias_groups
 from references import (AltoReference, CautiousAdamWReference, EveReference, EverReference, GA2025Reference,
                         MoonlightMuonReference, SignSGDReference)
 
@@ -45,6 +45,43 @@ def _kozistr(name, **kw):
 
         return getattr(pytorch_optimizer, name)(groups, foreach=False, **kw)
     return make
+
+
+def _adam_atan2(**kw):
+    def make(groups):
+        from adam_atan2_pytorch import AdamAtan2
+
+        return AdamAtan2(groups, **kw)
+    return make
+
+
+def _adopt(clip: float, **kw):
+    def make(groups):
+        from adopt import ADOPT
+
+        return ADOPT(groups, clip_lambda=lambda step: clip * step**0.25, foreach=False, **kw)
+    return make
+
+
+def _adopt_decoupled():
+    """adopt as torch-adopt's decouple=True: decoupled decay, off at t = 1 (a one-step warmup after one step)."""
+    data = evolveopt.genome.to_dict(evolveopt.genome.load_genome("adopt"))
+    data["weight_decay"]["mode"] = "decoupled"
+    data["gene_schedules"]["weight_decay"] = {"kind": "linear_warmup", "horizon": 1, "offset": 1}
+    return evolveopt.genome.parse_genome(data, source="adopt (decouple=True)")
+
+
+def _adopt_as_pytorch_optimizer():
+    """adopt with pytorch-optimizer 4.1.0 ADOPT's choices: clip (c·t^¼, offset 0) and decoupled decay
+    (which it applies at t = 1 too, where torch-adopt's decouple=True skips it)."""
+    data = evolveopt.genome.to_dict(evolveopt.genome.load_genome("adopt"))
+    data["gene_schedules"]["clip"]["offset"] = 0
+    data["weight_decay"]["mode"] = "decoupled"
+    return evolveopt.genome.parse_genome(data, source="adopt (pytorch-optimizer form)")
+
+
+AdEMAMIX_GENES = dict(lr=0.003, beta1=0.8, beta2=0.99, beta3=0.995, alpha=3.0, eps=1e-6, weight_decay=0.05)
+AdEMAMIX_KW = dict(lr=0.003, betas=(0.8, 0.99, 0.995), alpha=3.0, eps=1e-6, weight_decay=0.05, weight_decouple=True)
 
 
 def _jettify_lamb(**kw):
@@ -159,6 +196,23 @@ CASES: dict[str, Case] = {
                            lambda g: MoonlightMuonReference(g, lr=0.01, wd=0.05, momentum=0.9, adamw_betas=(0.8, 0.99),
                                                             adamw_eps=1e-8),
                            dict(lr=0.003, weight_decay=0.03), reference_groups=(dict(), dict(lr=0.003, wd=0.03))),
+    "adam_atan2": Case(dict(lr=0.003, beta1=0.8, beta2=0.95, a=1.5, b=0.8, weight_decay=0.05),
+                       _adam_atan2(lr=0.003, betas=(0.8, 0.95), a=1.5, b=0.8, weight_decay=0.05), GROUP),
+    "adopt": Case(dict(lr=0.003, beta1=0.8, beta2=0.99, eps=1e-5, clip=1.5, weight_decay=0.01),
+                  _adopt(1.5, lr=0.003, betas=(0.8, 0.99), eps=1e-5, weight_decay=0.01), GROUP),
+    "adopt_decouple": Case(dict(lr=0.003, beta1=0.8, beta2=0.99, eps=1e-5, clip=1.5, weight_decay=0.05),
+                           _adopt(1.5, lr=0.003, betas=(0.8, 0.99), eps=1e-5, weight_decay=0.05, decouple=True),
+                           GROUP, genome=_adopt_decoupled),
+    "adopt_pytorch_optimizer_decoupled": Case(
+        dict(lr=0.003, beta1=0.8, beta2=0.99, eps=1e-5, clip=1.5, weight_decay=0.05),
+        _kozistr("ADOPT", lr=0.003, betas=(0.8, 0.99), eps=1e-5, weight_decay=0.05, weight_decouple=True,
+                 clip_lambda=lambda step: 1.5 * step**0.25),
+        GROUP, genome=_adopt_as_pytorch_optimizer),
+    "laprop": Case(dict(lr=0.003, beta1=0.8, beta2=0.99, eps=1e-8, weight_decay=0.05),
+                   _kozistr("LaProp", lr=0.003, betas=(0.8, 0.99), eps=1e-8, weight_decay=0.05), GROUP),
+    "ademamix": Case(AdEMAMIX_GENES, _kozistr("AdEMAMix", **AdEMAMIX_KW), GROUP),
+    "ademamix_schedulers": Case(AdEMAMIX_GENES, _kozistr("AdEMAMix", t_alpha_beta3=60, **AdEMAMIX_KW), GROUP,
+                                genome=lambda: ademamix_with_schedulers(60)),
     "signsgd": Case(dict(lr=0.002, weight_decay=0.01),
                     lambda g: SignSGDReference(g, lr=0.002, weight_decay=0.01), GROUP),
 }
@@ -206,3 +260,23 @@ def test_compiled_genome_matches_reference(name, float64):
         assert all(not torch.equal(a, b) for a, b in zip(y, x)), "eval() left the parameters where they were"
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-12)
+
+
+def test_adopt_follows_torch_adopt_where_the_references_disagree_on_the_clip_step(float64):
+    """torch-adopt 0.1.0 clips at c·s^¼ with its 0-based step s = t − 1 (the genome's offset 1);
+    pytorch-optimizer 4.1.0 ADOPT at c·t^¼. With offset 0 the genome leaves torch-adopt's path."""
+    case = CASES["adopt"]
+    data = evolveopt.genome.to_dict(evolveopt.genome.load_genome("adopt"))
+    data["gene_schedules"]["clip"]["offset"] = 0
+    shifted = evolveopt.genome.parse_genome(data, source="adopt with offset 0")
+
+    def ours(weights, biases):
+        return evolveopt.build_optimizer(shifted, [{"params": weights}, {"params": biases, **case.bias_group}],
+                                         **case.genes)
+
+    def reference(weights, biases):
+        return case.reference([{"params": weights}, {"params": biases, **case.bias_group}])
+
+    got, expected = _run(ours), _run(reference)
+    worst = max(float(((a - b).abs() / b.abs().clamp(min=1e-12)).max()) for a, b in zip(got, expected))
+    assert worst > 1e-3, worst

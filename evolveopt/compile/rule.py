@@ -14,13 +14,14 @@ terms that read the same statistic share one buffer, and checkpoints stay readab
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
 import torch
 from torch import Tensor
 
 from evolveopt.errors import OptimizerUsageError
+from evolveopt.genome.genes import gene_spec
 from evolveopt.genome.registry import pipeline
 from evolveopt.genome.schema import Genome, Momentum, Signal, Term, fallback_genome
 from evolveopt.genome.slots import (PARAM_COPY, PARAM_KINDS, PARAM_SHAPED, PER_MEMBER_ZERO, momentum_slot, nadam_slot,
@@ -87,6 +88,7 @@ class _StepCache:
     signals: dict[str, TensorList] = field(default_factory=dict)
     updated: dict[str, TensorList] = field(default_factory=dict)
     momentum_parts: dict[tuple, moments.Parts] = field(default_factory=dict)
+    stale_updates: dict[str, Callable[[], None]] = field(default_factory=dict)  # run once every term has read
 
 
 class Rule:
@@ -134,6 +136,15 @@ class Rule:
             gamma=genes[s.gamma] if s.gamma else None,
         )
 
+    def genes_at(self, t: Step, genes: Mapping[str, Scalar]) -> dict[str, Scalar]:
+        """The gene values at step t: each scheduled gene as its schedule says (schema.py GeneSchedule)."""
+        out = dict(genes)
+        for name, s in self.genome.gene_schedules.items():
+            out[name] = schedules.scheduled_gene(
+                s.kind, genes[name], t, horizon=s.horizon, start=genes[s.start] if s.start else None,
+                power=s.power, offset=s.offset, rate=gene_spec(name).scale == "beta")
+        return out
+
     @property
     def clips_global_norm(self) -> bool:
         return self.genome.clip is not None and self.genome.clip.mode == "global_norm"
@@ -144,10 +155,14 @@ class Rule:
         """One update of ``params`` in place. ``state[slot]`` lists one buffer per parameter."""
         g = list(torch._foreach_neg(grads)) if ctx.maximize else list(grads)
         flow = Flow(params, g, state)
+        if self.genome.gene_schedules:
+            ctx = replace(ctx, genes=self.genes_at(ctx.t, ctx.genes))
         for run, value in self.before_terms:
             run(value, flow, ctx)
         cache = _StepCache(grads=flow.grads)
         parts = [p for term in self.genome.terms for p in self._term(term, state, cache, ctx)]
+        for advance in cache.stale_updates.values():  # the parts hold their own denominators, not v
+            advance()
         if self.on_direction:
             flow.direction = materialize(parts)
             for run, value in self.on_direction:
@@ -169,10 +184,14 @@ class Rule:
 
     def _term(self, term: Term, state: Mapping[str, TensorList], cache: _StepCache, ctx: StepContext) -> list[Part]:
         x = self._signal(term.signal, state, cache, ctx)
-        numerators: moments.Parts = [(1.0, x)]
-        if term.momentum is not None:
-            numerators = self._momentum(term, state, cache, ctx)
-        parts = self._precondition(term, numerators, state, cache, ctx)
+        if term.order == "normalize_first":  # the momentum averages the normalized signal (LaProp, ADOPT)
+            normalized = materialize(self._precondition(term, [(1.0, x)], state, cache, ctx))
+            parts = [Part(c, num) for c, num in self._momentum(term, state, cache, ctx, normalized)]
+        else:
+            numerators: moments.Parts = [(1.0, x)]
+            if term.momentum is not None:
+                numerators = self._momentum(term, state, cache, ctx)
+            parts = self._precondition(term, numerators, state, cache, ctx)
         if term.sign:
             parts = [Part(1.0, list(torch._foreach_sign(materialize(parts))))]
         weight = ctx.genes[term.weight] if term.weight else 1.0
@@ -192,13 +211,15 @@ class Rule:
         cache.signals[key] = value
         return value
 
-    def _momentum(self, term: Term, state: Mapping[str, TensorList], cache: _StepCache, ctx: StepContext) -> moments.Parts:
+    def _momentum(self, term: Term, state: Mapping[str, TensorList], cache: _StepCache, ctx: StepContext,
+                  x: TensorList | None = None) -> moments.Parts:
+        """``x``: what the momentum averages when it is not the term's signal (normalize_first)."""
         mom, genes, t = term.momentum, ctx.genes, ctx.t
         slot = momentum_slot(term)
         key = (slot, mom)
         if key in cache.momentum_parts:  # an identical momentum was read this step
             return cache.momentum_parts[key]
-        x = self._signal(term.signal, state, cache, ctx)
+        x = self._signal(term.signal, state, cache, ctx) if x is None else x
         m, beta = state[slot], genes[mom.beta]
         if slot in cache.updated:  # an EMA/Nesterov term sharing this buffer already advanced it
             parts = _momentum_readout(mom, m, x, beta, t)
@@ -223,23 +244,39 @@ class Rule:
             return [Part(tl.mul(scale, c), num) for c, num in numerators]
         genes, t = ctx.genes, ctx.t
         stat = self._statistic(term, state, cache, ctx)
+        if pre.stale and tl.is_float(t) and t <= 1:  # v_0 = x_1² is all the first step does
+            return [Part(0.0, numerators[0][1])]
         beta = genes[pre.beta] if pre.beta else None
         bias = 1.0 - tl.power(beta, t) if pre.bias_correction else 1.0
-        den, coef = preconditioners.denominator(stat, genes[pre.eps], pre.eps_mode, bias, ctx.feedback)
-        normalized, plain = coef, 0.0
+        if pre.eps_mode == "atan2":
+            y = materialize([Part(c, num) for c, num in numerators])
+            normalized_parts = [(genes[pre.a], preconditioners.atan2_normalized(y, stat, genes[pre.b], bias,
+                                                                               ctx.feedback), None)]
+        else:
+            den, coef = preconditioners.denominator(stat, genes[pre.eps], pre.eps_mode, bias, ctx.feedback)
+            if pre.stale and not tl.is_float(t):
+                tl.add_scalar_(den, 1.0 - preconditioners.after_first_step(t))  # no 0/0 at t = 1 (its part is 0)
+            normalized_parts = [(tl.mul(c, coef), num, den) for c, num in numerators]
+        normalized, plain = 1.0, 0.0
         if pre.rectify:
-            rect, plain = preconditioners.rectification(beta, t)
-            normalized = tl.mul(coef, rect)
+            normalized, plain = preconditioners.rectification(beta, t)
+        if pre.stale and not tl.is_float(t):
+            normalized = tl.mul(normalized, preconditioners.after_first_step(t))
         parts = []
-        for c, num in numerators:
+        for c, num, den in normalized_parts:
             if not tl.is_zero(normalized):
                 parts.append(Part(tl.mul(c, normalized), num, den))
-            if not tl.is_zero(plain):
-                parts.append(Part(tl.mul(c, plain), num))
+        if not tl.is_zero(plain):
+            parts += [Part(tl.mul(c, plain), num) for c, num in numerators]
+        if pre.clip is not None:
+            clipped = materialize(parts)
+            preconditioners.clip_(clipped, genes[pre.clip])
+            parts = [Part(1.0, clipped)]
         return parts
 
     def _statistic(self, term: Term, state: Mapping[str, TensorList], cache: _StepCache, ctx: StepContext) -> TensorList:
-        """Advance the term's second-moment buffers once per step; return what the root is taken of."""
+        """Advance the term's second-moment buffers once per step; return what the root is taken of
+        (a stale statistic advances after every term read it: its value of the previous step)."""
         pre = term.precondition
         slots = precondition_slots(term)
         if slots[0] not in cache.updated:
@@ -248,11 +285,21 @@ class Rule:
             else:
                 x = self._signal(pre.signal, state, cache, ctx)
             beta = ctx.genes[pre.beta] if pre.beta else None
-            preconditioners.update_statistic_(pre.kind, state[slots[0]], x, beta, ctx.genes[pre.eps])
-            cache.updated[slots[0]] = state[slots[0]]
+            eps = ctx.genes[pre.eps] if pre.eps else 0.0
+            v = state[slots[0]]
+            if pre.stale:
+                cache.stale_updates[slots[0]] = lambda v=v, x=x, beta=preconditioners.stale_beta(beta, ctx.t): \
+                    preconditioners.update_statistic_(pre.kind, v, x, beta, eps)
+            else:
+                preconditioners.update_statistic_(pre.kind, v, x, beta, eps)
+            cache.updated[slots[0]] = v
         if pre.kind == "max" and slots[1] not in cache.updated:
-            torch._foreach_maximum_(state[slots[1]], state[slots[0]])
-            cache.updated[slots[1]] = state[slots[1]]
+            v, vmax = state[slots[0]], state[slots[1]]
+            if pre.stale:  # after v advanced (registered after it)
+                cache.stale_updates[slots[1]] = lambda v=v, vmax=vmax: torch._foreach_maximum_(vmax, v)
+            else:
+                torch._foreach_maximum_(vmax, v)
+            cache.updated[slots[1]] = vmax
         return state[slots[-1]]
 
 

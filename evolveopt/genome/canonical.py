@@ -4,12 +4,14 @@ Two genomes that describe the same rule get the same canonical form, hence the s
 
 1. gene values are rounded to the canonical grid (4 significant digits; on 1 − β for rates);
    a term that takes the sign of a preconditioned value drops the preconditioner, since
-   sign(y/(√v + ε)) = sign(y) for a positive denominator (its buffers would be wasted memory);
+   sign(y/(√v + ε)) = sign(y) for a positive denominator (its buffers would be wasted memory),
+   unless the preconditioner is stale (its term is 0 at t = 1), clips (a scheduled threshold may be 0)
+   or comes before the momentum;
 2. every term gets an explicit weight gene (a missing weight is a gene of value 1);
 3. terms of weight 0 are dropped, and terms equal up to their (untied) weight are merged
    into one term whose weight is the sum;
 4. terms are sorted by their structure and weight genes renamed w1, w2, ... in that order;
-5. genes nothing refers to, the name and the description are dropped;
+5. genes nothing refers to, schedules of genes nothing refers to, the name and the description are dropped;
 6. a fallback sub-rule's terms (weightless) are sorted, with rule 1 applied to them, and an lr
    ratio of 1 is dropped.
 
@@ -34,7 +36,7 @@ def canonical_form(genome: Genome) -> Genome:
     entries: list[list[Any]] = []  # [term without weight, weight value, tied gene or None]
     untied_index: dict[str, int] = {}
     for term in genome.terms:
-        bare = replace(term, weight=None, precondition=None if term.sign else term.precondition)
+        bare = replace(term, weight=None, precondition=None if _sign_drops_precondition(term) else term.precondition)
         value = 1.0 if term.weight is None else genes[term.weight]
         tied = term.weight is not None and not WEIGHT_GENE.match(term.weight)
         key = _sort_key(bare)
@@ -55,7 +57,9 @@ def canonical_form(genome: Genome) -> Genome:
             out_genes[name] = round_gene(name, value)
         terms.append(replace(bare, weight=name))
     canonical = replace(genome, genes=out_genes, terms=tuple(terms), name="", description="",
-                        fallback=_canonical_fallback(genome.fallback, genes))
+                        fallback=_canonical_fallback(genome.fallback, genes), gene_schedules={})
+    used = referenced_genes(canonical)
+    canonical = replace(canonical, gene_schedules={k: s for k, s in genome.gene_schedules.items() if k in used})
     used = referenced_genes(canonical)
     return replace(canonical, genes={k: out_genes[k] for k in sorted(out_genes) if k in used})
 
@@ -65,9 +69,15 @@ def _canonical_fallback(fb: Fallback | None, genes: dict[str, float]) -> Fallbac
     an lr ratio of 1 is no ratio."""
     if fb is None:
         return None
-    terms = [replace(t, precondition=None) if t.sign else t for t in fb.terms]
+    terms = [replace(t, precondition=None) if _sign_drops_precondition(t) else t for t in fb.terms]
     ratio = None if fb.lr_ratio is not None and genes[fb.lr_ratio] == 1.0 else fb.lr_ratio
     return replace(fb, terms=tuple(sorted(terms, key=_sort_key)), lr_ratio=ratio)
+
+
+def _sign_drops_precondition(term: Term) -> bool:
+    pre = term.precondition
+    return (term.sign and pre is not None and not pre.stale and pre.clip is None  # a scheduled clip may be 0
+            and term.order == "momentum_first")
 
 
 def canonical_dict(genome: Genome) -> dict[str, Any]:

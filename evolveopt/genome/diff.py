@@ -41,6 +41,8 @@ def diff_genomes(a: Genome, b: Genome, names: tuple[str, str] = ("A", "B")) -> l
             lines.append(f"{key}: {_show(da.get(key, default))} → {_show(db.get(key, default))}")
     if da.get("fallback") != db.get("fallback"):
         lines.append(f"fallback: {_show(da.get('fallback'))} → {_show(db.get('fallback'))}")
+    if da.get("gene_schedules") != db.get("gene_schedules"):
+        lines.append(f"gene_schedules: {_show(da.get('gene_schedules'))} → {_show(db.get('gene_schedules'))}")
     weights = {t.weight for t in ca.terms + cb.terms if t.weight and t.weight.startswith("w")}
     for gene in sorted((set(ca.genes) | set(cb.genes)) - weights):
         va, vb = ca.genes.get(gene), cb.genes.get(gene)

@@ -15,6 +15,7 @@ SYMBOLS = {
 }
 
 
+
 def sym(gene: str) -> str:
     return SYMBOLS.get(gene, gene)
 
@@ -59,17 +60,23 @@ class _Renderer:
 
     def _preprocess(self) -> None:
         self.lines.append("g ← −∇f(θ) when maximizing, else ∇f(θ)")
+        self._gene_schedules()
         self._stage("gradient", "weights")
 
     def _term(self, index: int, term: Term) -> str:
         x = self.signal(term.signal)
         numerator, m = x, "m"
-        if term.momentum is not None:
-            numerator, m = self._momentum(term, x)
-        if term.precondition is not None:
-            numerator = self._precondition(term, numerator, m)
-        elif self.genome.loss_feedback is not None:
-            numerator = f"{numerator}/d_t"
+        if term.order == "normalize_first":
+            normalized = self._precondition(term, x, m)
+            self.lines.append(f"n{index + 1} = {normalized}")
+            numerator, m = self._momentum(term, f"n{index + 1}")
+        else:
+            if term.momentum is not None:
+                numerator, m = self._momentum(term, x)
+            if term.precondition is not None:
+                numerator = self._precondition(term, numerator, m)
+            elif self.genome.loss_feedback is not None:
+                numerator = f"{numerator}/d_t"
         if term.sign:
             numerator = f"sign({numerator})"
         weight = sym(term.weight) if term.weight else ""
@@ -103,19 +110,27 @@ class _Renderer:
         x = self.signal(pre.signal, momentum=m)
         if new:
             b = sym(pre.beta) if pre.beta else ""
-            self.lines.append({
+            update = {
                 "sum": f"{v} ← {v} + {x}²",
                 "belief": f"{v} ← {b}·{v} + (1 − {b})·{x}² + {sym(pre.eps)}",
-            }.get(pre.kind, f"{v} ← {b}·{v} + (1 − {b})·{x}²"))
+            }.get(pre.kind, f"{v} ← {b}·{v} + (1 − {b})·{x}²")
+            if pre.stale:
+                update += f"   (after use: the division reads {v} of step t − 1; {v}_0 = {x}² at t = 1, when the term is 0)"
+            self.lines.append(update)
         if pre.kind == "max":
             vmax, new_max = self.buffer(slots[1], "v̄")
             if new_max:
                 self.lines.append(f"{vmax} ← max({vmax}, {v})")
             v = vmax
-        e = sym(pre.eps)
+        e = sym(pre.eps) if pre.eps else ""
         bc = f"(1 − {sym(pre.beta)}^t)" if pre.bias_correction else ""
         d = "d_t·" if self.genome.loss_feedback is not None else ""
-        if pre.eps_mode == "raw":
+        root = f"√({v}/{bc})" if bc else f"√{v}"
+        if pre.eps_mode == "atan2":
+            out = f"{sym(pre.a)}·atan2({numerator}, {sym(pre.b)}·{d}{root})"
+        elif pre.eps_mode == "clamp":
+            out = f"{numerator}/max({d}{root}, {e})"
+        elif pre.eps_mode == "raw":
             scaled = f"√{bc}·" if bc else ""
             out = f"{scaled}{numerator}/({d}√{v} + {e})"
         elif pre.eps_mode == "inside":
@@ -127,7 +142,25 @@ class _Renderer:
             if rho not in self.lines:
                 self.lines.append(rho)
             out = f"[r_t·{out} if ρ_t > 5 else {numerator}]"
+        if pre.clip:
+            out = f"clamp({out}, −{sym(pre.clip)}, {sym(pre.clip)})"
         return out
+
+    def _gene_schedules(self) -> None:
+        for name, s in self.genome.gene_schedules.items():
+            x = sym(name)
+            if s.kind == "linear_warmup":
+                steps = f"max(t − {s.offset}, 0)" if s.offset else "t"
+                line = f"{x}_t = {x}·min(1, {steps}/{s.horizon})"
+            elif s.kind == "halflife_warmup":
+                b0 = sym(s.start)
+                line = (f"{x}_t = min(exp(ln {b0}·ln {x}/((1 − s)·ln {x} + s·ln {b0})), {x}),  s = min(1, t/{s.horizon})"
+                        f":  1/ln {x}_t moves linearly from 1/ln {b0} to 1/ln {x}")
+            else:
+                power = f"max(t − {s.offset}, 0)^{s.power:g}" if s.offset else f"t^{s.power:g}"
+                line = (f"{x}_t = 1 − (1 − {x})·{power}" if name in ("beta1", "beta2", "beta3")
+                        else f"{x}_t = {x}·{power}")
+            self.lines.append(line + f"   (the rule reads {x}_t for {x})")
 
     def _postprocess(self) -> None:
         self._stage("direction", g=self.g)

@@ -59,7 +59,9 @@ GENES: dict[str, GeneSpec] = {
     "beta3": GeneSpec(**_BETA, search=(0.8, 0.9999), doc="third EMA rate β3"),
     "eps": GeneSpec(0.0, 1.0, "log", (1e-10, 1e-4), "numerical floor ε", "eps"),
     "weight_decay": GeneSpec(0.0, 10.0, "log", (1e-6, 1e-1), "weight decay λ", "weight_decay"),
-    "alpha": GeneSpec(-100.0, 100.0, "linear", (-5.0, 1.0), "adaptor weight α of EMA(g_t - g_{t-1})", "coefficient"),
+    "alpha": GeneSpec(-100.0, 100.0, "linear", (-5.0, 1.0),
+                      "coefficient α (ALTO's adaptor weight of EMA(g_t - g_{t-1}); AdEMAMix's slow-momentum weight)",
+                      "coefficient"),
     "clip": GeneSpec(0.0, 1e6, "log", (0.1, 10.0), "clipping threshold c", "threshold", low_open=True),
     "warmup": GeneSpec(0.0, 1.0, "linear", (0.0, 0.3), "warmup length as a fraction of total_steps", "fraction"),
     "gamma": GeneSpec(0.0, 1.0, "beta", (0.99, 0.9999), "exponential decay factor per step γ", "decay_factor",
@@ -83,6 +85,10 @@ GENES: dict[str, GeneSpec] = {
     "fallback_beta2": GeneSpec(**_BETA, search=(0.8, 0.9999), doc="fallback second EMA rate"),
     "fallback_eps": GeneSpec(0.0, 1.0, "log", (1e-10, 1e-4), "fallback numerical floor", "eps"),
     "fallback_weight_decay": GeneSpec(0.0, 10.0, "log", (1e-6, 1e-1), "fallback weight decay", "weight_decay"),
+    "a": GeneSpec(0.0, 100.0, "log", (0.5, 3.0), "output scale a of a·atan2(y, b·√v̂) (Adam-atan2)", "atan2_scale",
+                  low_open=True),
+    "b": GeneSpec(0.0, 100.0, "log", (0.25, 4.0), "denominator scale b of a·atan2(y, b·√v̂) (Adam-atan2)",
+                  "atan2_scale", low_open=True),
 }
 
 ROLES: dict[str, str] = {  # role -> what a field of that role means, for messages
@@ -92,6 +98,7 @@ ROLES: dict[str, str] = {  # role -> what a field of that role means, for messag
     "feedback_bound": "a loss-feedback bound", "momentum_decay": "a momentum-schedule rate",
     "averaging_power": "a power in the averaging weights",
     "lr_ratio": "a learning-rate ratio",
+    "atan2_scale": "a scale of eps_mode atan2",
 }
 
 _WEIGHT = GeneSpec(-100.0, 100.0, "linear", (-2.0, 2.0), "weight of a direction term", "weight")

@@ -9,7 +9,8 @@ evolveopt derives from it:
 * the frozen dataclass its parsed value lives in (or a plain string for a locus that is only a kind);
 * where in the rule each variant acts (:data:`STAGES`, ordered by ``order``) and the tensor
   function that does it, named as ``"module:function"`` (torch-side code in evolveopt.primitives);
-* its state buffers, its equations for ``evolveopt show``, and how the search space draws it.
+* its state buffers, its equations for ``evolveopt show``, and how the search space draws it;
+* the schema version that first has it (a variant may be newer than its locus: ``Variant.since_schema``).
 
 The ``move`` stage is the one place a locus replaces a step of the rule rather than adding one:
 a variant there moves θ itself from the finished direction u (schedule-free averaging keeps a
@@ -72,6 +73,7 @@ class Variant:
     slot_kinds: dict[str, str] = field(default_factory=dict)  # slot -> kind (slots.py: param_copy, per_member_zero)
     equation: Callable[[Any, Callable[[str], str], str], list[str]] = lambda value, sym, g: []  # (value, symbol of a gene, symbol of g)
     draw: dict[str, str] = field(default_factory=dict)  # field -> gene name when the search draws it
+    since_schema: int = 1  # a variant newer than its locus (the file needs this schema version)
 
 
 @dataclass(frozen=True)
@@ -372,6 +374,10 @@ LOCI: dict[str, Locus] = {locus.key: locus for locus in (
             Variant("in_direction", _DECAY, stage="direction", order=60,
                     function="evolveopt.primitives.decay:in_direction_stage",
                     equation=lambda wd, sym, g: [f"u ← u + {sym(wd.rate)}·θ"], draw={"rate": "weight_decay"}),
+            Variant("decoupled_after", _DECAY, stage="after", order=90,
+                    function="evolveopt.primitives.decay:decoupled_after_stage",
+                    equation=lambda wd, sym, g: [f"θ ← θ·(1 − η_t·{sym(wd.rate)})   (after the step)"],
+                    draw={"rate": "weight_decay"}, since_schema=2),
         ),
         space_key="weight_decay", space_default=("none", "l2", "decoupled", "decoupled", "proximal", "in_direction"),
         draw_rank=3,

@@ -46,7 +46,9 @@ SIGNALS = ("grad", "grad_diff", "nesterov_grad", "residual")
 TERM_SIGNALS = ("grad", "grad_diff", "nesterov_grad")
 MOMENTUM_KINDS = ("ema", "nesterov", "interp", "nadam")
 PRECONDITION_KINDS = ("ema", "max", "sum", "belief")
-EPS_MODES = ("outside", "raw", "inside")
+EPS_MODES = ("outside", "raw", "inside", "clamp", "atan2")  # clamp and atan2: schema 2
+TERM_ORDERS = ("momentum_first", "normalize_first")  # normalize_first: schema 2
+GENE_SCHEDULE_KINDS = ("linear_warmup", "halflife_warmup", "power")
 # The whole-genome loci around the terms, in registry order (diff and crossover use it): registry.py.
 CLIP_MODES = LOCI["clip"].kinds
 LAYERWISE_KINDS = LOCI["layerwise"].kinds
@@ -95,27 +97,60 @@ class Precondition:
     ema:    v ← βv + (1−β)x²            max: v as ema, v̄ ← max(v̄, v) (AMSGrad)
     sum:    v ← v + x² (Adagrad)         belief: v ← βv + (1−β)x² + ε (AdaBelief)
     eps_mode outside: y/(√v̂ + ε);  raw: y·√(1−β^t)/(√v + ε);  inside: y/√(v̂ + ε)
+             clamp: y/max(√v̂, ε) (ADOPT);  atan2: a·atan2(y, b·√v̂), no ε (Adam-atan2)
     rectify: RAdam's r_t·(normalized y) when ρ_t > 5, else the unnormalized y.
+    stale:   divide by v_{t−1} and advance v after use; v_0 = x_1², and the term gives 0 at t = 1 (ADOPT).
+    clip:    clamp(normalized, −c, c) elementwise (ADOPT's clip of the normalized gradient).
     """
 
     kind: str
-    eps: str
+    eps: str | None  # None only with eps_mode atan2
     beta: str | None = None
     signal: Signal = field(default_factory=Signal)
     eps_mode: str = "outside"
     bias_correction: bool = False
     rectify: bool = False
+    a: str | None = None  # atan2 output scale
+    b: str | None = None  # atan2 denominator scale
+    stale: bool = False
+    clip: str | None = None
 
 
 @dataclass(frozen=True)
 class Term:
-    """One weighted term T_k of the direction: signal → momentum → precondition → sign."""
+    """One weighted term T_k of the direction: signal → momentum → precondition → sign, or with
+    ``order: normalize_first`` signal → precondition → momentum → sign (the momentum averages the
+    normalized signal: LaProp, ADOPT)."""
 
     signal: Signal = field(default_factory=Signal)
     weight: str | None = None  # gene name; None means a fixed weight of 1
     momentum: Momentum | None = None
     precondition: Precondition | None = None
     sign: bool = False
+    order: str = "momentum_first"
+
+
+@dataclass(frozen=True)
+class GeneSchedule:
+    """A gene that varies with the step t = 1, 2, ... (x is the gene's value, T = ``horizon``):
+
+    linear_warmup:   x_t = x·min(1, max(t − k, 0)/T), k = ``offset``      (AdEMAMix's α; k = 1, T = 1: off at
+                     t = 1 only, torch-adopt's decoupled decay)
+    halflife_warmup: β_t = min(exp(ln β_s·ln β/((1 − s)·ln β + s·ln β_s)), β), s = min(1, t/T),
+                     β_s the ``start`` gene: 1/ln β_t moves linearly from β_s's to β's (AdEMAMix's β3)
+    power:           x_t = x·max(t − k, 0)^p, k = ``offset``; on a rate it scales 1 − β:
+                     β_t = 1 − (1 − β)·max(t − k, 0)^p  (ADOPT's clip (t − 1)^¼; Adafactor's β2_t = 1 − t^−0.8)
+    """
+
+    kind: str
+    horizon: int | None = None
+    start: str | None = None
+    power: float | None = None
+    offset: int = 0
+
+    @property
+    def genes(self) -> list[str]:
+        return [self.start] if self.start else []
 
 
 @dataclass(frozen=True)
@@ -145,6 +180,7 @@ class Genome:
     name: str = ""
     description: str = ""
     fallback: Fallback | None = None  # the rule of the non-matrix tensors (schema 2)
+    gene_schedules: dict[str, GeneSchedule] = field(default_factory=dict)  # gene -> schedule, sorted by gene
 
     def __getattr__(self, name: str) -> Any:
         locus = LOCI.get(name)
@@ -232,6 +268,22 @@ class _Node:
         if not isinstance(self.value, bool):
             raise self.fail(f"expected true or false, got {_type_name(self.value)}")
         return self.value
+
+    def number(self) -> float:
+        value = as_written_number(self.value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise self.fail(f"expected a number, got {_type_name(value)}")
+        return float(value)
+
+    def whole(self, minimum: int) -> int:
+        value = as_written_number(self.value)
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(f"expected a whole number of steps, got {_type_name(value)}")
+        if value < minimum:
+            raise self.fail(f"{value} is out of range (at least {minimum})")
+        return value
 
     def text(self) -> str:
         if self.value is None:
@@ -331,11 +383,12 @@ def _parse_momentum(node: _Node, genes: dict[str, float]) -> Momentum | None:
     return momentum
 
 
-def _parse_precondition(node: _Node, genes: dict[str, float], has_momentum: bool) -> Precondition | None:
+def _parse_precondition(node: _Node, genes: dict[str, float], has_momentum: bool, version: int
+                        ) -> Precondition | None:
     if node.is_none():
         return None
-    keys = ("kind", "beta", "eps", "signal", "eps_mode", "bias_correction", "rectify")
-    node.mapping(keys, required=("kind", "eps"))
+    keys = ("kind", "beta", "eps", "signal", "eps_mode", "bias_correction", "rectify", "a", "b", "stale", "clip")
+    node.mapping(keys, required=("kind",))
     kind = node.child("kind").choice(PRECONDITION_KINDS)
     if kind == "sum":
         for key in ("beta", "bias_correction", "rectify"):
@@ -343,45 +396,162 @@ def _parse_precondition(node: _Node, genes: dict[str, float], has_momentum: bool
                 raise node.child(key).fail(f"precondition 'sum' takes no '{key}'")
     elif not node.has("beta"):
         raise node.fail(f"precondition '{kind}' needs a beta")
+    eps_mode = node.child("eps_mode").choice(EPS_MODES) if node.has("eps_mode") else "outside"
+    for key, used in (("eps_mode", eps_mode in ("clamp", "atan2")), ("stale", node.has("stale")),
+                      ("clip", node.has("clip"))):
+        if used:
+            _needs_v2(node.child(key), version)
+    if eps_mode == "atan2":
+        if kind == "belief":
+            raise node.child("eps_mode").fail("precondition 'belief' adds ε to its state; eps_mode 'atan2' takes no ε "
+                                              "(use ema, max or sum)")
+        if node.has("eps"):
+            raise node.child("eps").fail("eps_mode 'atan2' takes no eps (it takes a and b)")
+        for key in ("a", "b"):
+            if not node.has(key):
+                raise node.fail(f"eps_mode 'atan2' needs '{key}'")
+    else:
+        for key in ("a", "b"):
+            if node.has(key):
+                raise node.child(key).fail(f"'{key}' is a gene of eps_mode 'atan2' only (this eps_mode is '{eps_mode}')")
+        if not node.has("eps"):
+            raise node.fail("missing required key 'eps'")
     signal = _parse_signal(node.child("signal"), genes, SIGNALS)
     if signal.kind == "residual" and not has_momentum:
         raise node.child("signal").fail("signal 'residual' needs the term to have a momentum")
+    stale = node.child("stale").boolean(False)
+    if stale:
+        for key in ("bias_correction", "rectify"):
+            if node.child(key).boolean(False):
+                raise node.child(key).fail(f"a stale precondition takes no {key} (v_0 = x_1² is unbiased)")
     return Precondition(
         kind=kind,
-        eps=node.child("eps").gene_ref(genes, "eps"),
+        eps=node.child("eps").gene_ref(genes, "eps", optional=eps_mode == "atan2"),
         beta=node.child("beta").gene_ref(genes, "rate", optional=kind == "sum"),
         signal=signal,
-        eps_mode=node.child("eps_mode").choice(EPS_MODES) if node.has("eps_mode") else "outside",
+        eps_mode=eps_mode,
         bias_correction=node.child("bias_correction").boolean(False),
         rectify=node.child("rectify").boolean(False),
+        a=node.child("a").gene_ref(genes, "atan2_scale", optional=True),
+        b=node.child("b").gene_ref(genes, "atan2_scale", optional=True),
+        stale=stale,
+        clip=node.child("clip").gene_ref(genes, "threshold", optional=True),
     )
 
 
-def _parse_term(node: _Node, genes: dict[str, float]) -> Term:
-    node.mapping(("weight", "signal", "momentum", "precondition", "sign"))
+def _needs_v2(node: _Node, version: int) -> None:
+    if version < 2:
+        raise node.fail(f"'{node.path.rsplit('.', 1)[-1]}: {node.value}' needs schema_version 2 (this file says {version})")
+
+
+def _parse_term(node: _Node, genes: dict[str, float], version: int) -> Term:
+    node.mapping(("weight", "signal", "momentum", "precondition", "sign", "order"))
     momentum = _parse_momentum(node.child("momentum"), genes)
+    precondition = _parse_precondition(node.child("precondition"), genes, momentum is not None, version)
+    order = node.child("order").choice(TERM_ORDERS) if node.has("order") else "momentum_first"
+    if node.has("order"):
+        _needs_v2(node.child("order"), version)
+    if order == "normalize_first":
+        if momentum is None or precondition is None:
+            raise node.child("order").fail("order 'normalize_first' needs a momentum and a precondition")
+        if precondition.signal.kind == "residual":
+            raise node.child("order").fail("order 'normalize_first' takes no 'residual' precondition signal")
     return Term(
         signal=_parse_signal(node.child("signal"), genes, TERM_SIGNALS),
-        weight=node.child("weight").gene_ref(genes, ("weight", "rate"), optional=True),
+        weight=node.child("weight").gene_ref(genes, ("weight", "rate", "coefficient") if version >= 2 else
+                                             ("weight", "rate"), optional=True),
         momentum=momentum,
-        precondition=_parse_precondition(node.child("precondition"), genes, momentum is not None),
+        precondition=precondition,
         sign=node.child("sign").boolean(False),
+        order=order,
     )
 
 
-def _parse_terms(node: _Node, genes: dict[str, float]) -> tuple[Term, ...]:
+def _parse_terms(node: _Node, genes: dict[str, float], version: int) -> tuple[Term, ...]:
     if not isinstance(node.value, list) or not node.value:
         raise node.fail("expected a non-empty list of terms")
     if len(node.value) > MAX_TERMS:
         raise node.fail(f"{len(node.value)} terms; at most {MAX_TERMS} are allowed")
-    terms = tuple(_parse_term(node.child(i), genes) for i in range(len(node.value)))
+    terms = tuple(_parse_term(node.child(i), genes, version) for i in range(len(node.value)))
     weights = [genes[t.weight] if t.weight else 1.0 for t in terms]
     if all(w == 0.0 for w in weights):
         raise node.fail("every term has weight 0, so the rule never moves the parameters")
     return terms
 
 
-def _parse_locus(node: _Node, genes: dict[str, float], locus: Locus) -> Any:
+# Genes a schedule may not vary: lr has the schedule locus; term weights are renamed and merged by
+# canonicalization; and genes read outside the rule's step (outside_step_genes).
+_UNSCHEDULABLE_ROLES = ("lr", "weight")
+
+
+def outside_step_genes(genome: Genome) -> set[str]:
+    """Genes the optimizer reads once per step outside the rule's terms and stages (the lr schedule's,
+    the global-norm clip's threshold, loss feedback's): a gene schedule cannot vary them."""
+    out = {g for g in (genome.schedule.warmup, genome.schedule.gamma) if g}
+    if genome.clip is not None and genome.clip.mode == "global_norm":
+        out.add(genome.clip.threshold)
+    if genome.loss_feedback is not None:
+        out |= set(locus_genes(LOCI["loss_feedback"], genome.loss_feedback))
+    return out
+
+
+def _parse_gene_schedules(node: _Node, genes: dict[str, float], version: int) -> dict[str, GeneSchedule]:
+    if node.value is None:
+        return {}
+    if not isinstance(node.value, dict):
+        raise node.fail(f"expected a mapping of gene names to schedules, got {_type_name(node.value)}")
+    _needs_v2_key(node, version)
+    out = {}
+    for name in node.value:
+        item = node.child(name)
+        if not isinstance(name, str) or name not in genes:
+            raise item.fail(f"unknown gene '{name}' (genes of this genome: {', '.join(genes)})")
+        role = gene_spec(name).role
+        if role in _UNSCHEDULABLE_ROLES:
+            raise item.fail(f"gene '{name}' cannot have a schedule ({_why_unschedulable(role)})")
+        kind, item = _kind_node(item, ("kind", "horizon", "start", "power", "offset"))
+        item.child("kind").choice(GENE_SCHEDULE_KINDS)
+        own = {"linear_warmup": ("horizon", "offset"), "halflife_warmup": ("horizon", "start"),
+               "power": ("power", "offset")}[kind]
+        for key in ("horizon", "start", "power", "offset"):
+            if item.has(key) and key not in own:
+                raise item.child(key).fail(f"schedule '{kind}' takes no '{key}' (it takes: {', '.join(own)})")
+            if key in own and key != "offset" and not item.has(key):
+                raise item.fail(f"schedule '{kind}' needs '{key}'")
+        is_rate = gene_spec(name).scale == "beta"
+        if kind == "halflife_warmup" and not is_rate:
+            raise item.fail(f"schedule 'halflife_warmup' is for a rate (beta1..beta3), not '{name}'")
+        power = item.child("power").number() if kind == "power" else None
+        offset = item.child("offset").whole(minimum=0) if item.has("offset") else 0
+        if power is not None:
+            if power == 0:
+                raise item.child("power").fail("power 0 leaves the gene constant (drop the schedule)")
+            if power > 0 and is_rate:
+                raise item.child("power").fail(f"a power schedule on a rate needs a negative power "
+                                               f"(β_t = 1 − (1 − β)·t^p stays in [β, 1)), got {power!r}")
+            if power < 0 and offset > 0:
+                raise item.child("offset").fail(f"a negative power needs offset 0 (t − {offset} is 0 at step {offset})")
+        out[name] = GeneSchedule(
+            kind=kind,
+            horizon=item.child("horizon").whole(minimum=1) if kind != "power" else None,
+            start=item.child("start").gene_ref(genes, "rate") if kind == "halflife_warmup" else None,
+            power=power,
+            offset=offset,
+        )
+    return dict(sorted(out.items()))
+
+
+def _needs_v2_key(node: _Node, version: int) -> None:
+    if version < 2:
+        raise node.fail(f"'{node.path}' needs schema_version 2 (this file says {version})")
+
+
+def _why_unschedulable(role: str) -> str:
+    return {"lr": "the learning rate's is the 'schedule' key", "weight": "term weights are renamed and merged "
+            "in canonical form; weight the term with a named gene such as alpha"}[role]
+
+
+def _parse_locus(node: _Node, genes: dict[str, float], locus: Locus, version: int = SCHEMA_VERSION) -> Any:
     """A locus value from its YAML node, validated against its registry row."""
     if node.is_none():
         return locus.default
@@ -397,6 +567,9 @@ def _parse_locus(node: _Node, genes: dict[str, float], locus: Locus) -> Any:
     if locus.tag:
         node.child(locus.tag).choice(locus.kinds)
     variant = locus.variant(kind)
+    if variant.since_schema > version:
+        raise node.child(locus.tag).fail(f"{locus.key} '{kind}' needs schema_version {variant.since_schema} "
+                                         f"(this file says {version})")
     own = {f.name for f in variant.fields}
     for key in allowed:
         if key != locus.tag and node.has(key) and key not in own:
@@ -422,14 +595,14 @@ def _field_order(locus: Locus):
     return order.index
 
 
-TOP_LEVEL_KEYS = ("schema_version", "name", "description", "genes", "terms", *LOCI, "fallback")
+TOP_LEVEL_KEYS = ("schema_version", "name", "description", "genes", "terms", *LOCI, "fallback", "gene_schedules")
 # The loci a fallback may have: not the lr schedule, Eve's feedback and global-norm clipping (the genome's own
 # serve every tensor: fallback_genome hands them on), not orthogonalize (it takes the tensors that are not matrices).
 FALLBACK_LOCI = tuple(key for key in LOCI if key not in ("schedule", "loss_feedback", "orthogonalize"))
 FALLBACK_SINCE_SCHEMA = 2
 
 
-def _parse_fallback(node: _Node, genes: dict[str, float]) -> Fallback | None:
+def _parse_fallback(node: _Node, genes: dict[str, float], version: int) -> Fallback | None:
     if node.value is None:
         return None
     for key, why in (("orthogonalize", "it takes the tensors that are not matrices"),
@@ -439,13 +612,13 @@ def _parse_fallback(node: _Node, genes: dict[str, float]) -> Fallback | None:
         if node.has(key):
             raise node.child(key).fail(f"a fallback takes no '{key}' ({why})")
     node.mapping(("lr_ratio", "terms", *FALLBACK_LOCI), required=("terms",))
-    terms = _parse_terms(node.child("terms"), genes)
+    terms = _parse_terms(node.child("terms"), genes, version)
     for i, term in enumerate(terms):
         if term.weight is not None:
             raise node.child("terms").child(i).child("weight").fail("a fallback term takes no weight")
     loci = {}
     for key in FALLBACK_LOCI:
-        value = _parse_locus(node.child(key), genes, LOCI[key])
+        value = _parse_locus(node.child(key), genes, LOCI[key], version)
         if LOCI[key].present(value):
             loci[key] = value
     if "clip" in loci and loci["clip"].mode == "global_norm":
@@ -490,23 +663,34 @@ def parse_genome(data: Any, source: str = "genome", allow_unused_genes: bool = F
             f"{', '.join(map(str, READABLE_VERSIONS))})"
         )
     genes = _parse_genes(root.child("genes"))
-    terms = _parse_terms(root.child("terms"), genes)
+    terms = _parse_terms(root.child("terms"), genes, version)
     loci = {}
     for key, locus in LOCI.items():
         if root.has(key) and locus.since_schema > version:
             raise root.child(key).fail(f"'{key}' needs schema_version {locus.since_schema} (this file says {version})")
-        value = _parse_locus(root.child(key), genes, locus)
+        value = _parse_locus(root.child(key), genes, locus, version)
         if locus.present(value):
             loci[key] = value
     if root.has("fallback") and version < FALLBACK_SINCE_SCHEMA:
         raise root.child("fallback").fail(f"'fallback' needs schema_version {FALLBACK_SINCE_SCHEMA} "
                                           f"(this file says {version})")
-    fallback = _parse_fallback(root.child("fallback"), genes)
+    fallback = _parse_fallback(root.child("fallback"), genes, version)
     if fallback is not None and "clip" in fallback.loci and "clip" in loci and loci["clip"].mode == "global_norm":
         raise root.child("fallback").child("clip").fail(
             "the genome clips by the global norm, which clips the fallback's gradients too: leave this clip out")
     genome = Genome(genes=genes, terms=terms, loci=loci, name=root.child("name").text(),
                     description=root.child("description").text(), fallback=fallback)
+    schedules = _parse_gene_schedules(root.child("gene_schedules"), genes, version)
+    if schedules:
+        used, outside = referenced_genes(genome), outside_step_genes(genome)
+        for name in schedules:
+            if name not in used:
+                raise root.child("gene_schedules").child(name).fail(f"gene '{name}' is not used by any part of the rule")
+            if name in outside:
+                raise root.child("gene_schedules").child(name).fail(
+                    f"gene '{name}' cannot have a schedule (the lr schedule, a global_norm clip or loss feedback "
+                    "reads it once per step outside the terms)")
+        genome = replace(genome, gene_schedules=schedules)
     unused = sorted(set(genes) - referenced_genes(genome))
     if unused and not allow_unused_genes:
         raise root.child("genes").fail(
@@ -528,9 +712,12 @@ def referenced_genes(genome: Genome) -> set[str]:
             if term.momentum is not None:
                 refs += [term.momentum.beta, term.momentum.mix, term.momentum.decay]
             if term.precondition is not None:
-                refs += [term.precondition.eps, term.precondition.beta, term.precondition.signal.beta]
+                pre = term.precondition
+                refs += [pre.eps, pre.beta, pre.signal.beta, pre.a, pre.b, pre.clip]
         for key, value in loci.items():
             refs += locus_genes(LOCI[key], value)
+    for schedule in genome.gene_schedules.values():
+        refs += schedule.genes
     return {name for name in refs if name is not None}
 
 
@@ -550,6 +737,8 @@ def to_dict(genome: Genome) -> dict[str, Any]:
         out[key] = locus_to_data(LOCI[key], value)
     if genome.fallback is not None:
         out["fallback"] = fallback_to_dict(genome.fallback)
+    if genome.gene_schedules:
+        out["gene_schedules"] = {name: _compact(s) for name, s in genome.gene_schedules.items()}
     return out
 
 
@@ -563,8 +752,20 @@ def fallback_to_dict(fb: Fallback) -> dict[str, Any]:
 
 def schema_version_of(genome: Genome) -> int:
     """The lowest schema version that expresses ``genome`` (so v1 rules keep their files and hashes)."""
-    loci = [*genome.loci, *(genome.fallback.loci if genome.fallback else ())]
-    return max([1, *(LOCI[key].since_schema for key in loci), *([FALLBACK_SINCE_SCHEMA] if genome.fallback else [])])
+    terms = [*genome.terms, *(genome.fallback.terms if genome.fallback else ())]
+    v2_terms = any(_term_is_v2(t) for t in terms) or bool(genome.gene_schedules)
+    every_loci = [*genome.loci.items(), *(genome.fallback.loci.items() if genome.fallback else ())]
+    loci = [max(LOCI[key].since_schema, LOCI[key].variant(LOCI[key].kind_of(value)).since_schema)
+            for key, value in every_loci]
+    return max([1, 2 if v2_terms else 1, *loci, *([FALLBACK_SINCE_SCHEMA] if genome.fallback else [])])
+
+
+def _term_is_v2(term: Term) -> bool:
+    pre = term.precondition
+    if term.weight is not None and gene_spec(term.weight).role == "coefficient":  # AdEMAMix's α
+        return True
+    return term.order != "momentum_first" or (pre is not None and (
+        pre.eps_mode in ("clamp", "atan2") or pre.stale or pre.clip is not None))
 
 
 def locus_to_data(locus: Locus, value: Any) -> Any:
@@ -579,7 +780,7 @@ def _compact(obj: Any) -> dict[str, Any]:
     for f in fields(obj):
         value = getattr(obj, f.name)
         default = f.default if f.default_factory is MISSING else f.default_factory()
-        if value == default and f.name not in ("kind", "mode"):
+        if (value == default and f.name not in ("kind", "mode")) or value is None:
             continue
         if isinstance(value, Signal):
             value = _kind_or_mapping(value)
@@ -603,4 +804,6 @@ def term_to_dict(term: Term) -> dict[str, Any]:
         out["precondition"] = _compact(term.precondition)
     if term.sign:
         out["sign"] = True
+    if term.order != "momentum_first":
+        out["order"] = term.order
     return out

@@ -14,9 +14,25 @@ def signal_name(signal: Signal) -> str:
     return f"{signal.kind}({signal.beta})" if signal.beta else signal.kind
 
 
+def normalized_name(term: Term) -> str:
+    """What a normalize-first term's momentum averages: its signal divided as its precondition says."""
+    pre = term.precondition
+    mode = f"atan2({pre.a},{pre.b})" if pre.eps_mode == "atan2" else f"{pre.eps_mode}({pre.eps})"
+    extras = ["bc" if pre.bias_correction else "", "rectify" if pre.rectify else "",
+              f"clip({pre.clip})" if pre.clip else ""]
+    return ",".join([signal_name(term.signal), precondition_slots(term)[-1], mode, *(e for e in extras if e)])
+
+
+def _averaged(term: Term) -> str:
+    """What the term's momentum averages: its signal, or the normalized signal (normalize_first)."""
+    if term.order == "normalize_first":
+        return f"normalized({normalized_name(term)})"
+    return signal_name(term.signal)
+
+
 def momentum_slot(term: Term) -> str:
     mom = term.momentum
-    name = f"momentum.{signal_name(term.signal)}.{mom.beta}"
+    name = f"momentum.{_averaged(term)}.{mom.beta}"
     if mom.kind == "interp":  # Lion reads m_{t-1} before updating: a buffer of its own
         return f"lion_{name}.{mom.mix}"
     if mom.kind == "nadam":  # the NAdam readout depends on its own μ product
@@ -25,7 +41,7 @@ def momentum_slot(term: Term) -> str:
 
 
 def nadam_slot(term: Term) -> str:
-    return f"nadam_mu_product.{signal_name(term.signal)}.{term.momentum.beta}.{term.momentum.decay}"
+    return f"nadam_mu_product.{_averaged(term)}.{term.momentum.beta}.{term.momentum.decay}"
 
 
 def precondition_slots(term: Term) -> list[str]:
@@ -34,12 +50,13 @@ def precondition_slots(term: Term) -> list[str]:
     signal = signal_name(pre.signal)
     if pre.signal.kind == "residual":
         signal = f"residual({momentum_slot(term)})"
+    stale = ".stale" if pre.stale else ""  # advanced after use, from v_0 = x_1²: not shareable with a fresh one
     if pre.kind == "sum":
-        return [f"sum_of_squares.{signal}"]
+        return [f"sum_of_squares.{signal}{stale}"]
     if pre.kind == "belief":
-        return [f"belief.{signal}.{pre.beta}.{pre.eps}"]
-    base = f"second_moment.{signal}.{pre.beta}"
-    return [base, f"second_moment_max.{signal}.{pre.beta}"] if pre.kind == "max" else [base]
+        return [f"belief.{signal}.{pre.beta}.{pre.eps}{stale}"]
+    base = f"second_moment.{signal}.{pre.beta}{stale}"
+    return [base, f"second_moment_max.{signal}.{pre.beta}{stale}"] if pre.kind == "max" else [base]
 
 
 PARAM_SHAPED = "param_shaped"  # a buffer shaped like its parameter, starting at 0

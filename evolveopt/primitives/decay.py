@@ -2,6 +2,7 @@
 
     l2            g ← g + λθ                       (torch.optim Adam/SGD ``weight_decay``)
     decoupled     θ ← θ(1 − η_t λ) before the step  (AdamW, Loshchilov & Hutter 2019)
+    decoupled_after θ ← θ(1 − η_t λ) after the step  (pytorch-optimizer's LaProp)
     proximal      θ ← (θ − η_t u)/(1 + η_t λ)       (Adan, Xie et al. 2022, Algorithm 1)
     in_direction  u ← u + λθ before layer-wise scaling (LAMB paper: decay inside the trust ratio)
 """
@@ -38,6 +39,10 @@ def l2_stage(wd, flow, ctx) -> None:
 
 
 def decoupled_stage(wd, flow, ctx) -> None:
+    decoupled_(flow.params, ctx.genes[wd.rate], ctx.lr)
+
+
+def decoupled_after_stage(wd, flow, ctx) -> None:
     decoupled_(flow.params, ctx.genes[wd.rate], ctx.lr)
 
 

@@ -8,8 +8,13 @@ A term's numerator y is divided by a denominator built from a statistic v of a s
     belief  v ← βv + (1−β)x² + ε                     AdaBelief (Zhuang et al. 2020): ε enters the state
 
 and eps placed as ``outside`` y/(d·√(v/bc) + ε), ``raw`` y·√bc/(d·√v + ε) (torch RAdam,
-rectified AdaBelief) or ``inside`` y/(d·√(v/bc + ε)), with bc = 1 − β^t when bias-corrected and
-d Eve's loss-feedback factor (1 without it).
+rectified AdaBelief), ``inside`` y/(d·√(v/bc + ε)) or ``clamp`` y/max(d·√(v/bc), ε) (ADOPT,
+Taniguchi et al. 2024), with bc = 1 − β^t when bias-corrected and d Eve's loss-feedback factor
+(1 without it); or with no ε as ``atan2``: a·atan2(y, b·d·√(v/bc)) (Adam-atan2, Everett et al. 2024,
+"Scaling Exponents Across Parameterizations and Optimizers", arXiv 2407.05872).
+
+A *stale* statistic (ADOPT) is read before it advances: the division uses v_{t−1}, v_0 = x_1²
+(the first update runs with β = 0), and the term gives 0 at t = 1.
 """
 
 from __future__ import annotations
@@ -40,6 +45,14 @@ def denominator(stat: TensorList, eps: Scalar, eps_mode: str, bias: Scalar, feed
 
     ``bias`` is bc = 1 − β^t (1.0 without bias correction).
     """
+    if eps_mode == "clamp":
+        den = list(torch._foreach_sqrt(stat))
+        if not tl.is_one(bias):
+            tl.divide_(den, tl.sqrt(bias))
+        if feedback is not None:
+            tl.scale_(den, feedback)
+        clamp_min_(den, eps)
+        return den, 1.0
     if eps_mode == "inside":
         den = tl.scaled(stat, 1.0 / bias) if not tl.is_one(bias) else tl.clone(stat)
         tl.add_scalar_(den, eps)
@@ -57,6 +70,50 @@ def denominator(stat: TensorList, eps: Scalar, eps_mode: str, bias: Scalar, feed
         tl.scale_(den, feedback)
     tl.add_scalar_(den, eps)
     return den, coef
+
+
+def clamp_min_(xs: TensorList, low: Scalar) -> None:
+    """x ← max(x, low) in place (``low`` a float, or a tensor that broadcasts per member)."""
+    if tl.is_float(low):
+        torch._foreach_clamp_min_(xs, float(low))
+    else:
+        torch._foreach_maximum_(xs, tl.factor_args(low, xs))
+
+
+def clip_(xs: TensorList, c: Scalar) -> None:
+    """x ← clamp(x, −c, c) elementwise in place (ADOPT's clip of the normalized gradient)."""
+    if tl.is_float(c):
+        torch._foreach_clamp_min_(xs, -float(c))
+        torch._foreach_clamp_max_(xs, float(c))
+    else:
+        bounds = tl.factor_args(c, xs)
+        torch._foreach_maximum_(xs, [-b for b in bounds])
+        torch._foreach_minimum_(xs, bounds)
+
+
+def atan2_normalized(y: TensorList, stat: TensorList, b: Scalar, bias: Scalar, feedback: Scalar | None
+                     ) -> TensorList:
+    """atan2(y, b·d·√(v/bc)) as new tensors (the caller scales by a)."""
+    den = list(torch._foreach_sqrt(stat))
+    scale = tl.mul(b, 1.0 / tl.sqrt(bias)) if not tl.is_one(bias) else b
+    if feedback is not None:
+        scale = tl.mul(scale, feedback)
+    tl.scale_(den, scale)
+    return [torch.atan2(a, d) for a, d in zip(y, den)]
+
+
+def stale_beta(beta: Scalar | None, t: Step) -> Scalar | None:
+    """β of a stale statistic's update: 0 at t = 1 (so v_0 = x_1²), else β."""
+    if beta is None:
+        return None
+    if tl.is_float(t):
+        return 0.0 if t <= 1 else beta
+    return (t > 1).to(t.dtype) * beta
+
+
+def after_first_step(t: Step) -> Scalar:
+    """1 from t = 2 on, 0 at t = 1 (a tensor for a tensor t: no host sync)."""
+    return float(t > 1) if tl.is_float(t) else (t > 1).to(t.dtype)
 
 
 def rectification(beta: Scalar, t: Step) -> tuple[Scalar, Scalar]:

@@ -25,8 +25,9 @@ from evolveopt.errors import GenomeError
 from evolveopt.genome.canonical import canonical_form
 from evolveopt.genome.genes import WEIGHT_GENE, gene_spec
 from evolveopt.genome.registry import LOCI
-from evolveopt.genome.schema import EPS_MODES, Genome, to_dict
-from evolveopt.search.space import SearchSpace, _random_term, draw_gene, random_genome, structure_genes, with_fallback
+from evolveopt.genome.schema import EPS_MODES, SCHEMA_VERSION, Genome, to_dict
+from evolveopt.search.space import (SearchSpace, _random_term, draw_gene, draw_gene_schedule, prune_gene_schedules,
+                                    random_genome, structure_genes, with_fallback)
 
 Change = tuple[Genome, dict[str, Any]]
 
@@ -172,7 +173,59 @@ def _change_eps_mode(rng, data, space):
     if not options:
         return None
     pre["eps_mode"] = options[int(rng.integers(len(options)))]
+    if pre["eps_mode"] == "atan2":  # no ε; the atan2 scales instead
+        pre.pop("eps", None)
+        pre.update(a="a", b="b")
+    elif "eps" not in pre:
+        pre.pop("a", None)
+        pre.pop("b", None)
+        pre["eps"] = "eps"
     return {"term": k, "eps_mode": pre["eps_mode"]}
+
+
+def _toggle_stale(rng, data, space):
+    k = _term_index(rng, data)
+    pre = data["terms"][k].get("precondition")
+    if not pre:
+        return None
+    pre["stale"] = not pre.get("stale", False)
+    if pre["stale"]:
+        pre.pop("rectify", None)
+        if "bias_correction" in pre:
+            pre["bias_correction"] = False
+    return {"term": k, "stale": pre["stale"]}
+
+
+def _toggle_order(rng, data, space):
+    k = _term_index(rng, data)
+    term = data["terms"][k]
+    if "momentum" not in term or "precondition" not in term:
+        return None
+    term["order"] = "momentum_first" if term.get("order") == "normalize_first" else "normalize_first"
+    return {"term": k, "order": term["order"]}
+
+
+def _toggle_normalized_clip(rng, data, space):
+    k = _term_index(rng, data)
+    pre = data["terms"][k].get("precondition")
+    if not pre:
+        return None
+    if pre.pop("clip", None) is None:
+        pre["clip"] = "clip"
+    return {"term": k, "clip": "clip" in pre}
+
+
+def _change_gene_schedule(rng, data, space):
+    """Redraw the genome's gene schedules: one fresh schedule, or none."""
+    before = data.get("gene_schedules")
+    after = draw_gene_schedule(rng, data, space)
+    if after == before or (not before and not after):
+        return None
+    if after:
+        data["gene_schedules"] = after
+    else:
+        data.pop("gene_schedules", None)
+    return {"to": _describe(next(iter(after.values()))) if after else "none"}
 
 
 def _flip_weight(rng, data, space):
@@ -227,10 +280,22 @@ LOCUS_MOVES: dict[str, tuple[str, Callable]] = {
 }
 
 
+# Moves over schema-2 term options, each offered only where the space draws its option (so the moves a
+# v1 space offers, and a seeded v1 search, stay as they were).
+V2_MOVES: dict[str, tuple[Callable[[SearchSpace], bool], Callable]] = {
+    "toggle_stale": (lambda space: space.stale_probability > 0, _toggle_stale),
+    "toggle_order": (lambda space: space.normalize_first_probability > 0, _toggle_order),
+    "toggle_normalized_clip": (lambda space: space.normalized_clip_probability > 0, _toggle_normalized_clip),
+    "change_gene_schedule": (lambda space: space.gene_schedules != ("none",), _change_gene_schedule),
+}
+
+
 def structural_moves(space: SearchSpace) -> dict[str, Callable]:
-    """Every structural mutation the space allows: term moves, then a redraw of each locus in play."""
+    """Every structural mutation the space allows: term moves, then a redraw of each locus in play,
+    then the schema-2 term moves the space draws."""
     loci = {name: move for key, (name, move) in LOCUS_MOVES.items() if space.in_play(LOCI[key])}
-    return {**TERM_MOVES, **loci}
+    v2 = {name: move for name, (allowed, move) in V2_MOVES.items() if allowed(space)}
+    return {**TERM_MOVES, **loci, **v2}
 
 
 def mutate_structure(rng: np.random.Generator, genome: Genome, space: SearchSpace, tries: int = 20) -> Change:
@@ -256,8 +321,11 @@ def mutate_structure(rng: np.random.Generator, genome: Genome, space: SearchSpac
 
 def _with_genes_for(rng: np.random.Generator, data: dict[str, Any], space: SearchSpace,
                     known: dict[str, float]) -> Genome:
-    """Keep known gene values, draw the ones the new structure adds, drop the rest."""
+    """Keep known gene values, draw the ones the new structure adds, drop the rest (and the schedules
+    of genes the structure no longer uses)."""
     data = with_fallback(data)
+    data["schema_version"] = SCHEMA_VERSION  # a move may add a schema-2 option to a v1 parent
+    prune_gene_schedules(data)
     genes = {n: known[n] if n in known else draw_gene(rng, n, space) for n in structure_genes(data)}
     data = {**data, "genes": genes}
     return _finish(data)
@@ -302,6 +370,11 @@ def crossover(rng: np.random.Generator, a: Genome, b: Genome, space: SearchSpace
                 if locus == "orthogonalize" and "fallback" in parent:  # the fallback comes with the matrix rule
                     child["fallback"] = copy.deepcopy(parent["fallback"])
             loci[locus] = side
+        if "gene_schedules" in da or "gene_schedules" in db:  # from one parent (no draw for v1 parents)
+            parent = da if rng.random() < 0.5 else db
+            if "gene_schedules" in parent:
+                child["gene_schedules"] = copy.deepcopy(parent["gene_schedules"])
+                prune_gene_schedules(child)
         first, second = (da, db) if rng.random() < 0.5 else (db, da)
         for name in structure_genes(child):
             if name not in genes:

@@ -19,7 +19,8 @@ import numpy as np
 from evolveopt.genome.genes import GENES, gene_spec
 from evolveopt.genome.canonical import canonical_form
 from evolveopt.genome.registry import LOCI, Locus
-from evolveopt.genome.schema import EPS_MODES, SCHEMA_VERSION, Genome, parse_genome, referenced_genes
+from evolveopt.genome.schema import (EPS_MODES, GENE_SCHEDULE_KINDS, SCHEMA_VERSION, Genome, outside_step_genes,
+                                     parse_genome, referenced_genes)
 from evolveopt.genome.slots import buffers_per_param
 
 RATES = ("beta1", "beta2", "beta3")
@@ -44,6 +45,12 @@ class SearchSpace(_LociChoices):
     eps_modes: tuple[str, ...] = ("outside", "raw", "inside")
     rectify_probability: float = 0.1
     sign_probability: float = 0.2
+    # Schema-2 term options: off by default, so seeded v1 searches draw what they drew (eps_modes may
+    # also list clamp and atan2). Each is drawn only where its probability is above 0.
+    stale_probability: float = 0.0  # a precondition divides by v_{t−1} (ADOPT)
+    normalize_first_probability: float = 0.0  # a term with momentum and precondition normalizes first
+    normalized_clip_probability: float = 0.0  # clamp(normalized, −c, c) on a precondition
+    gene_schedules: tuple[str, ...] = ("none",)  # kinds a drawn genome may vary one gene with ("none" = no schedule)
     # ...and the loci fields above (layerwise, friction, weight_decay, schedules, clip, adaptor_probability,
     # loss_feedback_probability, cautious, ...). Loss feedback needs the loss every step: off by default.
     gene_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)  # overrides of search ranges
@@ -92,6 +99,10 @@ def allowed_choices(name: str) -> set[str]:
     for locus in LOCI.values():
         if locus.space_key == name:
             return {"none", *locus.kinds} - ({"none"} if locus.key == "schedule" else set())
+    if name == "eps_modes":
+        return set(EPS_MODES)
+    if name == "gene_schedules":
+        return {"none", *GENE_SCHEDULE_KINDS}
     return set(getattr(SearchSpace(), name))
 
 
@@ -140,11 +151,60 @@ def _random_term(rng: np.random.Generator, space: SearchSpace, index: int) -> di
                 pre["rectify"] = True
         if precondition == "belief" and "momentum" in term:
             pre["signal"] = "residual"
-        pre["eps_mode"] = _pick(rng, space.eps_modes)
+        modes = space.eps_modes if precondition != "belief" else tuple(m for m in space.eps_modes if m != "atan2")
+        pre["eps_mode"] = _pick(rng, modes or ("outside",))
+        if pre["eps_mode"] == "atan2":
+            del pre["eps"]
+            pre.update(a="a", b="b")
+        _draw_v2_precondition(rng, space, term, pre)
         term["precondition"] = pre
     if rng.random() < space.sign_probability:
         term["sign"] = True
     return term
+
+
+def _draw_v2_precondition(rng: np.random.Generator, space: SearchSpace, term: dict[str, Any], pre: dict[str, Any]) -> None:
+    """The schema-2 options of a drawn precondition; no draw from ``rng`` for an option at probability 0."""
+    if space.stale_probability > 0 and rng.random() < space.stale_probability:
+        pre["stale"] = True
+        if "bias_correction" in pre:
+            pre["bias_correction"] = False
+        pre.pop("rectify", None)
+    if space.normalized_clip_probability > 0 and rng.random() < space.normalized_clip_probability:
+        pre["clip"] = "clip"
+    if (space.normalize_first_probability > 0 and "momentum" in term and pre.get("signal") != "residual"
+            and rng.random() < space.normalize_first_probability):
+        term["order"] = "normalize_first"
+
+
+HORIZONS = (100, 300, 1000)  # steps of a drawn warmup schedule
+# Genes a drawn schedule may vary, by kind (schema.py refuses lr, term weights and the lr schedule's genes).
+SCHEDULED = {"linear_warmup": ("alpha", "beta1", "weight_decay", "clip"), "halflife_warmup": ("beta3", "beta2"),
+             "power": ("clip", "beta2")}
+
+
+def draw_gene_schedule(rng: np.random.Generator, data: dict[str, Any], space: SearchSpace) -> dict[str, Any] | None:
+    """One gene schedule for a drawn structure (None: the space allows none, or no gene fits the kind)."""
+    kind = _pick(rng, space.gene_schedules)
+    if kind == "none":
+        return None
+    probe = _probe({k: v for k, v in data.items() if k != "gene_schedules"})
+    used = referenced_genes(probe) - outside_step_genes(probe)
+    genes = [g for g in SCHEDULED[kind] if g in used]
+    if kind == "halflife_warmup":
+        genes = [g for g in genes if "beta1" in used and g != "beta1"]
+    if not genes:
+        return None
+    gene = genes[int(rng.integers(len(genes)))]
+    if kind == "power":
+        schedule: dict[str, Any] = {"kind": kind, "power": -0.8 if gene.startswith("beta") else 0.25}
+        if not gene.startswith("beta"):
+            schedule["offset"] = 1
+    else:
+        schedule = {"kind": kind, "horizon": HORIZONS[int(rng.integers(len(HORIZONS)))]}
+        if kind == "halflife_warmup":
+            schedule["start"] = "beta1"
+    return {gene: schedule}
 
 
 def random_genome(rng: np.random.Generator, space: SearchSpace = SearchSpace(), tries: int = 1000) -> Genome:
@@ -165,6 +225,10 @@ def _draw_genome(rng: np.random.Generator, space: SearchSpace) -> Genome:
             value = draw_locus(rng, locus, space)
             if value is not None:
                 data[locus.key] = value
+    if space.gene_schedules != ("none",):
+        schedules = draw_gene_schedule(rng, data, space)
+        if schedules:
+            data["gene_schedules"] = schedules
     return with_drawn_genes(rng, with_fallback(data), space)
 
 
@@ -218,9 +282,28 @@ def with_drawn_genes(rng: np.random.Generator, data: dict[str, Any], space: Sear
 
 def structure_genes(data: dict[str, Any]) -> list[str]:
     """Gene names a genome dict's structure refers to, ``lr`` first, then sorted."""
+    return ["lr"] + sorted(referenced_genes(_probe(data)) - {"lr"})
+
+
+def _probe(data: dict[str, Any]) -> Genome:
+    """The structure of a genome dict, parsed with a placeholder value for every gene."""
     every = {name: _placeholder(name) for name in [*GENES, *(f"w{i}" for i in range(1, 10))]}
-    probe = parse_genome({**data, "genes": every}, source="structure", allow_unused_genes=True)
-    return ["lr"] + sorted(referenced_genes(probe) - {"lr"})
+    return parse_genome({**data, "genes": every}, source="structure", allow_unused_genes=True)
+
+
+def prune_gene_schedules(data: dict[str, Any]) -> None:
+    """Drop (in place) the gene schedules of genes the rest of the structure no longer uses (after a
+    mutation or crossover removed the part that read them)."""
+    if not data.get("gene_schedules"):
+        data.pop("gene_schedules", None)
+        return
+    probe = _probe({k: v for k, v in data.items() if k != "gene_schedules"})
+    used = referenced_genes(probe) - outside_step_genes(probe)
+    kept = {g: s for g, s in data["gene_schedules"].items() if g in used}
+    if kept:
+        data["gene_schedules"] = kept
+    else:
+        del data["gene_schedules"]
 
 
 def _placeholder(name: str) -> float:

@@ -22,6 +22,7 @@ from evolveopt.genome import canonical_form, genome_hash, to_dict
 from evolveopt.genome.genes import GENES, gene_spec, round_gene
 from evolveopt.genome.registry import LOCI
 from evolveopt.search.space import with_fallback
+from evolveopt.genome.schema import outside_step_genes
 from evolveopt.genome.schema import (EPS_MODES, MOMENTUM_KINDS, PRECONDITION_KINDS, SCHEMA_VERSION, SIGNALS,
                                      TERM_SIGNALS, parse_genome)
 
@@ -89,7 +90,7 @@ def on_grid(name: str) -> list[float]:
 @st.composite
 def locus_values(draw, locus):
     """Any value of a registry locus: a variant, then each of its fields (a gene of a fitting role,
-    an option, a flag; optional fields sometimes left out)."""
+    an option, an integer, a flag; optional fields sometimes left out)."""
     variant = draw(st.sampled_from(locus.variants))
     if locus.value_type is None:
         return variant.kind
@@ -101,6 +102,8 @@ def locus_values(draw, locus):
             value[f.name] = draw(st.sampled_from([g for g in KNOWN_GENES if gene_spec(g).role in f.roles]))
         elif f.options:
             value[f.name] = draw(st.sampled_from(f.options))
+        elif f.integer:
+            value[f.name] = draw(st.integers(f.minimum or 0, (f.minimum or 0) + 5))
         else:
             value[f.name] = draw(st.booleans())
     return value
@@ -143,14 +146,17 @@ def genome_dicts(draw):
     with_fallback(data)  # an orthogonalizing rule sends the bias to a fallback, as drawn genomes do
     if draw(st.booleans()):  # AdEMAMix's α: a coefficient as a term weight, so a schedule can vary it
         data["terms"][-1] = {**data["terms"][-1], "weight": "alpha"}
-    outside = {"warmup", "gamma", "feedback_low", "feedback_high"}
-    outside |= {"clip"} if data.get("clip", {}).get("mode") == "global_norm" else set()
-    outside |= {"beta3"} if "loss_feedback" in data else set()
-    schedules = draw(gene_schedules(_names(data), outside))
-    if schedules:
-        data["gene_schedules"] = schedules
     used = {"lr"} | _names(data)
     data["genes"] = {name: draw(st.sampled_from(on_grid(name))) for name in sorted(used)}
+    try:  # the genes the optimizer reads outside the step (the library's own rule) cannot be scheduled
+        outside = outside_step_genes(parse_genome(data, source="drawn"))
+    except GenomeError:
+        return data  # not a rule (e.g. every weight 0): the test says so
+    schedules = draw(gene_schedules(used, outside))
+    if schedules:
+        data["gene_schedules"] = schedules
+        for name in sorted(_names(schedules) - used):  # a schedule's own genes (a half-life's start)
+            data["genes"][name] = draw(st.sampled_from(on_grid(name)))
     return data
 
 

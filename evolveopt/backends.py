@@ -83,7 +83,7 @@ class RayBackend:
             try:
                 if address:
                     ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
-                             runtime_env=_runtime_env())
+                             runtime_env=workers_runtime_env(config))
                 else:
                     os.environ["RAY_AUTH_MODE"] = "token"  # a local cluster is this run's alone: never unauthenticated
                     ray._raylet.Config.initialize("")  # re-read the mode, as Ray's own default-on path does
@@ -91,7 +91,7 @@ class RayBackend:
                     # (plain ray.init() would join that cluster, or fail on it if it is gone)
                     ray.init(address="local", num_cpus=config.num_cpus, include_dashboard=False,
                              log_to_driver=False, logging_level=logging.WARNING, object_store_memory=config.object_store_mb * 1024 * 1024,
-                             runtime_env=_runtime_env())
+                             runtime_env=workers_runtime_env(config))
             except Exception as exc:  # Ray raises many types; all mean "no cluster"
                 raise BackendError(f"could not {'join Ray at ' + address if address else 'start a local Ray cluster'}: "
                                    f"{str(exc).splitlines()[0]}") from None
@@ -254,9 +254,13 @@ class UnitActor:
         return execute_unit(unit, self.device, self.threads)
 
 
-def _runtime_env() -> dict[str, Any]:
-    """Workers' environment: no usage stats, and the OpenMP settings the user set for this process."""
-    return {"env_vars": {"RAY_USAGE_STATS_ENABLED": "0", **openmp_env()}}
+def workers_runtime_env(config: BackendConfig) -> dict[str, Any]:
+    """Workers' Ray ``runtime_env``: the config's ``backend.runtime_env`` (``working_dir``, ``py_modules``,
+    ``pip``, ...: what ships code to nodes that lack it), with ``env_vars`` of no usage stats and the
+    OpenMP settings the user set for this process, under the config's own ``env_vars``."""
+    env = dict(config.runtime_env)
+    env["env_vars"] = {"RAY_USAGE_STATS_ENABLED": "0", **openmp_env(), **dict(env.get("env_vars") or {})}
+    return env
 
 
 def check_device(device: str) -> None:

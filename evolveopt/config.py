@@ -46,6 +46,7 @@ class BackendConfig:
     max_retries: int = 3  # retries of a unit whose worker died
     object_store_mb: int = 128
     threads: int | None = None  # CPU threads per unit; None: the CPUs free to it (evolveopt/evaluation/threads.py)
+    runtime_env: dict[str, Any] = field(default_factory=dict)  # Ray's runtime_env for the workers (working_dir, ...)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,18 @@ from pathlib import Path
 PORT = 6379
 TOKEN = "0123456789abcdef" * 4  # the head's token (Ray wants at least 32 characters)
 
+SHIPPED_TASK = """from torch import nn
+
+from evolveopt.tasks.datasets import sklearn_classification
+from evolveopt.tasks.module import ModuleTask
+
+
+def make(hidden=8):
+    x, y, _, _ = sklearn_classification("digits")
+    return ModuleTask("shipped_mlp", lambda seed: nn.Sequential(nn.Linear(64, hidden), nn.Tanh(), nn.Linear(hidden, 10)),
+                      (x, y), nn.functional.cross_entropy, batch_size=32, version="1")
+"""
+
 
 def main(work: Path, result_path: Path) -> None:
     home, ray_tmp = work / "home", work / "rt"
@@ -67,6 +79,15 @@ def main(work: Path, result_path: Path) -> None:
         evolve("no_gpu", token_env, "--address", address, "--set", "backend.gpus_per_actor=1")
         evolve("joined", token_env, "--address", address)
         evolve("own_cluster", {}, "--backend", "ray")  # the head's session file is there: not joined, not in the way
+        # a task module only the driver has (the head's workers were started without it on their path)
+        shipped = work / "shipped"
+        shipped.mkdir()
+        (shipped / "eo_shipped_tasks.py").write_text(SHIPPED_TASK)
+        driver = {**token_env, "PYTHONPATH": os.pathsep.join(filter(None, [str(shipped), base.get("PYTHONPATH")]))}
+        task = "fitness.tasks=[{name: 'eo_shipped_tasks:make', hidden: 8}]"
+        evolve("not_shipped", driver, "--address", address, "--set", task, "backend.max_retries=0")
+        evolve("shipped", driver, "--address", address, "--set", task, "backend.max_retries=0",
+               f"backend.runtime_env={{working_dir: '{shipped}'}}")
         results["head_after"] = _head_answers(address, {**base, **token_env})
     result_path.write_text(json.dumps(results, indent=1))
 

@@ -222,3 +222,15 @@ def test_a_ray_run_without_address_starts_its_own_cluster_beside_a_ray_start_one
     assert (backend["kind"], backend["address"]) == ("ray", None)
     assert separate_head["head_after"]  # the other cluster still runs: not stopped, not taken over
     assert own["hall_of_fame"] == separate_head["joined"]["hall_of_fame"]  # same results on either cluster
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_code_the_nodes_lack_ships_with_backend_runtime_env(separate_head):
+    """A task module only the driver has: the workers fail to import it, unless backend.runtime_env's
+    working_dir ships it (the way evolveopt itself can reach nodes that do not have it installed)."""
+    lacking = separate_head["not_shipped"]
+    assert lacking["rc"] == 2 and "No module named 'eo_shipped_tasks'" in lacking["err"], lacking["err"][-3000:]
+    shipped = separate_head["shipped"]
+    assert shipped["rc"] == 0, shipped["err"][-3000:]
+    assert "working_dir" in yaml.safe_load(shipped["config"])["backend"]["runtime_env"]

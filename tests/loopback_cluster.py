@@ -44,10 +44,7 @@ def main(work: Path, result_path: Path) -> None:
     base.update(HOME=str(home), RAY_TMPDIR=str(ray_tmp), RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
     token_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file)}
     ray = str(Path(sys.executable).with_name("ray"))
-    head = subprocess.run([ray, "start", "--head", f"--port={PORT}", "--num-cpus=1", "--num-gpus=0",
-                           "--include-dashboard=false", "--disable-usage-stats"],
-                          env={**base, **token_env}, capture_output=True, text=True, timeout=120)
-    results: dict[str, object] = {"head": {"rc": head.returncode, "err": head.stderr[-2000:]}}
+    results: dict[str, object] = {}
     config = work / "tiny.yaml"
     config.write_text(json.dumps({
         "name": "tiny", "seed": 3,
@@ -69,6 +66,13 @@ def main(work: Path, result_path: Path) -> None:
                          "hall_of_fame": (out / "hall_of_fame.json").read_text()
                          if (out / "hall_of_fame.json").is_file() else None}
 
+    (ray_tmp / "ray").mkdir()
+    (ray_tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:1")  # what a crashed `ray start` leaves
+    evolve("stale_session", {}, "--backend", "ray")
+    head = subprocess.run([ray, "start", "--head", f"--port={PORT}", "--num-cpus=1", "--num-gpus=0",
+                           "--include-dashboard=false", "--disable-usage-stats"],
+                          env={**base, **token_env}, capture_output=True, text=True, timeout=120)
+    results["head"] = {"rc": head.returncode, "err": head.stderr[-2000:]}
     if head.returncode == 0:
         session_file = ray_tmp / "ray" / "ray_current_cluster"
         results["session_file"] = session_file.read_text().strip() if session_file.is_file() else None

@@ -102,6 +102,9 @@ def test_an_unreachable_address_is_one_line_exit_2_and_leaves_no_run_folder(tmp_
     assert main(["resume", str(empty_run), "--address", f"127.0.0.1:{port}"]) == 2
     assert "Connection refused" in one_line_error(capsys)
     assert folder_bytes(empty_run) == before  # no lock left, nothing repaired or set aside
+    bench = tmp_path / "bench"
+    assert main(["benchmark", "adam", "--task", "nqm", "--out", str(bench), "--address", f"127.0.0.1:{port}"]) == 2
+    assert "Connection refused" in one_line_error(capsys) and not bench.exists()
     assert main(["evolve", str(tiny), "--out", str(run), "--address", "head-without-port"]) == 2
     assert "Ray address head-without-port (--address / backend.address): expected HOST:PORT" in one_line_error(capsys)
 
@@ -209,6 +212,14 @@ def test_a_run_joins_a_token_cluster_by_address(separate_head):
     backend = yaml.safe_load(joined["config"])["backend"]
     assert (backend["kind"], backend["address"]) == ("ray", "127.0.0.1:6379")
     assert "checkpoint.json" in joined["files"]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_stale_session_file_does_not_stop_a_ray_run_without_address(separate_head):
+    stale = separate_head["stale_session"]  # ray_current_cluster names a head that is gone
+    assert stale["rc"] == 0, stale["err"][-3000:]
+    assert "checkpoint.json" in stale["files"]
 
 
 @pytest.mark.ray

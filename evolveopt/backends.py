@@ -90,7 +90,8 @@ class RayBackend:
                     # "local": a new cluster of this run's own, even where `ray start` left a session file
                     # (plain ray.init() would join that cluster, or fail on it if it is gone)
                     ray.init(address="local", num_cpus=config.num_cpus, include_dashboard=False,
-                             log_to_driver=False, logging_level=logging.WARNING, object_store_memory=config.object_store_mb * 1024 * 1024,
+                             log_to_driver=False, logging_level=logging.WARNING,
+                             object_store_memory=config.object_store_mb * 1024 * 1024,
                              runtime_env=workers_runtime_env(config))
             except Exception as exc:  # Ray raises many types; all mean "no cluster"
                 raise BackendError(f"could not {'join Ray at ' + address if address else 'start a local Ray cluster'}: "

@@ -29,8 +29,8 @@ from evolveopt.tasks.module import ModuleTask
 
 def make(hidden=8):
     x, y, _, _ = sklearn_classification("digits")
-    return ModuleTask("shipped_mlp", lambda seed: nn.Sequential(nn.Linear(64, hidden), nn.Tanh(), nn.Linear(hidden, 10)),
-                      (x, y), nn.functional.cross_entropy, batch_size=32, version="1")
+    model = lambda seed: nn.Sequential(nn.Linear(64, hidden), nn.Tanh(), nn.Linear(hidden, 10))  # noqa: E731
+    return ModuleTask("shipped_mlp", model, (x, y), nn.functional.cross_entropy, batch_size=32, version="1")
 """
 
 
@@ -78,7 +78,8 @@ def main(work: Path, result_path: Path) -> None:
         results["session_file"] = session_file.read_text().strip() if session_file.is_file() else None
         evolve("no_auth_mode", {"RAY_AUTH_TOKEN_PATH": str(token_file)}, "--address", address)
         evolve("wrong_token", {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "f" * 64}, "--address", address)
-        evolve("no_token", {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(work / "missing")}, "--address", address)
+        evolve("no_token", {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(work / "missing")},
+               "--address", address)
         evolve("too_many_threads", token_env, "--address", address, "--set", "backend.threads=2")
         evolve("no_gpu", token_env, "--address", address, "--set", "backend.gpus_per_actor=1")
         evolve("joined", token_env, "--address", address)

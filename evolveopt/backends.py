@@ -10,16 +10,25 @@ Ray: CPU units are Ray tasks (one CPU each, or ``backend.threads``, and as many 
 of a GPU (``gpus_per_actor``), restarted when they die. A unit whose worker dies, that raises,
 or that outlives ``unit_timeout`` (then cancelled) is retried up to ``max_retries`` times; after
 that the error stops the run (an exception as itself, with the worker's traceback). Only
-numerical divergence is a result, so a failure never reaches a cache. GPUs a run asks for are
-checked up front (none on this machine for a local cluster; fewer than one actor's share on a
-joined cluster after ``GPU_WAIT_S``) instead of actors waiting for ever. A local
-cluster starts with the dashboard off and a small object store; Ray's own servers listen on the
-machine's interfaces behind Ray's token authentication, which evolveopt turns on explicitly
-(``RAY_AUTH_MODE=token``, whatever the environment says) for every local cluster it starts. The default backend (in-process) listens on nothing.
+numerical divergence is a result, so a failure never reaches a cache. GPUs (or, for CPU units,
+the CPUs of one unit) a run asks for are checked up front (no GPU on this machine for a local
+cluster; no node with one actor's share, or one unit's CPUs, on a joined cluster after
+``GPU_WAIT_S``) instead of tasks and actors waiting for ever.
+
+Which cluster: ``backend.address`` (``--address``), else ``RAY_ADDRESS``, is joined, after
+:func:`evolveopt.ray_join.check_join` found a head answering there with this driver's token;
+without either, a new local cluster of the run's own starts (``ray.init(address="local")``), even
+where ``ray start`` left a cluster or a stale session file: evolveopt never joins a cluster
+nobody named, and never stops one it did not start. A local cluster starts with the dashboard off
+and a small object store; Ray's own servers listen on the machine's interfaces behind Ray's token
+authentication, which evolveopt turns on explicitly (``RAY_AUTH_MODE=token``, whatever the
+environment says) for every local cluster it starts. The default backend (in-process) listens
+on nothing.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Any, Sequence
@@ -29,9 +38,10 @@ from evolveopt.errors import EvolveOptError
 from evolveopt.evaluation.evaluator import OnDone, UnitResult, WorkUnit, execute_unit, run_here
 from evolveopt.evaluation.threads import openmp_env
 from evolveopt.extras import optional
+from evolveopt.ray_join import check_join
 
 
-GPU_WAIT_S = 10.0  # how long a joined cluster may take to show the GPUs a run asks for
+GPU_WAIT_S = 10.0  # how long a joined cluster may take to show the GPUs (or CPUs) a run asks for
 
 
 class BackendError(EvolveOptError, RuntimeError):
@@ -64,22 +74,41 @@ class RayBackend:
 
         self.ray, self.config, self.device = ray, config, device
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        address = config.address or os.environ.get("RAY_ADDRESS")
+        address, source = ray_address(config)
+        self.address = address
         self._started_here = not ray.is_initialized()
         if self._started_here:
+            if address:
+                check_join(address, source)  # nothing answers, or a token is missing or refused: one line, fast
             try:
                 if address:
-                    ray.init(address=address, log_to_driver=False, runtime_env=_runtime_env())
+                    ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
+                             runtime_env=workers_runtime_env(config))
                 else:
                     os.environ["RAY_AUTH_MODE"] = "token"  # a local cluster is this run's alone: never unauthenticated
                     ray._raylet.Config.initialize("")  # re-read the mode, as Ray's own default-on path does
-                    ray.init(num_cpus=config.num_cpus, include_dashboard=False, log_to_driver=False,
-                             object_store_memory=config.object_store_mb * 1024 * 1024, runtime_env=_runtime_env())
+                    # "local": a new cluster of this run's own, even where `ray start` left a session file
+                    # (plain ray.init() would join that cluster, or fail on it if it is gone)
+                    ray.init(address="local", num_cpus=config.num_cpus, include_dashboard=False,
+                             log_to_driver=False, logging_level=logging.WARNING,
+                             object_store_memory=config.object_store_mb * 1024 * 1024,
+                             runtime_env=workers_runtime_env(config))
             except Exception as exc:  # Ray raises many types; all mean "no cluster"
                 raise BackendError(f"could not {'join Ray at ' + address if address else 'start a local Ray cluster'}: "
                                    f"{str(exc).splitlines()[0]}") from None
         self.use_gpus = config.gpus_per_actor > 0
-        resources = self._wait_for_gpus() if self.use_gpus else ray.cluster_resources()
+        try:
+            if self.use_gpus:
+                self._wait_for("GPU", config.gpus_per_actor, "backend.gpus_per_actor",
+                               "join a cluster with GPUs or set backend.gpus_per_actor=0")
+            else:
+                self._wait_for("CPU", self._cpus_per_task, "backend.threads" if config.threads else "a CPU unit",
+                               "lower backend.threads or add nodes with more CPUs (`ray start --num-cpus N`)"
+                               if config.threads else "add nodes with CPUs (`ray start --num-cpus N`)")
+        except BaseException:
+            self.close()
+            raise
+        resources = ray.cluster_resources()
         if self.use_gpus:
             self.workers = max(1, int(resources.get("GPU", 0) / config.gpus_per_actor))
             self._actor_class = ray.remote(num_gpus=config.gpus_per_actor, max_restarts=config.max_retries,
@@ -95,22 +124,26 @@ class RayBackend:
         """CPUs Ray reserves for a unit: ``backend.threads`` if set, else 1 (and one thread)."""
         return self.config.threads or 1
 
-    def _wait_for_gpus(self) -> dict[str, float]:
-        """The cluster's resources once it offers ``gpus_per_actor`` GPUs; a clear error after
-        ``GPU_WAIT_S`` seconds (an actor asking for a GPU that never comes would wait for ever)."""
-        timeout = GPU_WAIT_S
-        deadline = time.monotonic() + timeout
-        while True:
-            resources = self.ray.cluster_resources()
-            if resources.get("GPU", 0) >= self.config.gpus_per_actor or time.monotonic() >= deadline:
-                break
+    def _largest_node(self, resource: str) -> float:
+        """The most of ``resource`` one live node offers (a task or actor runs on one node)."""
+        return max((node.get("Resources", {}).get(resource, 0.0) for node in self.ray.nodes() if node.get("Alive")),
+                   default=0.0)
+
+    def _wait_for(self, resource: str, amount: float, what: str, advice: str) -> None:
+        """Return once some node offers ``amount`` of ``resource`` (nodes may still be joining); a one-line
+        :class:`BackendError` after ``GPU_WAIT_S`` s otherwise, since a task or actor asking for what no
+        node has waits for ever."""
+        deadline = time.monotonic() + GPU_WAIT_S
+        while (largest := self._largest_node(resource)) < amount and time.monotonic() < deadline:
             time.sleep(0.5)
-        if resources.get("GPU", 0) < self.config.gpus_per_actor:
-            self.close()
-            raise BackendError(f"backend.gpus_per_actor={self.config.gpus_per_actor:g}: the Ray cluster offers "
-                               f"{resources.get('GPU', 0):g} GPU(s) (CPUs: {resources.get('CPU', 0):g}) after "
-                               f"{timeout:g} s; join a cluster with GPUs or set backend.gpus_per_actor=0")
-        return resources
+        if largest >= amount:
+            return
+        resources = self.ray.cluster_resources()
+        where = f" at {self.address}" if self.address else ""
+        setting = f"{what}={amount:g}" if what.startswith("backend.") else f"{what} needs {amount:g} {resource}"
+        raise BackendError(f"{setting}: the Ray cluster{where} offers {largest:g} {resource}(s) on its largest "
+                           f"node (in all: {resources.get('GPU', 0):g} GPU, {resources.get('CPU', 0):g} CPU) after "
+                           f"{GPU_WAIT_S:g} s; {advice}")
 
     def map_units(self, units: Sequence[WorkUnit], on_done: OnDone | None = None) -> list[UnitResult]:
         """Results in the order of ``units``; ``on_done(index)`` as each one comes in (``ray.wait``).
@@ -222,9 +255,13 @@ class UnitActor:
         return execute_unit(unit, self.device, self.threads)
 
 
-def _runtime_env() -> dict[str, Any]:
-    """Workers' environment: no usage stats, and the OpenMP settings the user set for this process."""
-    return {"env_vars": {"RAY_USAGE_STATS_ENABLED": "0", **openmp_env()}}
+def workers_runtime_env(config: BackendConfig) -> dict[str, Any]:
+    """Workers' Ray ``runtime_env``: the config's ``backend.runtime_env`` (``working_dir``, ``py_modules``,
+    ``pip``, ...: what ships code to nodes that lack it), with ``env_vars`` of no usage stats and the
+    OpenMP settings the user set for this process, under the config's own ``env_vars``."""
+    env = dict(config.runtime_env)
+    env["env_vars"] = {"RAY_USAGE_STATS_ENABLED": "0", **openmp_env(), **dict(env.get("env_vars") or {})}
+    return env
 
 
 def check_device(device: str) -> None:
@@ -244,11 +281,22 @@ def check_device(device: str) -> None:
         raise BackendError(f"device '{device}': only {torch.cuda.device_count()} CUDA device(s) here")
 
 
+def ray_address(config: BackendConfig) -> tuple[str | None, str]:
+    """The cluster a Ray backend joins and where that was said: ``backend.address`` (the config or
+    ``--address``), else ``RAY_ADDRESS``; ``(None, ...)``: a new local cluster of its own."""
+    if config.address:
+        return config.address, "--address / backend.address"
+    env = os.environ.get("RAY_ADDRESS", "")
+    if env and env != "local":
+        return env, "RAY_ADDRESS"
+    return None, "a local cluster"
+
+
 def check_resources(config: RunConfig) -> None:
     """What a run needs from this machine, checked before its directory is created. Units on a
     Ray cluster given by address run elsewhere: the cluster is checked when it is joined."""
     backend = config.backend
-    if backend.kind == "ray" and (backend.address or os.environ.get("RAY_ADDRESS")):
+    if backend.kind == "ray" and ray_address(backend)[0]:
         return
     check_device(config.device)
     if backend.kind == "ray" and backend.gpus_per_actor > 0:

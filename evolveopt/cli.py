@@ -258,7 +258,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from evolveopt.backends import check_device, make_backend
     from evolveopt.benchmark.protocol import BenchmarkSettings, run_benchmark
     from evolveopt.benchmark.summary import REFERENCE, build_report, write_report
-    from evolveopt.config import BackendConfig
+    from evolveopt.config import BackendConfig, backend_flags
     from evolveopt.genome import load_genome
     from evolveopt.finished_runs import resolve_genome
     from evolveopt.run_directory import default_folder, output_folder
@@ -275,9 +275,11 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     tasks = [parse_task_arg(t) for t in args.task] if args.task else suites[args.suite]
     settings = BenchmarkSettings(tasks=tuple(tasks), budget=args.budget, trials=args.trials, seeds=args.seeds,
                                  tuning_seeds=args.tuning_seeds, device=args.device)
+    backend_flags(args.backend, args.address)  # --address alone means ray; with --backend local it is refused
+    kind = "ray" if args.address else (args.backend or "local")
     out = Path(args.out) if args.out else default_folder("benchmark")
     with output_folder(out, "the benchmark folder"):  # made before any training; removed again if that fails
-        backend = make_backend(BackendConfig(kind=args.backend, address=args.address), args.device)
+        backend = make_backend(BackendConfig(kind=kind, address=args.address or None), args.device)
         print(f"benchmarking {', '.join(genomes)} on {len(tasks)} task(s): {args.trials} tuning trials each, "
               f"then {args.seeds} fresh seeds", file=sys.stderr)
         try:
@@ -367,8 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     benchmark.add_argument("--tuning-seeds", type=at_least(1), default=1)
     benchmark.add_argument("--budget", type=at_least(1), default=500, help="training steps per run")
     benchmark.add_argument("--out", help="output folder (default: runs/benchmark-TIMESTAMP)")
-    benchmark.add_argument("--backend", choices=["local", "ray"], default="local")
-    benchmark.add_argument("--address", help="Ray cluster to join")
+    benchmark.add_argument("--backend", choices=["local", "ray"], help="where evaluations run (default: local; "
+                           "ray: a new local Ray cluster, or RAY_ADDRESS's)")
+    benchmark.add_argument("--address", metavar="HOST:PORT", help="a Ray cluster's head to join (means --backend ray)")
     benchmark.add_argument("--device", default="cpu")
     benchmark.set_defaults(command_function=cmd_benchmark)
 
@@ -404,16 +407,17 @@ def build_parser() -> argparse.ArgumentParser:
     evolve = sub.add_parser("evolve", help="run an evolution from a config (experiments/*.yaml)")
     evolve.add_argument("config")
     evolve.add_argument("--out", help="run directory (default: runs/NAME-TIMESTAMP)")
-    evolve.add_argument("--backend", choices=["local", "ray"], help="where evaluations run")
-    evolve.add_argument("--address", help="Ray cluster to join (else RAY_ADDRESS, else a local cluster)")
+    evolve.add_argument("--backend", choices=["local", "ray"], help="where evaluations run (default: the config's; "
+                        "ray without an address: RAY_ADDRESS's cluster, else a new local one)")
+    evolve.add_argument("--address", metavar="HOST:PORT", help="a Ray cluster's head to join (means --backend ray)")
     evolve.add_argument("--seed", type=at_least(0))
     evolve.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys, e.g. search.population=8")
     evolve.set_defaults(command_function=cmd_evolve)
 
     resume = sub.add_parser("resume", help="continue a run from its last checkpoint")
     resume.add_argument("run_dir", metavar="RUN")
-    resume.add_argument("--backend", choices=["local", "ray"])
-    resume.add_argument("--address")
+    resume.add_argument("--backend", choices=["local", "ray"], help="where evaluations run (default: as the run did)")
+    resume.add_argument("--address", metavar="HOST:PORT", help="a Ray cluster's head to join (means --backend ray)")
     resume.add_argument("--restart", action="store_true",
                         help="start the run over from generation 0 in the same folder; its old records (logs, "
                              "population, hall of fame, checkpoints, report) are moved to RUN/replaced-TIMESTAMP/")

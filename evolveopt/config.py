@@ -8,6 +8,7 @@ overrides apply to the raw mapping before validation, so they are checked the sa
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -38,13 +39,14 @@ class FitnessConfig:
 @dataclass(frozen=True)
 class BackendConfig:
     kind: str = "local"  # local | ray
-    address: str | None = None  # Ray cluster to join; None starts a local one (or uses RAY_ADDRESS)
+    address: str | None = None  # Ray cluster to join (implies kind ray); None: RAY_ADDRESS, else a new local one
     num_cpus: int | None = None  # CPUs of a local Ray cluster (default: all)
     gpus_per_actor: float = 0.0  # > 0: long-lived GPU actors with this share of a GPU each
     unit_timeout: float = 1800.0  # seconds before a unit of work is abandoned
     max_retries: int = 3  # retries of a unit whose worker died
     object_store_mb: int = 128
     threads: int | None = None  # CPU threads per unit; None: the CPUs free to it (evolveopt/evaluation/threads.py)
+    runtime_env: dict[str, Any] = field(default_factory=dict)  # Ray's runtime_env for the workers (working_dir, ...)
 
 
 @dataclass(frozen=True)
@@ -94,9 +96,17 @@ RULES: dict[str, Any] = {
 
 
 def parse_config(data: Any, source: str = "config") -> RunConfig:
-    """Validate a mapping into a :class:`RunConfig`."""
+    """Validate a mapping into a :class:`RunConfig`. A ``backend.address`` means the Ray backend:
+    ``kind`` left out becomes ``ray``; ``kind: local`` next to an address is an error."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a run config must be a mapping, got {type(data).__name__}")
+    backend = data.get("backend")
+    if isinstance(backend, dict) and backend.get("address"):
+        if "kind" not in backend:
+            data = {**data, "backend": {**backend, "kind": "ray"}}
+        elif backend["kind"] == "local":
+            raise ConfigError(f"{source}: backend.address: {backend['address']!r} is a Ray cluster to join, but "
+                              "backend.kind is local (in-process); set backend.kind: ray or drop backend.address")
     config = _build(RunConfig, data, "", source)
     _check_cross_fields(config, source)
     return config
@@ -136,6 +146,19 @@ def apply_override(data: Any, item: str, source: str) -> dict[str, Any]:
             raise ConfigError(f"--set {key}: '{part}' is not a section")
     node[parts[-1]] = value
     return data
+
+
+def backend_flags(backend: str | None, address: str | None) -> list[str]:
+    """``--backend`` and ``--address`` as config overrides. ``--address`` alone means the Ray backend;
+    ``--backend local`` drops a config's address (it runs in this process); both together are refused."""
+    if address and backend == "local":
+        raise ConfigError(f"--address {address} joins a Ray cluster, --backend local runs in this process: "
+                          "give one of them (--address alone means --backend ray)")
+    if address:
+        return ["backend.kind=ray", f"backend.address={json.dumps(address)}"]  # quoted: YAML reads [::1]:6379 as a list
+    if backend == "local":
+        return ["backend.kind=local", "backend.address=null"]
+    return [f"backend.kind={backend}"] if backend else []
 
 
 def to_plain(config: Any) -> Any:

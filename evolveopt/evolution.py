@@ -30,12 +30,12 @@ from typing import Any
 import numpy as np
 import yaml
 
-from evolveopt.backends import check_resources, make_backend
-from evolveopt.config import RunConfig, load_config, parse_config, to_plain
+from evolveopt.backends import LocalBackend, RayBackend, check_resources, make_backend
+from evolveopt.config import RunConfig, backend_flags, load_config, parse_config, to_plain
 from evolveopt.evaluation.cache import ResultCache
 from evolveopt.evaluation.scorer import FitnessScorer, FitnessSettings
 from evolveopt.evaluation.threads import OPENMP_ENV, THREADS_ENV, affinity
-from evolveopt.finished_runs import verify_run
+from evolveopt.finished_runs import RunCheck, verify_run
 from evolveopt.progress import Progress
 from evolveopt.run_directory import RunDir, RunDirError, default_folder, lineage_record
 from evolveopt.search.algorithm import GeneticSearch, hall_of_fame, statistics, structures
@@ -56,10 +56,11 @@ class RunSummary:
 class Evolution:
     """Runs generations of one run directory, from scratch or from its checkpoint."""
 
-    def __init__(self, config: RunConfig, rundir: RunDir, progress: Progress | None = None):
+    def __init__(self, config: RunConfig, rundir: RunDir, progress: Progress | None = None,
+                 backend: LocalBackend | RayBackend | None = None):
         self.config, self.rundir = config, rundir
         self.progress = progress
-        self.backend = make_backend(config.backend, config.device)
+        self.backend = backend or make_backend(config.backend, config.device)
         fit = config.fitness
         settings = FitnessSettings(tasks=list(fit.tasks), budget=fit.budget, seeds=list(fit.seeds), eta=fit.eta,
                                    rungs=fit.rungs, max_members=fit.max_members, device=config.device,
@@ -180,12 +181,19 @@ class Evolution:
 
 def start_run(config: RunConfig, out: str | Path, argv: list[str] | None = None,
               progress: bool | None = None) -> RunSummary:
-    """Create ``out`` and run the config there."""
+    """Create ``out`` and run the config there. The backend comes first: a cluster that cannot be
+    joined or started stops the run before ``out`` exists, so the same ``--out`` works next time."""
     check_resources(config)
     rundir = RunDir(out)
-    config_yaml = yaml.safe_dump(to_plain(config), sort_keys=False)
-    rundir.create(config_yaml, manifest(config, argv))
-    return _execute(config, rundir, progress)
+    rundir.check_new()
+    backend = make_backend(config.backend, config.device)
+    try:
+        config_yaml = yaml.safe_dump(to_plain(config), sort_keys=False)
+        rundir.create(config_yaml, manifest(config, argv))
+    except BaseException:
+        backend.close()
+        raise
+    return _execute(config, rundir, progress, backend=backend)
 
 
 def resume_run(path: str | Path, progress: bool | None = None, backend: str | None = None,
@@ -194,29 +202,41 @@ def resume_run(path: str | Path, progress: bool | None = None, backend: str | No
     ``restart``: start over from generation 0 in the same folder, the old records moved to ``replaced-*/``."""
     rundir = RunDir(path)
     config = rundir.read_config()
-    if backend or address:
-        config = replace(config, backend=replace(config.backend, kind=backend or config.backend.kind,
-                                                 address=address or config.backend.address))
+    flags = backend_flags(backend, address)  # --address alone: ray; with --backend local: refused
+    if flags:
+        kind = "ray" if address else backend
+        config = replace(config, backend=replace(config.backend, kind=kind, address=(
+            address or (None if kind == "local" else config.backend.address))))
     check_resources(config)
     return _execute(config, rundir, progress, resume=not restart, restart=restart)
 
 
 def _execute(config: RunConfig, rundir: RunDir, progress: bool | None, resume: bool = False,
-             restart: bool = False) -> RunSummary:
-    rundir.lock()  # atomic: a second process resuming the same run stops here
+             restart: bool = False, backend: LocalBackend | RayBackend | None = None) -> RunSummary:
+    """Run ``rundir`` under its lock. A resumed run is checked (read only) before its backend starts,
+    and changed (repairs, ``--restart``'s set-aside) only once the backend is up."""
     try:
+        rundir.lock()  # atomic: a second process resuming the same run stops here
+    except BaseException:
+        if backend is not None:
+            backend.close()
+        raise
+    try:
+        check = _trusted_run(rundir, config.search.generations) if resume else None
+        backend = backend or make_backend(config.backend, config.device)
         checkpoint, warnings = None, []
         if restart:
             backup = rundir.set_aside()
             warnings.append(f"starting {rundir.path} over from generation 0; its old records are in {backup}")
-        if resume:
-            checkpoint, warnings = _verified_checkpoint(rundir, config.search.generations)
+        if check is not None:
+            warnings = [f"warning: {line}" for line in check.repair()]
+            checkpoint = check.checkpoint
         done = checkpoint["generation"] + 1 if checkpoint else 0
         display = Progress(config.search.generations, done, label=config.name, live=progress)
         for warning in warnings:
             display.message(warning)
         try:
-            evolution = Evolution(config, rundir, display)
+            evolution = Evolution(config, rundir, display, backend)
             if checkpoint:
                 rundir.truncate_logs(checkpoint["files"])
                 evolution.restore(checkpoint)
@@ -226,17 +246,19 @@ def _execute(config: RunConfig, rundir: RunDir, progress: bool | None, resume: b
         finally:
             display.close()
     finally:
+        if backend is not None:
+            backend.close()  # a no-op once the run closed it
         rundir.unlock()
 
 
-def _verified_checkpoint(rundir: RunDir, total: int) -> tuple[dict[str, Any] | None, list[str]]:
-    """The checkpoint to continue from, once ``verify_run`` found the run trustworthy and repaired what it
-    could; a warning line per repair. What cannot be repaired is an error, one line per problem, and the
-    run is left untouched."""
+def _trusted_run(rundir: RunDir, total: int) -> RunCheck:
+    """``verify_run``'s check of a run to continue, its repairs not yet made (``check.repair()``, then
+    ``check.checkpoint``). What cannot be repaired is an error, one line per problem, and the run is
+    left untouched."""
     check = verify_run(rundir.path, total)
     if not check.trusted:
         raise RunDirError("\n".join(p.text for p in check.problems if p.repair is None))
-    return check.checkpoint, [f"warning: {line}" for line in check.repair()]
+    return check
 
 
 def manifest(config: RunConfig, argv: list[str] | None) -> dict[str, Any]:
@@ -301,11 +323,7 @@ def run_config_file(path: str | Path, out: str | Path | None = None, overrides: 
                     backend: str | None = None, address: str | None = None, seed: int | None = None,
                     progress: bool | None = None) -> RunSummary:
     """``evolveopt evolve``: load, override, validate, run."""
-    extra = list(overrides)
-    if backend:
-        extra.append(f"backend.kind={backend}")
-    if address:
-        extra.append(f"backend.address={address}")
+    extra = list(overrides) + backend_flags(backend, address)
     if seed is not None:
         extra.append(f"seed={seed}")
     config = load_config(path, extra)

@@ -180,9 +180,13 @@ class RunDir:
     def file(self, name: str) -> Path:
         return self.path / name
 
-    def create(self, config_yaml: str, manifest: dict[str, Any]) -> None:
+    def check_new(self) -> None:
+        """Refuse a folder that already holds a run (before anything is started for a new one)."""
         if self.file("checkpoint.json").exists() or self.file("config.yaml").exists():
             raise RunDirError(f"{self.path}: already holds a run (use 'evolveopt resume {self.path}' or another --out)")
+
+    def create(self, config_yaml: str, manifest: dict[str, Any]) -> None:
+        self.check_new()
         with output_folder(self.path, "the run folder"):
             (self.path / "population").mkdir(exist_ok=True)
             atomic_write(self.file("config.yaml"), config_yaml)

@@ -389,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     try_.add_argument("--steps", type=at_least(1), default=300)
     try_.add_argument("--seed", type=at_least(0), default=0)
     try_.add_argument("--against", nargs="*", default=["adam"], help="genomes to compare with (default: adam)")
-    try_.add_argument("--set", nargs="*", default=[], metavar="GENE=VALUE", help="override genes of GENOME")
+    try_.add_argument("--set", nargs="*", action="extend", default=[], metavar="GENE=VALUE", help="override genes of GENOME")
     try_.set_defaults(command_function=cmd_try)
 
     ev = sub.add_parser("eval", help="fitness of genomes against tuned Adam on proxy tasks")
@@ -411,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "ray without an address: RAY_ADDRESS's cluster, else a new local one)")
     evolve.add_argument("--address", metavar="HOST:PORT", help="a Ray cluster's head to join (means --backend ray)")
     evolve.add_argument("--seed", type=at_least(0))
-    evolve.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys, e.g. search.population=8")
+    evolve.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE", help="override config keys, e.g. search.population=8")
     evolve.set_defaults(command_function=cmd_evolve)
 
     resume = sub.add_parser("resume", help="continue a run from its last checkpoint")

@@ -138,3 +138,28 @@ def test_the_registry_row_declares_the_move_stage_and_its_state():
     assert variant.stage == "move" and LOCI["averaging"].since_schema == 2
     assert evolveopt.genome.slots.buffers_per_param(evolveopt.load_genome("schedulefree_adamw")) == 2
     assert evolveopt.genome.slots.buffers_per_param(evolveopt.load_genome("schedulefree_sgd")) == 1
+
+
+def test_an_averaging_matrix_rule_without_matrices_evaluates_at_its_fallbacks_point():
+    """Found by a frontier search: an orthogonalizing, averaging genome on a task whose tensors are all
+    vectors routes every one to its fallback; eval() has nothing to average and must not fail."""
+    import torch
+
+    from evolveopt.compile.population import PopulationOptimizer, stack_genes
+    from evolveopt.genome.schema import parse_genome
+    from evolveopt.search.space import DRAWN_FALLBACK, with_drawn_genes
+
+    import numpy as np
+
+    data = {**evolveopt.genome.to_dict(evolveopt.load_genome("schedulefree_adamw")),
+            "orthogonalize": "newton_schulz", "fallback": DRAWN_FALLBACK}
+    genome = with_drawn_genes(np.random.default_rng(0), data, evolveopt.search.space.SearchSpace(),
+                              known=data["genes"])
+    params = [torch.randn(3, 5), torch.randn(3, 2)]
+    population = PopulationOptimizer(genome, params, stack_genes([genome] * 3, dtype=torch.float32))
+    before = [p.clone() for p in params]
+    population.step([torch.randn_like(p) for p in params])
+    population.eval()
+    population.train()
+    assert all(not torch.equal(a, b) for a, b in zip(before, params))
+    assert parse_genome(evolveopt.genome.to_dict(genome)) == genome

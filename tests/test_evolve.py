@@ -604,3 +604,14 @@ def test_results_a_run_cached_equal_the_same_genomes_trained_afresh_in_other_uni
     assert len(genomes) >= 3 and warm.stats.cache_misses == 0 and cold.stats.cache_hits == 0
     assert [f.fitness for f in from_cache] == [f.fitness for f in afresh] == [ind["fitness"][1] for ind in individuals]
     assert [f.to_json() for f in from_cache] == [f.to_json() for f in afresh]
+
+
+def test_every_repeated_set_flag_applies(tmp_path):
+    """``--set a=1 --set b=2`` overrides both keys (argparse's default kept only the last flag)."""
+    from evolveopt.cli import build_parser
+
+    args = build_parser().parse_args(["evolve", "c.yaml", "--set", "search.population=6",
+                                      "--set", "search.generations=1", "fitness.budget=9"])
+    assert args.set == ["search.population=6", "search.generations=1", "fitness.budget=9"]
+    args = build_parser().parse_args(["try", "adam", "--set", "lr=0.01", "--set", "beta1=0.8"])
+    assert args.set == ["lr=0.01", "beta1=0.8"]

@@ -111,7 +111,8 @@ class PopulationOptimizer:
             return
         self._train_point = [p.detach().clone() for p in self.params]
         averaged = [self.params[i] for i in self.members_of[0]]  # the genome's own rule (not its fallback)
-        averaging.to_eval_point_(averaged, self.states[0]["averaging.z"], self.genes[avg.beta])
+        if averaged:  # (an averaging matrix rule may get no tensor: every one of fewer than 2 dims)
+            averaging.to_eval_point_(averaged, self.states[0]["averaging.z"], self.genes[avg.beta])
         self.train_mode = False
 
     @torch.no_grad()

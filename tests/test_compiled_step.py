@@ -176,7 +176,10 @@ def test_compiled_step_trains_as_eager_and_compiles_twice(name, fresh_dynamo):
     make = lambda p: evolveopt.build_optimizer(genome, p, total_steps=HORIZON)  # noqa: E731
     expected, _ = run(make, genome)
     actual, _ = run(make, genome, compile_step=compile_without_recompiling)
-    assert_same_training(actual, expected)
+    # Newton–Schulz in bfloat16: inductor fuses its products in another order than eager, and each
+    # product rounds to 8 bits (measured 4.9e-5 after the run); the rule is otherwise the eager one.
+    bf16 = genome.orthogonalize is not None and genome.orthogonalize.dtype == "bfloat16"
+    assert_same_training(actual, expected, rtol=1e-3 if bf16 else 1e-6)
     assert fresh_dynamo["stats"]["unique_graphs"] <= 2 and not fresh_dynamo["graph_break"]
 
 

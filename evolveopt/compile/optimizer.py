@@ -29,7 +29,8 @@ from evolveopt.errors import GenomeError, OptimizerUsageError
 from evolveopt.genome.genes import range_problem
 from evolveopt.genome.io import load_genome
 from evolveopt.genome.schema import SCHEMA_VERSION, Genome
-from evolveopt.genome.slots import PARAM_SHAPED
+from evolveopt.genome.registry import shared_genes
+from evolveopt.genome.slots import PARAM_SIZED
 from evolveopt.compile.rule import Rule, StepContext
 from evolveopt.primitives import feedback as eve
 from evolveopt.primitives import gradient, tensorlist
@@ -177,10 +178,32 @@ class RuleOptimizer(torch.optim.Optimizer):
         norm = None
         if self.rule.clips_global_norm:
             norm = tensorlist.global_norm([g for *_, grads, _ in groups for g in grads], member_dims=0)
+        if self.rule.on_global:
+            self._check_shared(groups)
+        work = []  # (params, grads, state, context) of every chunk: one step of the rule
         for index, group, genes, params, grads, positions in groups:
             if params:
-                self._step_group(index, group, genes, params, grads, positions, loss, norm)
+                work += self._step_group(index, group, genes, params, grads, positions, loss, norm)
+        stores = {key: self.state.setdefault(key, {}) for key, *_ in self.rule.on_global}
+        self.rule.step_all(work, stores)
         return loss
+
+    def _check_shared(self, groups: list[tuple]) -> None:
+        """A global stage (Prodigy's estimate) is one for every group: its genes, lr and the schedule's
+        genes must be equal in every group; a group of lr 0 is frozen and takes no part."""
+        first = None
+        for index, group, genes, *_ in groups:
+            if genes["lr"] == 0.0:
+                continue
+            if first is None:
+                first = (index, genes)
+                continue
+            for name in shared_genes(self.genome.loci):
+                if genes[name] != first[1][name]:
+                    raise OptimizerUsageError(
+                        f"{self.genome.label}: param_groups[{index}].{name} = {genes[name]:g} differs from "
+                        f"param_groups[{first[0]}].{name} = {first[1][name]:g}: its step-size estimate is one "
+                        "for all param groups, so they share lr and the estimator's genes (lr 0 freezes a group)")
 
     def _collect(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor], list[int]]:
         """(parameters with a gradient, their gradients as real tensors, their indices in the group)."""
@@ -199,7 +222,8 @@ class RuleOptimizer(torch.optim.Optimizer):
         return params, grads, positions
 
     def _step_group(self, index: int, group: dict[str, Any], genes: dict[str, float], params: list[Tensor],
-                    grads: list[Tensor], positions: list[int], loss: Any, norm: Tensor | None) -> None:
+                    grads: list[Tensor], positions: list[int], loss: Any, norm: Tensor | None) -> list[tuple]:
+        """The group's chunks as (params, grads, state, context), ready for the rule's step."""
         feedback = self._loss_feedback(index, genes, loss) if self.genome.uses_loss else None
         global_clip = gradient.clip_factor(norm, genes[self.genome.clip.threshold]) if norm is not None else None
         tensor_steps = group["capturable"] or torch.compiler.is_compiling()
@@ -212,6 +236,7 @@ class RuleOptimizer(torch.optim.Optimizer):
             if tensor_steps and not isinstance(state["step"], Tensor):
                 state["step"] = _step_tensor(state["step"], p, group["capturable"])
             state["step"] += 1
+        work = []
         for chunk in self._chunks(group, params, labels if tensor_steps else None):
             chunk_params = [params[i] for i in chunk]
             step = self.state[chunk_params[0]]["step"]
@@ -223,7 +248,8 @@ class RuleOptimizer(torch.optim.Optimizer):
                 maximize=group["maximize"], global_clip=global_clip, feedback=feedback,
             )
             slots = {name: [_real(self.state[p][name]) for p in chunk_params] for name in self.rule.slots}
-            self.rule.step([_real(p) for p in chunk_params], [grads[i] for i in chunk], slots, ctx)
+            work.append(([_real(p) for p in chunk_params], [grads[i] for i in chunk], slots, ctx))
+        return work
 
     def _warn_past_horizon(self, t: int, total_steps: int | None) -> None:
         """Once per optimizer: a decaying schedule is 0 past its horizon, so nothing moves any more
@@ -289,7 +315,7 @@ class RuleOptimizer(torch.optim.Optimizer):
         """torch's, but scalar state (NAdam's μ product) keeps its saved dtype: torch casts every
         floating tensor except ``step`` to its parameter's dtype."""
         super().load_state_dict(state_dict)
-        scalars = {name for name, kind in self.rule.slots.items() if kind != PARAM_SHAPED}
+        scalars = {name for name, kind in self.rule.slots.items() if kind not in PARAM_SIZED}
         saved = [i for group in state_dict["param_groups"] for i in group["params"]]
         params = [(p, group["capturable"]) for group in self.param_groups for p in group["params"]]
         for i, (p, capturable) in zip(saved, params):

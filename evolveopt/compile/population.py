@@ -62,6 +62,7 @@ class PopulationOptimizer:
         per_param = [self.rule.init_state(p, member_dims=1) for p in self.params]
         self.state = {slot: [s[slot] for s in per_param] for slot in self.rule.slots}
         self.feedback_state: dict[str, Tensor] | None = None
+        self.global_state: dict[str, dict[str, Tensor]] = {key: {} for key, *_ in self.rule.on_global}  # [P] each
         self.t = 0
 
     @torch.no_grad()
@@ -78,7 +79,7 @@ class PopulationOptimizer:
             global_clip = gradient.clip_factor(norm, genes[self.genome.clip.threshold])
         ctx = StepContext(t=t, genes=genes, lr=lr, member_dims=1, global_clip=global_clip,
                           feedback=self._feedback(loss) if self.genome.uses_loss else None)
-        self.rule.step(self.params, list(grads), self.state, ctx)
+        self.rule.step_all([(self.params, list(grads), self.state, ctx)], self.global_state)
 
     def _feedback(self, loss: Tensor | None) -> Tensor:
         if loss is None:

@@ -20,9 +20,9 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import Tensor
 
-from evolveopt.genome.registry import pipeline
+from evolveopt.genome.registry import global_stages, pipeline
 from evolveopt.genome.schema import Genome, Momentum, Signal, Term
-from evolveopt.genome.slots import PARAM_SHAPED, momentum_slot, nadam_slot, precondition_slots, signal_name, state_slots
+from evolveopt.genome.slots import PARAM_COPY, PARAM_SHAPED, PARAM_SIZED, momentum_slot, nadam_slot, precondition_slots, signal_name, state_slots
 from evolveopt.primitives import gradient, moments, preconditioners, schedules
 from evolveopt.primitives import tensorlist as tl
 from evolveopt.primitives.tensorlist import Factor, Scalar, Step, TensorList
@@ -49,6 +49,7 @@ class StepContext:
     maximize: bool = False
     global_clip: Scalar | None = None  # min(1, c/‖g‖) over every parameter, for clip.mode=global_norm
     feedback: Scalar | None = None  # Eve's d_t
+    eps_scale: Scalar | None = None  # a factor of every precondition floor ε (set by a global stage)
 
 
 @dataclass
@@ -92,7 +93,9 @@ class Rule:
     def __init__(self, genome: Genome):
         self.genome = genome
         self.slots = state_slots(genome)
-        self.before_terms = _stage(genome, "gradient", "weights")
+        self.on_gradient = _stage(genome, "gradient")
+        self.on_global = [(key, _function(variant.function), value) for key, variant, value in global_stages(genome.loci)]
+        self.before_terms = _stage(genome, "weights")
         self.on_direction = _stage(genome, "direction")
         self.after_move = _stage(genome, "after")
 
@@ -103,6 +106,8 @@ class Rule:
         for name, kind in self.slots.items():
             if kind == PARAM_SHAPED:
                 state[name] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            elif kind == PARAM_COPY:
+                state[name] = param.detach().clone(memory_format=torch.preserve_format)
             elif member_dims == 0:
                 state[name] = torch.ones((), dtype=torch.float64, device=param.device if capturable else None)
             else:
@@ -112,7 +117,7 @@ class Rule:
     @property
     def buffers_per_param(self) -> int:
         """Parameter-sized state buffers (Adam 2, Lion 1)."""
-        return sum(kind == PARAM_SHAPED for kind in self.slots.values())
+        return sum(kind in PARAM_SIZED for kind in self.slots.values())
 
     # ------------------------------------------------------------------ per-step scalars
 
@@ -133,8 +138,33 @@ class Rule:
 
     def step(self, params: TensorList, grads: TensorList, state: Mapping[str, TensorList], ctx: StepContext) -> None:
         """One update of ``params`` in place. ``state[slot]`` lists one buffer per parameter."""
+        self._finish(self._begin(params, grads, state, ctx), ctx)
+
+    def step_all(self, items: list[tuple[TensorList, TensorList, Mapping[str, TensorList], StepContext]],
+                 stores: dict[str, dict] | None = None) -> None:
+        """One update of several tensor lists that make one step (every chunk of every param group):
+        each one's gradient stage, then the global stages over all of them (``stores[locus key]``
+        keeps their state), then the rest of each one's step."""
+        if not self.on_global:
+            for params, grads, state, ctx in items:
+                self.step(params, grads, state, ctx)
+            return
+        flows = [self._begin(params, grads, state, ctx) for params, grads, state, ctx in items]
+        ctxs = [item[3] for item in items]
+        for key, run, value in self.on_global:
+            run(value, flows, ctxs, stores[key])
+        for flow, ctx in zip(flows, ctxs):
+            self._finish(flow, ctx)
+
+    def _begin(self, params: TensorList, grads: TensorList, state: Mapping[str, TensorList], ctx: StepContext) -> Flow:
         g = list(torch._foreach_neg(grads)) if ctx.maximize else list(grads)
         flow = Flow(params, g, state)
+        for run, value in self.on_gradient:
+            run(value, flow, ctx)
+        return flow
+
+    def _finish(self, flow: Flow, ctx: StepContext) -> None:
+        params, state = flow.params, flow.state
         for run, value in self.before_terms:
             run(value, flow, ctx)
         cache = _StepCache(grads=flow.grads)
@@ -210,7 +240,8 @@ class Rule:
         stat = self._statistic(term, state, cache, ctx)
         beta = genes[pre.beta] if pre.beta else None
         bias = 1.0 - tl.power(beta, t) if pre.bias_correction else 1.0
-        den, coef = preconditioners.denominator(stat, genes[pre.eps], pre.eps_mode, bias, ctx.feedback)
+        eps = genes[pre.eps] if ctx.eps_scale is None else tl.mul(genes[pre.eps], ctx.eps_scale)
+        den, coef = preconditioners.denominator(stat, eps, pre.eps_mode, bias, ctx.feedback)
         normalized, plain = coef, 0.0
         if pre.rectify:
             rect, plain = preconditioners.rectification(beta, t)

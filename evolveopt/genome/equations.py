@@ -9,7 +9,7 @@ from evolveopt.genome.slots import buffers_per_param, momentum_slot, preconditio
 SYMBOLS = {
     "lr": "η", "beta1": "β1", "beta2": "β2", "beta3": "β3", "eps": "ε", "weight_decay": "λ",
     "alpha": "α", "clip": "c", "warmup": "w", "gamma": "γ", "trust_clamp": "C", "trust_eps": "ε_τ",
-    "feedback_low": "k", "feedback_high": "K", "momentum_decay": "ψ",
+    "feedback_low": "k", "feedback_high": "K", "momentum_decay": "ψ", "d_coef": "c_d", "growth_rate": "ρ_d",
 }
 
 
@@ -57,7 +57,9 @@ class _Renderer:
 
     def _preprocess(self) -> None:
         self.lines.append("g ← −∇f(θ) when maximizing, else ∇f(θ)")
-        self._stage("gradient", "weights")
+        self._stage("gradient")
+        self._stage("global", g=self.g)
+        self._stage("weights")
 
     def _term(self, index: int, term: Term) -> str:
         x = self.signal(term.signal)

@@ -70,6 +70,12 @@ GENES: dict[str, GeneSpec] = {
     "feedback_low": GeneSpec(0.0, 10.0, "log", (0.01, 0.5), "Eve lower threshold k", "feedback_bound"),
     "feedback_high": GeneSpec(0.0, 1000.0, "log", (2.0, 20.0), "Eve upper threshold K", "feedback_bound"),
     "momentum_decay": GeneSpec(0.0, 1.0, "log", (1e-3, 1e-2), "NAdam momentum-schedule rate ψ", "momentum_decay"),
+    "d0": GeneSpec(0.0, 1.0, "log", (1e-8, 1e-4), "initial step-size estimate d0 (Prodigy)", "initial_estimate",
+                   low_open=True),
+    "d_coef": GeneSpec(0.0, 100.0, "log", (0.1, 10.0), "coefficient of the step-size estimate (Prodigy d_coef)",
+                       "estimate_coefficient", low_open=True),
+    "growth_rate": GeneSpec(1.0, math.inf, "log", (1.01, 1.5), "largest growth of the estimate per step (Prodigy)",
+                            "growth_rate"),
 }
 
 ROLES: dict[str, str] = {  # role -> what a field of that role means, for messages
@@ -77,6 +83,8 @@ ROLES: dict[str, str] = {  # role -> what a field of that role means, for messag
     "weight_decay": "a weight-decay rate", "coefficient": "the adaptor's weight", "threshold": "a clipping threshold",
     "fraction": "a fraction of total_steps", "decay_factor": "a decay factor per step", "clamp": "a trust-ratio clamp",
     "feedback_bound": "a loss-feedback bound", "momentum_decay": "a momentum-schedule rate",
+    "initial_estimate": "an initial step-size estimate", "estimate_coefficient": "a step-size estimate's coefficient",
+    "growth_rate": "a step-size estimate's growth rate",
 }
 
 _WEIGHT = GeneSpec(-100.0, 100.0, "linear", (-2.0, 2.0), "weight of a direction term", "weight")

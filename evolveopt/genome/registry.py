@@ -11,6 +11,9 @@ evolveopt derives from it:
   function that does it, named as ``"module:function"`` (torch-side code in evolveopt.primitives);
 * its state buffers, its equations for ``evolveopt show``, and how the search space draws it.
 
+Most stage functions see one tensor list at a time; a *global* stage (Prodigy's estimate) sees
+every tensor list of the step at once and keeps state of its own: see :data:`STAGES`.
+
 Parsing and dumping (schema.py), referenced genes, state slots, equations, ``diff``, the search
 space and its mutations and crossover, and the export bundler all read this table; adding a
 primitive is one primitives module plus one row here (docs/architecture.md shows the cautious mask
@@ -31,7 +34,20 @@ from typing import Any, Callable
 #   after      θ ← f(θ)           after θ − η_t·u (proximal decay)
 #   lr         η_t = η·s(t)       a per-step multiplier of lr (schedule)
 #   loss       a global factor from the loss (Eve's feedback), computed by the optimizer
-STAGES = ("gradient", "weights", "direction", "after", "lr", "loss")
+#   global     a pass over every tensor of the step (every chunk of every param group, or the whole
+#              stacked population) after the gradient stage and before the weights stage, with
+#              state of its own (Prodigy's estimate)
+#
+# A stage function is ``fn(value, flow, ctx)``: it reads and replaces the tensors of ``flow``
+# (compile/rule.py: ``Flow``) with the step's ``ctx`` (``StepContext``). A *global* stage function is
+# ``fn(value, flows, ctxs, store)``: it sees the flows of every tensor list of the step at once with
+# their contexts, keeps its global state in the dict ``store`` (one per locus: the optimizer's
+# ``state[<locus key>]``, or the population's, with one value per member), and sets what the rest
+# of the step reads: ``flow.grads``, ``ctx.lr`` (the step size η_t of the step and of decoupled
+# decay) and ``ctx.eps_scale`` (a factor of every precondition floor ε). Every param group must
+# give its genes, lr and the schedule's genes one value (:func:`shared_genes`; a group may have
+# lr 0, which freezes it); the optimizer checks that before any parameter moves.
+STAGES = ("gradient", "weights", "direction", "after", "lr", "loss", "global")
 
 
 @dataclass(frozen=True)
@@ -59,7 +75,8 @@ class Variant:
     stage: str = "direction"
     order: int = 50
     function: str | None = None  # "module:function"; None where the optimizer handles it (lr, loss)
-    slots: tuple[str, ...] = ()  # parameter-shaped state buffers
+    slots: tuple[str, ...] = ()  # parameter-shaped state buffers (starting at 0)
+    copies: tuple[str, ...] = ()  # parameter-shaped state buffers starting as a copy of the parameter
     equation: Callable[[Any, Callable[[str], str], str], list[str]] = lambda value, sym, g: []  # (value, symbol of a gene, symbol of g)
     draw: dict[str, str] = field(default_factory=dict)  # field -> gene name when the search draws it
 
@@ -178,6 +195,30 @@ class Cautious:
     kind: str
 
 
+@dataclass(frozen=True)
+class Estimator:
+    """A global step-size estimate (one per model, from sums over every parameter).
+
+    prodigy (Mishchenko & Defazio, ICML 2024; prodigyopt 1.1.2): d from r/Σ‖s‖₁, with
+    r ← β3·r + (d/d0)·η̂·Σ⟨g, θ0 − θ⟩ and s ← β3·s + (d/d0)·η̂·g, η̂ = d·η_t·bc; the terms read d·g,
+    the step and decoupled decay η̂, the precondition floors d'·ε. ``growth`` caps d' at d·growth
+    (absent: ∞); ``bias_beta1``/``bias_beta2`` put 1/(1 − β1^k) and √(1 − β2^k) into bc
+    (``use_bias_correction``); ``safeguard_warmup`` drops η_t·bc from the s update.
+    """
+
+    kind: str
+    beta: str
+    d0: str
+    coef: str
+    growth: str | None = None
+    bias_beta1: str | None = None
+    bias_beta2: str | None = None
+    safeguard_warmup: bool = False
+
+
+PRODIGY_SLOTS = ("estimator.s", "estimator.x0")  # s, and θ0 (a copy of the parameter at its first step)
+
+
 # ---------------------------------------------------------------------------- equations
 
 
@@ -232,6 +273,23 @@ def _feedback_lines(fb: LossFeedback, sym, g: str = "g") -> list[str]:
 def _cautious_lines(c: Cautious, sym, g: str = "g") -> list[str]:
     scaled = "u⊙M/max(mean(M), 10⁻³)" if c.kind == "mean" else "u⊙M·n/(ΣM + 1)"
     return [f"u ← {scaled},  M = 1[u⊙{g} > 0] per tensor (n elements)"]
+
+
+def _estimator_lines(e: Estimator, sym, g: str = "g") -> list[str]:
+    bc = []
+    if e.bias_beta1:
+        bc.append(f"/(1 − {sym(e.bias_beta1)}^k)")
+    if e.bias_beta2:
+        bc.append(f"·√(1 − {sym(e.bias_beta2)}^k)")
+    b, d0 = sym(e.beta), sym(e.d0)
+    s_rate = "d" if e.safeguard_warmup else "η̂"
+    cap = f"min(d_max, d·{sym(e.growth)}), d raised to max(d, d̂) while d = {d0}" if e.growth else "d_max"
+    return [
+        f"Prodigy's estimate d (one per model; k = its step count, θ0 = θ at the first step; sums over every parameter):",
+        f"  η̂ = d·η_t{''.join(bc)};  r ← {b}·r + (d/{d0})·η̂·Σ⟨{g}, θ0 − θ⟩;  s ← {b}·s + (d/{d0})·{s_rate}·{g}",
+        f"  d̂ = {sym(e.coef)}·r/Σ‖s‖₁;  d_max ← max(d_max, d̂);  d' = {cap}",
+        f"  {g} ← d·{g};  η_t ← η̂;  ε ← d'·ε in every denominator",
+    ]
 
 
 # ---------------------------------------------------------------------------- the registry
@@ -336,6 +394,19 @@ LOCI: dict[str, Locus] = {locus.key: locus for locus in (
                        for kind in ("mean", "plus_one")),
         space_key="cautious", space_default=("none",), draw_rank=8, since_schema=2,
     ),
+    Locus(
+        "estimator", "a global step-size estimate", value_type=Estimator,
+        variants=(Variant(
+            "prodigy", (_gene("beta", "rate"), _gene("d0", "initial_estimate"), _gene("coef", "estimate_coefficient"),
+                        _gene("growth", "growth_rate", required=False), _gene("bias_beta1", "rate", required=False),
+                        _gene("bias_beta2", "rate", required=False), Field("safeguard_warmup", flag=True, required=False,
+                                                                          default=False)),
+            stage="global", order=50, function="evolveopt.primitives.estimators:prodigy_estimate",
+            slots=PRODIGY_SLOTS[:1], copies=PRODIGY_SLOTS[1:], equation=_estimator_lines,
+            draw={"beta": "beta3", "d0": "d0", "coef": "d_coef"},
+        ),),
+        space_key="estimator", space_default=("none",), draw_rank=9, since_schema=2,
+    ),
 )}
 
 
@@ -349,6 +420,28 @@ def locus_genes(locus: Locus, value: Any) -> list[str]:
 
 def locus_slots(locus: Locus, value: Any) -> tuple[str, ...]:
     return locus.variant(locus.kind_of(value)).slots
+
+
+def locus_copies(locus: Locus, value: Any) -> tuple[str, ...]:
+    return locus.variant(locus.kind_of(value)).copies
+
+
+def global_stages(loci: dict[str, Any]) -> list[tuple[str, Variant, Any]]:
+    """(locus key, variant, value) of every global-stage locus a genome has, in their order."""
+    steps = [(locus.key, locus.variant(locus.kind_of(value)), value) for locus, value in present_loci(loci)]
+    return sorted([step for step in steps if step[1].stage == "global"], key=lambda step: step[1].order)
+
+
+def shared_genes(loci: dict[str, Any]) -> list[str]:
+    """Genes every param group must share: lr and the schedule's genes when a global stage reads η_t,
+    and every gene of the global-stage loci."""
+    stages = global_stages(loci)
+    if not stages:
+        return []
+    names = ["lr", *locus_genes(LOCI["schedule"], loci.get("schedule", LOCI["schedule"].default))]
+    for key, _, value in stages:
+        names += locus_genes(LOCI[key], value)
+    return list(dict.fromkeys(names))
 
 
 def present_loci(loci: dict[str, Any]) -> list[tuple[Locus, Any]]:

@@ -10,8 +10,9 @@ The update it describes, in the order the compiler applies it (η_t = lr · sche
     g  ← ±∇f(θ)                                 (maximize flips the sign)
     g  ← clip(g)                                 clip: value | tensor_norm | global_norm
     g  ← g + λθ                                  weight_decay.mode = l2
-    θ  ← θ(1 − η_t λ)                            weight_decay.mode = decoupled
     ĝ  ← g + α·EMA_β(g_t − g_{t−1})              adaptor (ALTO's "E")
+    ĝ  ← d·ĝ, η_t ← d·η_t, ε ← d'·ε              estimator (Prodigy: d from sums over every parameter)
+    θ  ← θ(1 − η_t λ)                            weight_decay.mode = decoupled
     u  ← Σ_k w_k · T_k(ĝ)                        terms: signal → momentum → precondition → sign
     u  ← u + λθ                                  weight_decay.mode = in_direction
     u  ← τ(θ, u)·u                               layerwise: trust_ratio | rms_norm

@@ -6,7 +6,7 @@ checkpoint reads like the rule: ``momentum.grad.beta1``, ``second_moment.grad.be
 
 from __future__ import annotations
 
-from evolveopt.genome.registry import LOCI, locus_slots
+from evolveopt.genome.registry import LOCI, locus_copies, locus_slots
 from evolveopt.genome.schema import Genome, Signal, Term
 
 
@@ -42,7 +42,9 @@ def precondition_slots(term: Term) -> list[str]:
     return [base, f"second_moment_max.{signal}.{pre.beta}"] if pre.kind == "max" else [base]
 
 
-PARAM_SHAPED = "param_shaped"  # a buffer shaped like its parameter
+PARAM_SHAPED = "param_shaped"  # a buffer shaped like its parameter, starting at 0
+PARAM_COPY = "param_copy"  # a buffer shaped like its parameter, starting as a copy of it (Prodigy's θ0)
+PARAM_SIZED = (PARAM_SHAPED, PARAM_COPY)
 PER_MEMBER = "per_member"  # one number per model (0-d, or [P] for a population), starting at 1
 
 
@@ -63,9 +65,11 @@ def state_slots(genome: Genome) -> dict[str, str]:
     for key, value in genome.loci.items():
         for slot in locus_slots(LOCI[key], value):
             slots[slot] = PARAM_SHAPED
+        for slot in locus_copies(LOCI[key], value):
+            slots[slot] = PARAM_COPY
     return slots
 
 
 def buffers_per_param(genome: Genome) -> int:
     """Parameter-sized state buffers (Adam 2, Lion 1, Adan 4)."""
-    return sum(kind == PARAM_SHAPED for kind in state_slots(genome).values())
+    return sum(kind in PARAM_SIZED for kind in state_slots(genome).values())

@@ -109,3 +109,40 @@ def test_show_renders_the_estimate_and_its_effect_on_the_rule():
     text = render_genome(evolveopt.load_genome("prodigy"))
     assert "r ← β3·r + (d/d0)·η̂·Σ⟨g, θ0 − θ⟩" in text
     assert "g ← d·g;  η_t ← η̂;  ε ← d'·ε" in text
+
+
+def test_the_search_draws_the_estimator_only_where_a_config_allows_it():
+    """since_schema 2, space default ("none",): default, paper and quickstart spaces never draw it (their
+    seeded searches repeat); a config listing it draws and mutates it."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from evolveopt.config import load_config, parse_config
+    from evolveopt.genome.registry import LOCI
+    from evolveopt.search.operators import mutate_structure, structural_moves
+    from evolveopt.search.space import SearchSpace, random_genome
+
+    experiments = Path(__file__).parent.parent / "experiments"
+    for space in (SearchSpace(), load_config(experiments / "paper.yaml").space,
+                  load_config(experiments / "quickstart.yaml").space):
+        assert not space.in_play(LOCI["estimator"]) and "change_estimator" not in structural_moves(space)
+        rng = np.random.default_rng(0)
+        assert all(random_genome(rng, space).estimator is None for _ in range(100))
+    space = parse_config({"space": {"estimator": ["none", "prodigy"]}}, source="run.yaml").space
+    rng = np.random.default_rng(0)
+    drawn = [random_genome(rng, space) for _ in range(200)]
+    with_estimator = [g for g in drawn if g.estimator is not None]
+    assert 60 < len(with_estimator) < 140
+    assert all({"beta3", "d0", "d_coef"} <= set(g.genes) for g in with_estimator)
+    assert "change_estimator" in structural_moves(space)
+    changes = [mutate_structure(rng, g, space)[1] for g in drawn[:60]]
+    assert any(c["mutation"] == "change_estimator" for c in changes)
+
+
+def test_a_config_naming_an_unknown_estimator_is_one_line():
+    from evolveopt.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match=r"run\.yaml: space\.estimator: 'dadapt' is not allowed "
+                                          r"\(allowed: none, prodigy\)"):
+        parse_config({"space": {"estimator": ["none", "dadapt"]}}, source="run.yaml")

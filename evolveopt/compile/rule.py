@@ -7,6 +7,10 @@
 * the population evaluator: tensors are stacked ``[P, ...]`` and genes are ``[P]`` tensors, one
   value per member (``member_dims = 1``), so P genomes of one structure train in one call.
 
+Both call :meth:`Rule.step_all` with every tensor list of a step (the optimizer's chunks of
+every param group): a genome with a global stage (Prodigy's estimate) first runs each list's
+gradient stage, then the global stage over all of them, then the rest of each list's step.
+
 State lives in named slots (``momentum.grad.beta1``, ``second_moment.grad.beta2``, ...) so two
 terms that read the same statistic share one buffer, and checkpoints stay readable.
 """
@@ -22,7 +26,8 @@ from torch import Tensor
 
 from evolveopt.genome.registry import global_stages, pipeline
 from evolveopt.genome.schema import Genome, Momentum, Signal, Term
-from evolveopt.genome.slots import PARAM_COPY, PARAM_SHAPED, PARAM_SIZED, momentum_slot, nadam_slot, precondition_slots, signal_name, state_slots
+from evolveopt.genome.slots import (PARAM_COPY, PARAM_SHAPED, PARAM_SIZED, momentum_slot, nadam_slot, precondition_slots,
+                                    signal_name, state_slots)
 from evolveopt.primitives import gradient, moments, preconditioners, schedules
 from evolveopt.primitives import tensorlist as tl
 from evolveopt.primitives.tensorlist import Factor, Scalar, Step, TensorList
@@ -94,7 +99,8 @@ class Rule:
         self.genome = genome
         self.slots = state_slots(genome)
         self.on_gradient = _stage(genome, "gradient")
-        self.on_global = [(key, _function(variant.function), value) for key, variant, value in global_stages(genome.loci)]
+        self.on_global = [(key, _function(variant.function), value)  # (locus key, fn, value): see step_all
+                          for key, variant, value in global_stages(genome.loci)]
         self.before_terms = _stage(genome, "weights")
         self.on_direction = _stage(genome, "direction")
         self.after_move = _stage(genome, "after")

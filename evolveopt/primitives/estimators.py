@@ -29,9 +29,22 @@ from evolveopt.primitives import tensorlist as tl
 ESTIMATE_KEYS = ("d", "d_max", "numerator", "count")
 
 
-def _member_sum(x: Tensor, member_dims: int) -> Tensor:
-    """Σ of x over its elements (per member when member_dims is 1), accumulated in float64."""
-    return x.flatten(member_dims).sum(-1, dtype=torch.float64) if member_dims else x.sum(dtype=torch.float64)
+def _inner(x: Tensor, y: Tensor, member_dims: int) -> Tensor:
+    """⟨x, y⟩ (per member when member_dims is 1) in the tensors' dtype, then float64 (a float64
+    accumulation of float32 runs tens of times slower). A product and a sum, not ``torch.dot``:
+    a member's stacked row then reduces as the same model's tensor alone (dot orders its sums apart)."""
+    return (x * y).flatten(member_dims).sum(-1).to(torch.float64) if member_dims else (x * y).sum().to(torch.float64)
+
+
+def _l1(x: Tensor, member_dims: int) -> Tensor:
+    """‖x‖₁ (per member when member_dims is 1), reduced in x's dtype, then float64."""
+    return x.abs().flatten(member_dims).sum(-1).to(torch.float64) if member_dims else x.abs().sum().to(torch.float64)
+
+
+def _total(values: list[Tensor]) -> Tensor:
+    """Σ of per-tensor values (0-d, or ``[P]``) in list order: a running sum gives a member the bits
+    the same model alone gets (a reduction over the stacked axis would order its sums differently)."""
+    return torch.cumsum(torch.stack(values), dim=0)[-1]
 
 
 def _f64(value, like: Tensor) -> Tensor:
@@ -77,20 +90,30 @@ def prodigy_estimate(value, flows, ctxs, store: dict[str, Tensor]) -> None:
                      genes[value.bias_beta2] if value.bias_beta2 else None, k_next)
     as_factor = (lambda x: x.item()) if host else (lambda x: x)
     beta_factor = genes[value.beta] if host else beta
-    step_sizes, numerator, denominator = [], r * beta, torch.zeros_like(d)
+    # Flows of one η_t (every flow, but for frozen groups or chunks at other step counts) share their
+    # factors, computed (and on the host path read) once: dlr = η̂, weight = (d/d0)·η̂, the s input's factor.
+    factors: dict = {}
+    inner: dict = {}
+    norms: list[Tensor] = []
+    keys = []
     for flow, ctx in zip(flows, ctxs):
-        dlr = d * _f64(ctx.lr, d) * bc
-        step_sizes.append(dlr)
+        key = ctx.lr if tl.is_float(ctx.lr) else id(ctx.lr)
+        keys.append(key)
+        if key not in factors:
+            dlr = d * _f64(ctx.lr, d) * bc
+            factors[key] = (dlr, d / d0 * dlr, as_factor(d / d0 * (d if value.safeguard_warmup else dlr)))
         if tl.is_zero(ctx.lr):
             continue
         s, x0 = flow.state[PRODIGY_SLOTS[0]], flow.state[PRODIGY_SLOTS[1]]
-        weight = d / d0 * dlr
-        for g, x, start in zip(flow.grads, flow.params, x0):
-            numerator = numerator + weight * _member_sum(g * (start - x), member_dims)
+        inner.setdefault(key, []).extend(_inner(g, start - x, member_dims)
+                                         for g, x, start in zip(flow.grads, flow.params, x0))
         tl.scale_(s, beta_factor)
-        tl.add_scaled_(s, flow.grads, as_factor(d / d0 * (d if value.safeguard_warmup else dlr)))
-        for buf in s:
-            denominator = denominator + _member_sum(buf.abs(), member_dims)
+        tl.add_scaled_(s, flow.grads, factors[key][2])
+        norms += [_l1(buf, member_dims) for buf in s]
+    numerator = r * beta
+    for key, products in inner.items():
+        numerator = numerator + factors[key][1] * _total(products)
+    denominator = _total(norms) if norms else torch.zeros_like(d)
     moved = denominator > 0  # prodigyopt returns before stepping while every s is 0
     d_hat = _f64(genes[value.coef], d) * numerator / torch.where(moved, denominator, torch.ones_like(denominator))
     new_max = torch.maximum(d_max, d_hat)
@@ -101,7 +124,8 @@ def prodigy_estimate(value, flows, ctxs, store: dict[str, Tensor]) -> None:
     store["numerator"] = torch.where(moved, numerator, r)
     store["count"] = torch.where(moved, k_next, k)
     scale, eps_scale = as_factor(d), as_factor(store["d"])
-    for flow, ctx, dlr in zip(flows, ctxs, step_sizes):
+    step_sizes = {key: as_factor(torch.where(moved, dlr, torch.zeros_like(dlr))) for key, (dlr, *_) in factors.items()}
+    for flow, ctx, key in zip(flows, ctxs, keys):
         flow.grads = tl.scaled(flow.grads, scale)
-        ctx.lr = as_factor(torch.where(moved, dlr, torch.zeros_like(dlr)))
+        ctx.lr = step_sizes[key]
         ctx.eps_scale = eps_scale

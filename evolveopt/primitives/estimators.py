@@ -97,7 +97,7 @@ def prodigy_estimate(value, flows, ctxs, store: dict[str, Tensor]) -> None:
     norms: list[Tensor] = []
     keys = []
     for flow, ctx in zip(flows, ctxs):
-        key = ctx.lr if tl.is_float(ctx.lr) else id(ctx.lr)
+        key = ("value", ctx.lr) if tl.is_float(ctx.lr) else ("tensor", id(ctx.lr))
         keys.append(key)
         if key not in factors:
             dlr = d * _f64(ctx.lr, d) * bc

@@ -74,8 +74,8 @@ GENES: dict[str, GeneSpec] = {
                    low_open=True),
     "d_coef": GeneSpec(0.0, 100.0, "log", (0.1, 10.0), "coefficient of the step-size estimate (Prodigy d_coef)",
                        "estimate_coefficient", low_open=True),
-    "growth_rate": GeneSpec(1.0, math.inf, "log", (1.01, 1.5), "largest growth of the estimate per step (Prodigy)",
-                            "growth_rate"),
+    "growth_rate": GeneSpec(1.0, math.inf, "linear", (1.01, 1.5), "largest growth of the estimate per step (Prodigy)",
+                            "growth_rate"),  # linear: multiplicative steps of a value near 1 would clamp at 1
 }
 
 ROLES: dict[str, str] = {  # role -> what a field of that role means, for messages

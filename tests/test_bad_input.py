@@ -31,6 +31,13 @@ orthogonalize: {kind: newton_schulz, steps: 5, coefficients: original}
 WITH_FALLBACK = MATRIX_ONLY.replace("beta1: 0.95}", "beta1: 0.95, beta2: 0.99, eps: 1.0e-8}") + """fallback:
   terms:
     - precondition: {kind: ema, beta: beta2, eps: eps}
+PRODIGY = """schema_version: 2
+genes: {lr: 1.0, beta1: 0.9, beta2: 0.999, beta3: 0.9995, eps: 1.0e-8, d0: 1.0e-6, d_coef: 1.0}
+terms:
+  - signal: grad
+    momentum: {kind: ema, beta: beta1}
+    precondition: {kind: ema, beta: beta2, eps: eps}
+estimator: {kind: prodigy, beta: beta3, d0: d0, coef: d_coef}
 """
 
 CASES = {
@@ -84,6 +91,20 @@ CASES = {
     "weighted_fallback_term": (WITH_FALLBACK.replace("genes: {lr: 0.02,", "genes: {lr: 0.02, w1: 2.0,").replace(
                                    "- precondition:", "- weight: w1\n      precondition:"),
                                r"fallback\.terms\[0\]\.weight: a fallback term takes no weight$"),
+    "estimator_in_a_schema_1_file": (PRODIGY.replace("schema_version: 2", "schema_version: 1"),
+                                     r"estimator: 'estimator' needs schema_version 2 \(this file says 1\)"),
+    "estimator_without_d0": (PRODIGY.replace("d0: d0, ", ""), r"estimator: estimator 'prodigy' needs 'd0'"),
+    "estimator_gene_out_of_role": (PRODIGY.replace("d0: d0,", "d0: eps,"),
+                                   r"estimator\.d0: gene 'eps' is a numerical floor; this field takes an initial "
+                                   r"step-size estimate \(d0\)"),
+    "estimator_d0_zero": (PRODIGY.replace("d0: 1.0e-6", "d0: 0"), r"genes\.d0: 0 is out of range \(0, 1\]"),
+    "estimator_growth_below_one": (PRODIGY.replace("d_coef: 1.0}", "d_coef: 1.0, growth_rate: 0.5}")
+                                   .replace("coef: d_coef}", "coef: d_coef, growth: growth_rate}"),
+                                   r"genes\.growth_rate: 0\.5 is out of range \[1, inf\]"),
+    "estimator_unknown_option": (PRODIGY.replace("coef: d_coef}", "coef: d_coef, decouple: true}"),
+                                 r"estimator: unknown key 'decouple' \(allowed: kind, beta, d0, coef, growth"),
+    "estimator_flag_not_a_boolean": (PRODIGY.replace("coef: d_coef}", "coef: d_coef, safeguard_warmup: yes please}"),
+                                     r"estimator\.safeguard_warmup: expected true or false, got a string"),
 }
 
 

@@ -33,6 +33,7 @@ ON_GRID = {  # values already on the canonical grid, so rounding leaves them be
     "eps": [1e-8, 1e-6], "trust_eps": [1e-6], "trust_clamp": [10.0], "weight_decay": [0.01, 0.1],
     "alpha": [-1.0, 0.5], "clip": [1.0, 0.25], "warmup": [0.1, 0.3], "gamma": [0.99],
     "feedback_low": [0.1], "feedback_high": [10.0], "momentum_decay": [0.004],
+    "d0": [1e-6, 1e-3], "d_coef": [1.0, 0.5], "growth_rate": [1.02, 2.0],
     "w1": [1.0, 0.0, -0.5], "w2": [0.25, 1.0, 0.0], "w3": [-1.0, 2.0], "a": [1.27, 0.5], "b": [1.0, 2.0],
 }
 

@@ -394,7 +394,7 @@ def same_structure_neighbour(genome):
 
 
 @pytest.mark.parametrize("task", COMPOSITION_TASKS, ids=lambda t: t["name"])
-@pytest.mark.parametrize("name", ["adam", "ga2025", "lion"])
+@pytest.mark.parametrize("name", ["adam", "ga2025", "lion", "prodigy"])
 def test_a_members_result_does_not_depend_on_the_unit_it_trains_in(two_threads, task, name):
     from evolveopt.evaluation.runner import run_unit
 

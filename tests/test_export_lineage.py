@@ -91,7 +91,7 @@ def trained(make_optimizer) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize("name", ["adam", "ga2025", "lamb", "eve", "alto", "schedulefree_adamw", "schedulefree_sgd",
-                                  "muon", "muon_moonlight"])
+                                  "muon", "muon_moonlight", "prodigy"])
 def test_exported_optimizer_trains_bit_identically_to_the_compiled_genome(name):
     compiled = trained(lambda p: evolveopt.build_optimizer(name, p, total_steps=100))
     exported = trained(lambda p: exported_class(name)(p, total_steps=100))

@@ -121,6 +121,35 @@ def _with_warmup(name: str, fraction: float):
 
 SF_GENES = dict(weight_decay=0.01, avg_r=0.5, avg_lr_power=1.5)
 SF_KW = dict(weight_decay=0.01, r=0.5, weight_lr_power=1.5)
+def _prodigy(**kw):
+    def make(groups):
+        from prodigyopt import Prodigy
+
+        return Prodigy(groups, **kw)
+    return make
+
+
+def _prodigy_variant(**estimator):
+    """The prodigy genome with some estimator fields set (and L2 decay for ``decouple=False``)."""
+    def make():
+        data = evolveopt.genome.to_dict(evolveopt.load_genome("prodigy"))
+        l2 = estimator.pop("l2", False)
+        data["estimator"].update(estimator)
+        if "growth" in estimator:
+            data["genes"]["growth_rate"] = 1.0
+        if l2:
+            data["weight_decay"]["mode"] = "l2"
+        return evolveopt.genome.parse_genome(data, source="prodigy variant")
+    return make
+
+
+# Prodigy's estimate is one for the whole model: both groups share lr, betas and the estimator's
+# genes (prodigyopt reads betas, beta3, d_coef and growth_rate from the first group and refuses
+# unequal lr), so the second group differs in weight decay and eps, which prodigyopt reads per group.
+PRODIGY_GENES = dict(lr=0.5, beta1=0.8, beta2=0.99, beta3=0.95, eps=1e-6, weight_decay=0.05, d0=1e-5, d_coef=0.7)
+PRODIGY_KW = dict(lr=0.5, betas=(0.8, 0.99), beta3=0.95, eps=1e-6, weight_decay=0.05, d0=1e-5, d_coef=0.7)
+PRODIGY_GROUP = dict(weight_decay=0.2, eps=1e-5)
+
 ADAM_GENES = dict(lr=0.01, beta1=0.8, beta2=0.99, eps=1e-6, weight_decay=0.01)
 ADAM_KW = dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.01)
 GROUP = dict(lr=0.003, weight_decay=0.03)
@@ -213,6 +242,13 @@ CASES: dict[str, Case] = {
     "ademamix": Case(AdEMAMIX_GENES, _kozistr("AdEMAMix", **AdEMAMIX_KW), GROUP),
     "ademamix_schedulers": Case(AdEMAMIX_GENES, _kozistr("AdEMAMix", t_alpha_beta3=60, **AdEMAMIX_KW), GROUP,
                                 genome=lambda: ademamix_with_schedulers(60)),
+    "prodigy": Case(PRODIGY_GENES, _prodigy(**PRODIGY_KW), PRODIGY_GROUP),
+    "prodigy_bias_correction": Case(PRODIGY_GENES, _prodigy(**PRODIGY_KW, use_bias_correction=True), PRODIGY_GROUP,
+                                    genome=_prodigy_variant(bias_beta1="beta1", bias_beta2="beta2")),
+    "prodigy_safeguard_growth_l2": Case(
+        PRODIGY_GENES | dict(growth_rate=1.05),
+        _prodigy(**PRODIGY_KW, safeguard_warmup=True, growth_rate=1.05, decouple=False), PRODIGY_GROUP,
+        genome=_prodigy_variant(safeguard_warmup=True, growth="growth_rate", l2=True)),
     "signsgd": Case(dict(lr=0.002, weight_decay=0.01),
                     lambda g: SignSGDReference(g, lr=0.002, weight_decay=0.01), GROUP),
 }

@@ -33,6 +33,7 @@ from evolveopt.errors import GenomeError, OptimizerUsageError
 from evolveopt.genome.genes import range_problem
 from evolveopt.genome.io import load_genome
 from evolveopt.genome.schema import SCHEMA_VERSION, Genome
+from evolveopt.genome.registry import shared_genes
 from evolveopt.genome.slots import PARAM_KINDS
 from evolveopt.compile.rule import FALLBACK_RULE, StepContext, route, rules_of
 from evolveopt.primitives import averaging
@@ -200,10 +201,33 @@ class RuleOptimizer(torch.optim.Optimizer):
         norm = None
         if self.rule.clips_global_norm:
             norm = tensorlist.global_norm([g for *_, grads, _ in groups for g in grads], member_dims=0)
+        if self.rule.on_global:
+            self._check_shared(groups)
+        work = []  # (rule index, (params, grads, state, context)) of every chunk: one step of the rules
         for index, group, genes, params, grads, positions in groups:
             if params:
-                self._step_group(index, group, genes, params, grads, positions, loss, norm)
+                work += self._step_group(index, group, genes, params, grads, positions, loss, norm)
+        stores = {key: self.state.setdefault(key, {}) for key, *_ in self.rule.on_global}
+        for k, rule in enumerate(self.rules):  # (a genome with a global stage has no fallback: schema.py)
+            rule.step_all([item for r, item in work if r == k], stores)
         return loss
+
+    def _check_shared(self, groups: list[tuple]) -> None:
+        """A global stage (Prodigy's estimate) is one for every group: its genes, lr and the schedule's
+        genes must be equal in every group; a group of lr 0 is frozen and takes no part."""
+        first = None
+        for index, group, genes, *_ in groups:
+            if genes["lr"] == 0.0:
+                continue
+            if first is None:
+                first = (index, genes)
+                continue
+            for name in shared_genes(self.genome.loci):
+                if genes[name] != first[1][name]:
+                    raise OptimizerUsageError(
+                        f"{self.genome.label}: param_groups[{index}].{name} = {genes[name]:g} differs from "
+                        f"param_groups[{first[0]}].{name} = {first[1][name]:g}: its step-size estimate is one "
+                        "for all param groups, so they share lr and the estimator's genes (lr 0 freezes a group)")
 
     def _collect(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor], list[int]]:
         """(parameters with a gradient, their gradients as real tensors, their indices in the group)."""
@@ -222,7 +246,8 @@ class RuleOptimizer(torch.optim.Optimizer):
         return params, grads, positions
 
     def _step_group(self, index: int, group: dict[str, Any], genes: dict[str, float], params: list[Tensor],
-                    grads: list[Tensor], positions: list[int], loss: Any, norm: Tensor | None) -> None:
+                    grads: list[Tensor], positions: list[int], loss: Any, norm: Tensor | None) -> list[tuple]:
+        """The group's chunks as (rule index, (params, grads, state, context)), ready for the rules' step."""
         feedback = self._loss_feedback(index, genes, loss) if self.genome.uses_loss else None
         global_clip = gradient.clip_factor(norm, genes[self.genome.clip.threshold]) if norm is not None else None
         tensor_steps = group["capturable"] or torch.compiler.is_compiling()
@@ -236,6 +261,7 @@ class RuleOptimizer(torch.optim.Optimizer):
             if tensor_steps and not isinstance(state["step"], Tensor):
                 state["step"] = _step_tensor(state["step"], p, group["capturable"])
             state["step"] += 1
+        work = []
         for chunk in self._chunks(group, params, labels if tensor_steps else None, routes):
             chunk_params = [params[i] for i in chunk]
             rule = self.rules[routes[chunk[0]]]
@@ -249,7 +275,8 @@ class RuleOptimizer(torch.optim.Optimizer):
             ctx = StepContext(t=t, genes=genes, lr=lr, maximize=group["maximize"], global_clip=global_clip,
                               feedback=feedback)
             slots = {name: [_real(self.state[p][name]) for p in chunk_params] for name in rule.slots}
-            rule.step([_real(p) for p in chunk_params], [grads[i] for i in chunk], slots, ctx)
+            work.append((routes[chunk[0]], ([_real(p) for p in chunk_params], [grads[i] for i in chunk], slots, ctx)))
+        return work
 
     def _route(self, group: dict[str, Any], p: Tensor) -> int:
         """The index in ``self.rules`` of the rule that steps ``p`` (checked in add_param_group)."""

@@ -75,6 +75,7 @@ class PopulationOptimizer:
             self.states.append({slot: [s[slot] for s in per_param] for slot in rule.slots})
         self.state = self.states[0]
         self.feedback_state: dict[str, Tensor] | None = None
+        self.global_state: dict[str, dict[str, Tensor]] = {key: {} for key, *_ in self.rule.on_global}  # [P] each
         self.t = 0
         self.train_mode = True
         self._train_point: list[Tensor] | None = None  # y while at the evaluation point
@@ -100,7 +101,8 @@ class PopulationOptimizer:
             ratio = self.genome.fallback.lr_ratio if k == FALLBACK_RULE else None  # the fallback steps with η_t·ρ
             ctx = StepContext(t=t, genes=genes, lr=lr * genes[ratio] if ratio else lr, member_dims=1,
                               global_clip=global_clip, feedback=feedback)
-            rule.step([self.params[i] for i in members], [grads[i] for i in members], state, ctx)
+            rule.step_all([([self.params[i] for i in members], [grads[i] for i in members], state, ctx)],
+                          self.global_state)
 
     @torch.no_grad()
     def eval(self) -> None:

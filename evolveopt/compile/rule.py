@@ -7,6 +7,10 @@
 * the population evaluator: tensors are stacked ``[P, ...]`` and genes are ``[P]`` tensors, one
   value per member (``member_dims = 1``), so P genomes of one structure train in one call.
 
+Both call :meth:`Rule.step_all` with every tensor list of a step (the optimizer's chunks of
+every param group): a genome with a global stage (Prodigy's estimate) first runs each list's
+gradient stage, then the global stage over all of them, then the rest of each list's step.
+
 State lives in named slots (``momentum.grad.beta1``, ``second_moment.grad.beta2``, ...) so two
 terms that read the same statistic share one buffer, and checkpoints stay readable.
 """
@@ -22,7 +26,7 @@ from torch import Tensor
 
 from evolveopt.errors import OptimizerUsageError
 from evolveopt.genome.genes import gene_spec
-from evolveopt.genome.registry import pipeline
+from evolveopt.genome.registry import global_stages, pipeline
 from evolveopt.genome.schema import Genome, Momentum, Signal, Term, fallback_genome
 from evolveopt.genome.slots import (PARAM_COPY, PARAM_KINDS, PARAM_SHAPED, PER_MEMBER_ZERO, momentum_slot, nadam_slot,
                                     precondition_slots, signal_name, state_slots)
@@ -52,6 +56,7 @@ class StepContext:
     maximize: bool = False
     global_clip: Scalar | None = None  # min(1, c/‖g‖) over every parameter, for clip.mode=global_norm
     feedback: Scalar | None = None  # Eve's d_t
+    eps_scale: Scalar | None = None  # a factor of every precondition floor ε (set by a global stage)
 
 
 @dataclass
@@ -97,7 +102,10 @@ class Rule:
     def __init__(self, genome: Genome):
         self.genome = genome
         self.slots = state_slots(genome)
-        self.before_terms = _stage(genome, "gradient", "weights")
+        self.on_gradient = _stage(genome, "gradient")
+        self.on_global = [(key, _function(variant.function), value)  # (locus key, fn, value): see step_all
+                          for key, variant, value in global_stages(genome.loci)]
+        self.before_terms = _stage(genome, "weights")
         self.on_direction = _stage(genome, "direction")
         self.move = _stage(genome, "move")  # replaces θ ← θ − η_t·u where a locus moves θ itself
         self.after_move = _stage(genome, "after")
@@ -153,10 +161,38 @@ class Rule:
 
     def step(self, params: TensorList, grads: TensorList, state: Mapping[str, TensorList], ctx: StepContext) -> None:
         """One update of ``params`` in place. ``state[slot]`` lists one buffer per parameter."""
+        ctx = self._at_step(ctx)
+        self._finish(self._begin(params, grads, state, ctx), ctx)
+
+    def step_all(self, items: list[tuple[TensorList, TensorList, Mapping[str, TensorList], StepContext]],
+                 stores: dict[str, dict] | None = None) -> None:
+        """One update of several tensor lists that make one step (every chunk of every param group):
+        each one's gradient stage, then the global stages over all of them (``stores[locus key]``
+        keeps their state), then the rest of each one's step."""
+        if not self.on_global:
+            for params, grads, state, ctx in items:
+                self.step(params, grads, state, ctx)
+            return
+        ctxs = [self._at_step(item[3]) for item in items]
+        flows = [self._begin(params, grads, state, ctx) for (params, grads, state, _), ctx in zip(items, ctxs)]
+        for key, run, value in self.on_global:
+            run(value, flows, ctxs, stores[key])
+        for flow, ctx in zip(flows, ctxs):
+            self._finish(flow, ctx)
+
+    def _at_step(self, ctx: StepContext) -> StepContext:
+        """The step's context with each scheduled gene at its value for step t."""
+        return replace(ctx, genes=self.genes_at(ctx.t, ctx.genes)) if self.genome.gene_schedules else ctx
+
+    def _begin(self, params: TensorList, grads: TensorList, state: Mapping[str, TensorList], ctx: StepContext) -> Flow:
         g = list(torch._foreach_neg(grads)) if ctx.maximize else list(grads)
         flow = Flow(params, g, state)
-        if self.genome.gene_schedules:
-            ctx = replace(ctx, genes=self.genes_at(ctx.t, ctx.genes))
+        for run, value in self.on_gradient:
+            run(value, flow, ctx)
+        return flow
+
+    def _finish(self, flow: Flow, ctx: StepContext) -> None:
+        params, state = flow.params, flow.state
         for run, value in self.before_terms:
             run(value, flow, ctx)
         cache = _StepCache(grads=flow.grads)
@@ -253,7 +289,8 @@ class Rule:
             normalized_parts = [(genes[pre.a], preconditioners.atan2_normalized(y, stat, genes[pre.b], bias,
                                                                                ctx.feedback), None)]
         else:
-            den, coef = preconditioners.denominator(stat, genes[pre.eps], pre.eps_mode, bias, ctx.feedback)
+            eps = genes[pre.eps] if ctx.eps_scale is None else tl.mul(genes[pre.eps], ctx.eps_scale)
+            den, coef = preconditioners.denominator(stat, eps, pre.eps_mode, bias, ctx.feedback)
             if pre.stale and not tl.is_float(t):
                 tl.add_scalar_(den, 1.0 - preconditioners.after_first_step(t))  # no 0/0 at t = 1 (its part is 0)
             normalized_parts = [(tl.mul(c, coef), num, den) for c, num in numerators]

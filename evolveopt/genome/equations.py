@@ -11,7 +11,7 @@ SYMBOLS = {
     "alpha": "α", "clip": "c", "warmup": "w", "gamma": "γ", "trust_clamp": "C", "trust_eps": "ε_τ",
     "feedback_low": "k", "feedback_high": "K", "momentum_decay": "ψ", "avg_r": "r", "avg_lr_power": "p",
     "fallback_lr_ratio": "ρ", "fallback_beta1": "β1'", "fallback_beta2": "β2'", "fallback_eps": "ε'",
-    "fallback_weight_decay": "λ'",
+    "fallback_weight_decay": "λ'", "d_coef": "c_d", "growth_rate": "ρ_d",
 }
 
 
@@ -61,7 +61,9 @@ class _Renderer:
     def _preprocess(self) -> None:
         self.lines.append("g ← −∇f(θ) when maximizing, else ∇f(θ)")
         self._gene_schedules()
-        self._stage("gradient", "weights")
+        self._stage("gradient")
+        self._stage("global", g=self.g)
+        self._stage("weights")
 
     def _term(self, index: int, term: Term) -> str:
         x = self.signal(term.signal)

@@ -89,6 +89,12 @@ GENES: dict[str, GeneSpec] = {
                   low_open=True),
     "b": GeneSpec(0.0, 100.0, "log", (0.25, 4.0), "denominator scale b of a·atan2(y, b·√v̂) (Adam-atan2)",
                   "atan2_scale", low_open=True),
+    "d0": GeneSpec(0.0, 1.0, "log", (1e-8, 1e-4), "initial step-size estimate d0 (Prodigy)", "initial_estimate",
+                   low_open=True),
+    "d_coef": GeneSpec(0.0, 100.0, "log", (0.1, 10.0), "coefficient of the step-size estimate (Prodigy d_coef)",
+                       "estimate_coefficient", low_open=True),
+    "growth_rate": GeneSpec(1.0, math.inf, "linear", (1.01, 1.5), "largest growth of the estimate per step (Prodigy)",
+                            "growth_rate"),  # linear: multiplicative steps of a value near 1 would clamp at 1
 }
 
 ROLES: dict[str, str] = {  # role -> what a field of that role means, for messages
@@ -99,6 +105,8 @@ ROLES: dict[str, str] = {  # role -> what a field of that role means, for messag
     "averaging_power": "a power in the averaging weights",
     "lr_ratio": "a learning-rate ratio",
     "atan2_scale": "a scale of eps_mode atan2",
+    "initial_estimate": "an initial step-size estimate", "estimate_coefficient": "a step-size estimate's coefficient",
+    "growth_rate": "a step-size estimate's growth rate",
 }
 
 _WEIGHT = GeneSpec(-100.0, 100.0, "linear", (-2.0, 2.0), "weight of a direction term", "weight")

@@ -17,6 +17,9 @@ a variant there moves θ itself from the finished direction u (schedule-free ave
 second sequence z and interpolates θ toward it) in place of the plain ``θ ← θ − η_t·u``. At
 most one locus has variants in that stage; its equation lines stand in for ``θ ← θ − η_t·u``.
 
+Most stage functions see one tensor list at a time; a *global* stage (Prodigy's estimate) sees
+every tensor list of the step at once and keeps state of its own: see :data:`STAGES`.
+
 Parsing and dumping (schema.py), referenced genes, state slots, equations, ``diff``, the search
 space and its mutations and crossover, and the export bundler all read this table; adding a
 primitive is one primitives module plus one row here (docs/architecture.md shows the cautious mask
@@ -38,7 +41,20 @@ from typing import Any, Callable
 #   after      θ ← f(θ)           after θ moves (proximal decay)
 #   lr         η_t = η·s(t)       a per-step multiplier of lr (schedule)
 #   loss       a global factor from the loss (Eve's feedback), computed by the optimizer
-STAGES = ("gradient", "weights", "direction", "move", "after", "lr", "loss")
+#   global     a pass over every tensor of the step (every chunk of every param group, or the whole
+#              stacked population) after the gradient stage and before the weights stage, with
+#              state of its own (Prodigy's estimate)
+#
+# A stage function is ``fn(value, flow, ctx)``: it reads and replaces the tensors of ``flow``
+# (compile/rule.py: ``Flow``) with the step's ``ctx`` (``StepContext``). A *global* stage function is
+# ``fn(value, flows, ctxs, store)``: it sees the flows of every tensor list of the step at once with
+# their contexts, keeps its global state in the dict ``store`` (one per locus: the optimizer's
+# ``state[<locus key>]``, or the population's, with one value per member), and sets what the rest
+# of the step reads: ``flow.grads``, ``ctx.lr`` (the step size η_t of the step and of decoupled
+# decay) and ``ctx.eps_scale`` (a factor of every precondition floor ε). Every param group must
+# give its genes, lr and the schedule's genes one value (:func:`shared_genes`; a group may have
+# lr 0, which freezes it); the optimizer checks that before any parameter moves.
+STAGES = ("gradient", "global", "weights", "direction", "move", "after", "lr", "loss")
 
 
 @dataclass(frozen=True)
@@ -205,6 +221,30 @@ class Averaging:
     lr_power: str
 
 
+@dataclass(frozen=True)
+class Estimator:
+    """A global step-size estimate (one per model, from sums over every parameter).
+
+    prodigy (Mishchenko & Defazio, ICML 2024; prodigyopt 1.1.2): d from r/Σ‖s‖₁, with
+    r ← β3·r + (d/d0)·η̂·Σ⟨g, θ0 − θ⟩ and s ← β3·s + (d/d0)·η̂·g, η̂ = d·η_t·bc; the terms read d·g,
+    the step and decoupled decay η̂, the precondition floors d'·ε. ``growth`` caps d' at d·growth
+    (absent: ∞); ``bias_beta1``/``bias_beta2`` put 1/(1 − β1^k) and √(1 − β2^k) into bc
+    (``use_bias_correction``); ``safeguard_warmup`` drops η_t·bc from the s update.
+    """
+
+    kind: str
+    beta: str
+    d0: str
+    coef: str
+    growth: str | None = None
+    bias_beta1: str | None = None
+    bias_beta2: str | None = None
+    safeguard_warmup: bool = False
+
+
+PRODIGY_SLOTS = ("estimator.s", "estimator.x0")  # s, and θ0 (a copy of the parameter at its first step)
+
+
 # Names the orthogonalize locus may take (torch-free copies; primitives/orthogonal.py imports them and
 # holds the coefficient numbers for every name here: tests/test_orthogonal.py checks they agree).
 NS_COEFFICIENTS = ("original", "quintic", "polar_express", "polar_express_safer")
@@ -298,6 +338,23 @@ def _orthogonalize_lines(o: Orthogonalize, sym, g: str = "g") -> list[str]:
     return [f"X = u as a [d0, d1 = prod(rest)] matrix (Xᵀ when d0 > d1), X ← X/max(‖X‖_F, 10⁻⁷)   ({dtype})",
             f"{o.steps}×: A = X·Xᵀ, X ← a·X + (b·A + c·A²)·X   ((a, b, c): '{o.coefficients}' coefficients)",
             f"u ← X (back to u's shape);  {scale} (a factor of the tensor's step, after the other direction loci)"]
+
+
+def _estimator_lines(e: Estimator, sym, g: str = "g") -> list[str]:
+    bc = []
+    if e.bias_beta1:
+        bc.append(f"/(1 − {sym(e.bias_beta1)}^k)")
+    if e.bias_beta2:
+        bc.append(f"·√(1 − {sym(e.bias_beta2)}^k)")
+    b, d0 = sym(e.beta), sym(e.d0)
+    s_rate = "d" if e.safeguard_warmup else "η̂"
+    cap = f"min(d_max, d·{sym(e.growth)}), d raised to max(d, d̂) while d = {d0}" if e.growth else "d_max"
+    return [
+        f"Prodigy's estimate d (one per model; k = its step count, θ0 = θ at the first step; sums over every parameter):",
+        f"  η̂ = d·η_t{''.join(bc)};  r ← {b}·r + (d/{d0})·η̂·Σ⟨{g}, θ0 − θ⟩;  s ← {b}·s + (d/{d0})·{s_rate}·{g}",
+        f"  d̂ = {sym(e.coef)}·r/Σ‖s‖₁;  d_max ← max(d_max, d̂);  d' = {cap}",
+        f"  {g} ← d·{g};  η_t ← η̂;  ε ← d'·ε in every denominator",
+    ]
 
 
 # ---------------------------------------------------------------------------- the registry
@@ -436,6 +493,19 @@ LOCI: dict[str, Locus] = {locus.key: locus for locus in (
         ),),
         space_key="orthogonalize", space_default=("none",), draw_rank=10, since_schema=2,
     ),
+    Locus(
+        "estimator", "a global step-size estimate", value_type=Estimator,
+        variants=(Variant(
+            "prodigy", (_gene("beta", "rate"), _gene("d0", "initial_estimate"), _gene("coef", "estimate_coefficient"),
+                        _gene("growth", "growth_rate", required=False), _gene("bias_beta1", "rate", required=False),
+                        _gene("bias_beta2", "rate", required=False), Field("safeguard_warmup", flag=True, required=False,
+                                                                          default=False)),
+            stage="global", order=50, function="evolveopt.primitives.estimators:prodigy_estimate",
+            slots=PRODIGY_SLOTS, slot_kinds={"estimator.x0": "param_copy"}, equation=_estimator_lines,
+            draw={"beta": "beta3", "d0": "d0", "coef": "d_coef"},
+        ),),
+        space_key="estimator", space_default=("none",), draw_rank=11, since_schema=2,
+    ),
 )}
 
 
@@ -455,6 +525,24 @@ def locus_slot_kinds(locus: Locus, value: Any) -> dict[str, str]:
     """Every state slot of a locus value with its kind (``param_shaped`` unless the row says otherwise)."""
     variant = locus.variant(locus.kind_of(value))
     return {slot: variant.slot_kinds.get(slot, "param_shaped") for slot in variant.slots}
+
+
+def global_stages(loci: dict[str, Any]) -> list[tuple[str, Variant, Any]]:
+    """(locus key, variant, value) of every global-stage locus a genome has, in their order."""
+    steps = [(locus.key, locus.variant(locus.kind_of(value)), value) for locus, value in present_loci(loci)]
+    return sorted([step for step in steps if step[1].stage == "global"], key=lambda step: step[1].order)
+
+
+def shared_genes(loci: dict[str, Any]) -> list[str]:
+    """Genes every param group must share: lr and the schedule's genes when a global stage reads η_t,
+    and every gene of the global-stage loci."""
+    stages = global_stages(loci)
+    if not stages:
+        return []
+    names = ["lr", *locus_genes(LOCI["schedule"], loci.get("schedule", LOCI["schedule"].default))]
+    for key, _, value in stages:
+        names += locus_genes(LOCI[key], value)
+    return list(dict.fromkeys(names))
 
 
 def present_loci(loci: dict[str, Any]) -> list[tuple[Locus, Any]]:

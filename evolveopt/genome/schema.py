@@ -10,8 +10,9 @@ The update it describes, in the order the compiler applies it (η_t = lr · sche
     g  ← ±∇f(θ)                                 (maximize flips the sign)
     g  ← clip(g)                                 clip: value | tensor_norm | global_norm
     g  ← g + λθ                                  weight_decay.mode = l2
-    θ  ← θ(1 − η_t λ)                            weight_decay.mode = decoupled
     ĝ  ← g + α·EMA_β(g_t − g_{t−1})              adaptor (ALTO's "E")
+    ĝ  ← d·ĝ, η_t ← d·η_t, ε ← d'·ε              estimator (Prodigy: d from sums over every parameter)
+    θ  ← θ(1 − η_t λ)                            weight_decay.mode = decoupled
     u  ← Σ_k w_k · T_k(ĝ)                        terms: signal → momentum → precondition → sign
     u  ← NS(u); s = shape factor                 orthogonalize (Muon; the step becomes η_t·s·u)
     u  ← u⊙M/scale                               cautious
@@ -598,7 +599,9 @@ def _field_order(locus: Locus):
 TOP_LEVEL_KEYS = ("schema_version", "name", "description", "genes", "terms", *LOCI, "fallback", "gene_schedules")
 # The loci a fallback may have: not the lr schedule, Eve's feedback and global-norm clipping (the genome's own
 # serve every tensor: fallback_genome hands them on), not orthogonalize (it takes the tensors that are not matrices).
-FALLBACK_LOCI = tuple(key for key in LOCI if key not in ("schedule", "loss_feedback", "orthogonalize"))
+# Nor averaging or a global estimator: the genome's own step holds them (a fallback with either is not supported).
+FALLBACK_LOCI = tuple(key for key in LOCI if key not in ("schedule", "loss_feedback", "orthogonalize", "averaging",
+                                                          "estimator"))
 FALLBACK_SINCE_SCHEMA = 2
 
 
@@ -608,7 +611,9 @@ def _parse_fallback(node: _Node, genes: dict[str, float], version: int) -> Fallb
     for key, why in (("orthogonalize", "it takes the tensors that are not matrices"),
                      ("fallback", "a fallback has no fallback of its own"),
                      ("schedule", "the genome's schedule sets η_t for every tensor"),
-                     ("loss_feedback", "the genome's loss feedback scales every tensor")):
+                     ("loss_feedback", "the genome's loss feedback scales every tensor"),
+                     ("averaging", "averaging is not supported in a fallback"),
+                     ("estimator", "a step-size estimate is one for the whole model")):
         if node.has(key):
             raise node.child(key).fail(f"a fallback takes no '{key}' ({why})")
     node.mapping(("lr_ratio", "terms", *FALLBACK_LOCI), required=("terms",))
@@ -678,6 +683,9 @@ def parse_genome(data: Any, source: str = "genome", allow_unused_genes: bool = F
     if fallback is not None and "clip" in fallback.loci and "clip" in loci and loci["clip"].mode == "global_norm":
         raise root.child("fallback").child("clip").fail(
             "the genome clips by the global norm, which clips the fallback's gradients too: leave this clip out")
+    if fallback is not None and "estimator" in loci:
+        raise root.child("fallback").fail("a genome with a step-size 'estimator' cannot have a fallback (its sums "
+                                          "would need the fallback's tensors: not supported)")
     genome = Genome(genes=genes, terms=terms, loci=loci, name=root.child("name").text(),
                     description=root.child("description").text(), fallback=fallback)
     schedules = _parse_gene_schedules(root.child("gene_schedules"), genes, version)

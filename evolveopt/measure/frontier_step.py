@@ -77,6 +77,12 @@ def _adopt(params):
     return ADOPT(params)
 
 
+def _prodigy(params):
+    from prodigyopt import Prodigy
+
+    return Prodigy(params)
+
+
 def _kozistr_lion_cautious(params):
     import pytorch_optimizer
 
@@ -90,6 +96,7 @@ PAIRS: dict[str, tuple[str, Callable[[list[torch.Tensor]], torch.optim.Optimizer
     "schedulefree_adamw": ("schedulefree AdamWScheduleFree", _schedulefree),
     "adopt": ("torch-adopt ADOPT", _adopt),
     "cautious_lion": ("pytorch-optimizer Lion cautious", _kozistr_lion_cautious),
+    "prodigy": ("prodigyopt Prodigy", _prodigy),
     "cautious_adamw": ("torch AdamW foreach (no mask)", lambda p: torch.optim.AdamW(p, foreach=True)),
 }
 

@@ -20,8 +20,11 @@ def clip_by_value(grads: TensorList, c: Scalar) -> TensorList:
 
 
 def clip_factor(norm: Scalar, c: Scalar) -> Scalar:
-    """min(1, c/‖g‖): the factor that clips a norm to at most c (Adan, ALTO: global norm)."""
-    return torch.clamp(c / torch.clamp(torch.as_tensor(norm), min=1e-30), max=1.0)
+    """min(1, c/‖g‖): the factor that clips a norm to at most c (Adan, ALTO: global norm). c is made a
+    tensor first: ``float / tensor`` multiplies by a reciprocal, a rounding apart from the true division a
+    stacked member's ``[P]`` c gets."""
+    norm = torch.clamp(torch.as_tensor(norm), min=1e-30)
+    return torch.clamp(torch.as_tensor(c, dtype=norm.dtype, device=norm.device) / norm, max=1.0)
 
 
 def clip_by_tensor_norm(grads: TensorList, c: Scalar, member_dims: int) -> TensorList:

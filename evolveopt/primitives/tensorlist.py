@@ -189,7 +189,10 @@ def member_numels(xs: TensorList, member_dims: int) -> list[int]:
 
 
 def global_norm(xs: TensorList, member_dims: int) -> Tensor:
-    """‖(x_1, ..., x_n)‖₂ over every tensor: a 0-d tensor, or ``[P]`` with member_dims 1."""
+    """‖(x_1, ..., x_n)‖₂ over every tensor: a 0-d tensor, or ``[P]`` with member_dims 1. The squares
+    of the tensors' norms are summed in order (a running sum), so a stacked member gets the bits of
+    the same model alone: a reduction over the stacked axis orders its sums differently."""
     norms = member_norms(xs, member_dims)
     dtype = torch.float64 if any(n.dtype == torch.float64 for n in norms) else torch.float32
-    return torch.linalg.vector_norm(torch.stack([n.to(dtype) for n in norms]), dim=0)
+    squares = torch.stack([n.to(dtype) for n in norms]) ** 2
+    return torch.sqrt(torch.cumsum(squares, dim=0)[-1])

@@ -112,6 +112,7 @@ class Evolution:
             return RunSummary(self.rundir.path, self.generation + 1, self.best(), interrupted=True)
         finally:
             self.backend.close()
+            self.scorer.cache.close()  # checkpoints its write-ahead log: the run folder is final once run() returns
         return RunSummary(self.rundir.path, self.generation + 1, self.best())
 
     def _run_generation(self, generation: int) -> None:

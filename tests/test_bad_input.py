@@ -31,6 +31,7 @@ orthogonalize: {kind: newton_schulz, steps: 5, coefficients: original}
 WITH_FALLBACK = MATRIX_ONLY.replace("beta1: 0.95}", "beta1: 0.95, beta2: 0.99, eps: 1.0e-8}") + """fallback:
   terms:
     - precondition: {kind: ema, beta: beta2, eps: eps}
+"""
 PRODIGY = """schema_version: 2
 genes: {lr: 1.0, beta1: 0.9, beta2: 0.999, beta3: 0.9995, eps: 1.0e-8, d0: 1.0e-6, d_coef: 1.0}
 terms:

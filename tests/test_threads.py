@@ -210,7 +210,8 @@ def test_results_are_bit_identical_whatever_the_thread_count(task):
 
 def test_the_openmp_wait_policy_is_the_users_and_reaches_ray_workers(monkeypatch):
     """evolveopt leaves OpenMP's wait policy alone (passive measured slower alone) and hands on what the user set."""
-    from evolveopt.backends import _runtime_env
+    from evolveopt.backends import workers_runtime_env
+    from evolveopt.config import BackendConfig
 
     code = ("import os, sys; from evolveopt.cli import main; main(['show', 'adam']); "
             "print(os.environ.get('OMP_WAIT_POLICY'), file=sys.stderr)")
@@ -218,9 +219,9 @@ def test_the_openmp_wait_policy_is_the_users_and_reaches_ray_workers(monkeypatch
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stderr.split()[-1] == "None"
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    assert "OMP_WAIT_POLICY" not in _runtime_env()["env_vars"]
+    assert "OMP_WAIT_POLICY" not in workers_runtime_env(BackendConfig(kind="ray"))["env_vars"]
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
-    assert _runtime_env()["env_vars"]["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert workers_runtime_env(BackendConfig(kind="ray"))["env_vars"]["OMP_WAIT_POLICY"] == "PASSIVE"
 
 
 def children() -> set[int]:

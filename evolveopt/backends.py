@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import replace
 from typing import Any, Sequence
 
 from evolveopt.config import BackendConfig, RunConfig
@@ -241,7 +242,14 @@ class RayBackend:
 
 
 def _execute(unit: WorkUnit, device: str, cpus: int) -> UnitResult:
-    return execute_unit(unit, device, threads=cpus)  # as many threads as Ray reserved CPUs
+    return _on_this_node(execute_unit(unit, device, threads=cpus))  # as many threads as Ray reserved CPUs
+
+
+def _on_this_node(result: UnitResult) -> UnitResult:
+    """``result`` marked with the Ray node ID of the worker running it (what generations.jsonl's ``nodes`` lists)."""
+    import ray
+
+    return replace(result, node=ray.get_runtime_context().get_node_id())
 
 
 class UnitActor:
@@ -252,7 +260,7 @@ class UnitActor:
         self.device, self.threads = device, threads
 
     def run(self, unit: WorkUnit) -> UnitResult:
-        return execute_unit(unit, self.device, self.threads)
+        return _on_this_node(execute_unit(unit, self.device, self.threads))
 
 
 def workers_runtime_env(config: BackendConfig) -> dict[str, Any]:

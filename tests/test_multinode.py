@@ -102,3 +102,32 @@ def test_the_driver_killed_mid_run_resumes_against_the_cluster(two_nodes, in_pro
     assert "run.lock" not in resumed["run"]["files"]
     resumed_nodes = {node for row in generation_nodes(resumed)[len(killed["run"]["generations"]):] for node in row}
     assert resumed_nodes and resumed_nodes <= {nodes["head"], nodes["third"]}  # the cluster, with a rejoined node
+
+
+# Ray's C++ core logs this once per process where no interface but loopback exists (in the namespace only)
+NO_OUTWARD_INTERFACE = re.compile(r"^\[[^\]]*\] network_util\.cc:\d+: Failed to determine local IP via external "
+                                  r"connectivity.*\n", re.M)
+PROGRESS = re.compile(r"^\[two_nodes\] generation \d+/3: .*\n", re.M)
+
+
+def test_a_node_lost_beyond_the_retry_budget_is_one_line_exit_2_and_the_run_stays_resumable(two_nodes, in_process):
+    from evolveopt.finished_runs import verify_run
+
+    results, work = two_nodes
+    nodes, spent = results["nodes"], results["retries_spent"]
+    assert spent["killed_during_unit"], "the second node ran no unit after generation 0 was committed"
+    err = PROGRESS.sub("", NO_OUTWARD_INTERFACE.sub("", spent["err"]))
+    assert spent["rc"] == 2 and err.startswith("evolveopt: error: ") and err.count("\n") == 1, spent["err"][-3000:]
+    assert re.fullmatch(r"evolveopt: error: unit \d+ \(digits_mlp, \d+ members, 60 steps\) lost (its worker|the Ray "
+                        rf"node it ran on \({nodes['third']}\)) 1 times \(backend\.max_retries=0\); nothing of it was "
+                        r"cached; `evolveopt resume` continues from the last committed generation\n", err), err
+    left = work / "retries_spent_as_left"  # the run directory as the failed run left it
+    done = spent["committed_at_kill"]
+    assert 1 <= done < 3
+    check = verify_run(left, 3)
+    assert check.trusted and not check.problems and check.generations == done, [p.text for p in check.problems]
+    files = sorted(str(p.relative_to(left)) for p in left.rglob("*") if p.is_file())
+    assert [f for f in files if f.startswith("population/")] == [f"population/gen_{g:04d}.json" for g in range(done)]
+    assert "run.lock" not in files and not [f for f in files if f.endswith(".tmp")], files
+    assert (left / "generations.jsonl").read_text().count("\n") == done
+    finished(results["retries_spent_resumed"], in_process)

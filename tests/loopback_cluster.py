@@ -164,7 +164,6 @@ class Cluster:
         self.env = base
         self.ray = str(Path(sys.executable).with_name("ray"))
         self.address = f"127.0.0.1:{PORT}"
-        self.log: list[str] = []
 
     def _start(self, *args: str, env: dict[str, str] | None = None) -> dict[str, object]:
         """`ray start ARGS`; the raylet it added: its pid and node ID (from its --node_id argument)."""

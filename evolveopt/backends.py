@@ -9,8 +9,9 @@ its genome and seed, so a run gives the same fitness in-process and on Ray.
 Ray: CPU units are Ray tasks (one CPU each, or ``backend.threads``, and as many threads); GPU units go to long-lived actors holding a share
 of a GPU (``gpus_per_actor``), restarted when they die. A unit whose worker dies, that raises,
 or that outlives ``unit_timeout`` (then cancelled) is retried up to ``max_retries`` times; after
-that the error stops the run (an exception as itself, with the worker's traceback). Only
-numerical divergence is a result, so a failure never reaches a cache. GPUs (or, for CPU units,
+that the error stops the run (an exception as itself, with the worker's traceback; a lost
+worker or node as one :class:`BackendError` line). Only numerical divergence is a result, so a
+failure never reaches a cache. GPUs (or, for CPU units,
 the CPUs of one unit) a run asks for are checked up front (no GPU on this machine for a local
 cluster; no node with one actor's share, or one unit's CPUs, on a joined cluster after
 ``GPU_WAIT_S``) instead of tasks and actors waiting for ever.
@@ -30,7 +31,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
+from dataclasses import replace
 from typing import Any, Sequence
 
 from evolveopt.config import BackendConfig, RunConfig
@@ -166,7 +169,7 @@ class RayBackend:
                 done, _ = ray.wait(list(refs), num_returns=1, timeout=1.0)
                 for ref in done:
                     index, _ = refs.pop(ref)
-                    results[index] = self._get(ref)
+                    results[index] = self._get(ref, index, units[index])
                     on_done(index)
                 now = time.monotonic()
                 for ref, (index, started) in list(refs.items()):
@@ -227,13 +230,23 @@ class RayBackend:
             raise BackendError(f"unit {index} ({unit.task.get('name')}, {unit.members} members, {unit.budget} steps) "
                                f"{what} {attempts[index]} times; nothing of it was cached")
 
-    def _get(self, ref: Any) -> UnitResult:
+    def _get(self, ref: Any, index: int, unit: WorkUnit) -> UnitResult:
         try:
             return self.ray.get(ref)
-        except self.ray.exceptions.WorkerCrashedError as exc:
-            raise BackendError(f"a worker died {self.config.max_retries + 1} times running one unit: {exc}") from None
+        except self.ray.exceptions.WorkerCrashedError:  # Ray retried it max_retries times already
+            raise self._lost(index, unit, "its worker") from None
+        except self.ray.exceptions.NodeDiedError as exc:  # its node was lost (likewise retried)
+            node = re.search(r"node ID: (\w+)", str(exc))
+            raise self._lost(index, unit, "the Ray node it ran on" + (f" ({node[1]})" if node else "")) from None
         except self.ray.exceptions.RayTaskError as exc:  # retried max_retries times by Ray already
             raise exc.as_instanceof_cause() from None
+
+    def _lost(self, index: int, unit: WorkUnit, what: str) -> BackendError:
+        """One line for a unit whose worker or node died once more than ``max_retries`` allows."""
+        retries = self.config.max_retries
+        return BackendError(f"unit {index} ({unit.task.get('name')}, {unit.members} members, {unit.budget} steps) "
+                            f"lost {what} {retries + 1} times (backend.max_retries={retries}); nothing of it was "
+                            "cached; `evolveopt resume` continues from the last committed generation")
 
     def close(self) -> None:
         if self._started_here and self.ray.is_initialized():
@@ -241,7 +254,14 @@ class RayBackend:
 
 
 def _execute(unit: WorkUnit, device: str, cpus: int) -> UnitResult:
-    return execute_unit(unit, device, threads=cpus)  # as many threads as Ray reserved CPUs
+    return _on_this_node(execute_unit(unit, device, threads=cpus))  # as many threads as Ray reserved CPUs
+
+
+def _on_this_node(result: UnitResult) -> UnitResult:
+    """``result`` marked with the Ray node ID of the worker running it (what generations.jsonl's ``nodes`` lists)."""
+    import ray
+
+    return replace(result, node=ray.get_runtime_context().get_node_id())
 
 
 class UnitActor:
@@ -252,7 +272,7 @@ class UnitActor:
         self.device, self.threads = device, threads
 
     def run(self, unit: WorkUnit) -> UnitResult:
-        return execute_unit(unit, self.device, self.threads)
+        return _on_this_node(execute_unit(unit, self.device, self.threads))
 
 
 def workers_runtime_env(config: BackendConfig) -> dict[str, Any]:

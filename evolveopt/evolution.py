@@ -120,6 +120,7 @@ class Evolution:
         steps, hits, misses = (self.scorer.stats.member_steps, self.scorer.stats.cache_hits,
                                self.scorer.stats.cache_misses)
         self.scorer.stats.threads.clear()
+        self.scorer.stats.nodes.clear()
         if generation == 0:
             population = self.search.initial_population()
         else:
@@ -138,6 +139,7 @@ class Evolution:
             "wall_time": time.monotonic() - started,
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # this process; Linux: KiB
             "threads": sorted(self.scorer.stats.threads),  # CPU threads per unit (evaluation/threads.py)
+            "nodes": sorted(self.scorer.stats.nodes),  # Ray node IDs that ran its units (none in-process)
         }
         self.logbook.record(**record)  # the whole line: generations.jsonl can be rebuilt from a checkpoint
         self.population, self.generation = population, generation

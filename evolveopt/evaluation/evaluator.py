@@ -52,6 +52,7 @@ class UnitResult:
     member_steps: int
     seconds: float
     threads: int = 0  # torch's CPU threads in the worker that ran it
+    node: str = ""  # the Ray node that ran it (its node ID); "" in this process
 
 
 def execute_unit(unit: WorkUnit, device: str = "cpu", threads: int | None = None) -> UnitResult:
@@ -162,6 +163,7 @@ class Evaluation:
     units: int = 0
     task_labels: list[str] = field(default_factory=list)
     threads: tuple[int, ...] = ()  # the CPU thread counts its units ran with (results never depend on them)
+    nodes: tuple[str, ...] = ()  # the Ray nodes its units ran on (none in this process)
 
     @property
     def hit_rate(self) -> float:
@@ -238,17 +240,19 @@ def evaluate(genomes: Sequence[Genome | str], tasks: Sequence[Any], budget: int,
         max_members = min(default_max_members(t, genomes, device) for t in built) if built else 1
     units = plan_units(genomes, built, budget, seeds, skip=set(known), max_members=max_members, workers=workers)
     run = map_units or (lambda us, on_done: run_here(us, device, on_done=on_done))
-    member_steps, threads = 0, set()
+    member_steps, threads, nodes = 0, set(), set()
     for outcome in run(units, on_done=_UnitCounter(units, specs, labels, budget, on_progress)):
         fresh = dict(zip(outcome.keys, outcome.results))
         cache.put_many(fresh)
         known.update(fresh)
         member_steps += outcome.member_steps
         threads.add(outcome.threads)
+        nodes.update([outcome.node] if outcome.node else [])
     results = [[[known[k] for k in per_task] for per_task in per_genome] for per_genome in keys]
     return Evaluation(
         genomes=genomes, tasks=specs, budget=budget, seeds=list(seeds), results=results,
         member_steps=member_steps, seconds=time.perf_counter() - start,
         cache_hits=cache.hits - hits_before, cache_misses=cache.misses - misses_before,
         units=len(units), task_labels=labels, threads=tuple(sorted(threads)),
+        nodes=tuple(sorted(nodes)),
     )

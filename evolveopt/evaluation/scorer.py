@@ -31,6 +31,7 @@ class ScorerStats:
     cache_hits: int = 0
     cache_misses: int = 0
     threads: set[int] = field(default_factory=set)  # CPU thread counts units ran with
+    nodes: set[str] = field(default_factory=set)  # Ray node IDs units ran on
     evaluations: list[Evaluation] = field(default_factory=list, repr=False)
 
 
@@ -62,6 +63,7 @@ class FitnessScorer:
         self.stats.cache_hits += evaluation.cache_hits
         self.stats.cache_misses += evaluation.cache_misses
         self.stats.threads.update(evaluation.threads)
+        self.stats.nodes.update(evaluation.nodes)
         return evaluation
 
     def _reporter(self, stage: str) -> OnProgress | None:

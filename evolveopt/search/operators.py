@@ -370,6 +370,7 @@ def crossover(rng: np.random.Generator, a: Genome, b: Genome, space: SearchSpace
                 if locus == "orthogonalize" and "fallback" in parent:  # the fallback comes with the matrix rule
                     child["fallback"] = copy.deepcopy(parent["fallback"])
             loci[locus] = side
+        with_fallback(child)  # parts from two parents must still make one rule (e.g. no estimator beside a fallback)
         if "gene_schedules" in da or "gene_schedules" in db:  # from one parent (no draw for v1 parents)
             parent = da if rng.random() < 0.5 else db
             if "gene_schedules" in parent:

@@ -249,8 +249,9 @@ def with_fallback(data: dict[str, Any]) -> dict[str, Any]:
     """``data`` with :data:`DRAWN_FALLBACK` added where it orthogonalizes and has no fallback (in place;
     an estimator drawn beside it is dropped, as a genome cannot have both)."""
     if data.get("orthogonalize") not in (None, "none") and "fallback" not in data:
-        data.pop("estimator", None)  # a step-size estimate is one for the whole model: no fallback beside it
         data["fallback"] = copy.deepcopy(DRAWN_FALLBACK)
+    if "fallback" in data:
+        data.pop("estimator", None)  # a step-size estimate is one for the whole model: no fallback beside it
     return data
 
 

@@ -60,7 +60,8 @@ def terms(draw):
     if draw(st.booleans()):
         kind = draw(st.sampled_from(PRECONDITION_KINDS))
         signal_kinds = SIGNALS if "momentum" in term else tuple(s for s in SIGNALS if s != "residual")
-        modes = EPS_MODES if kind != "belief" else tuple(m for m in EPS_MODES if m != "atan2")
+        # belief adds ε to its state and factored floors mean(R) by ε: neither takes the ε-free atan2
+        modes = EPS_MODES if kind not in ("belief", "factored") else tuple(m for m in EPS_MODES if m != "atan2")
         pre = {"kind": kind, "eps": "eps", "signal": draw(signals(signal_kinds)), "eps_mode": draw(st.sampled_from(modes))}
         if pre["eps_mode"] == "atan2":
             del pre["eps"]

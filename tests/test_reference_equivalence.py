@@ -213,6 +213,11 @@ CASES: dict[str, Case] = {
     "ademamix": Case(AdEMAMIX_GENES, _kozistr("AdEMAMix", **AdEMAMIX_KW), GROUP),
     "ademamix_schedulers": Case(AdEMAMIX_GENES, _kozistr("AdEMAMix", t_alpha_beta3=60, **AdEMAMIX_KW), GROUP,
                                 genome=lambda: ademamix_with_schedulers(60)),
+    # Adafactor: the conv weight [2, 1, 3, 3] is factored over its last two dims (3×3 per [out, in] index) as
+    # torch factors it; the head [4, 18] is one factorization; biases keep a full v. lr 0.02 > 1/√t from t = 3,
+    # so both arms of min(η_t, 1/√t) run; d = 1.2 (torch takes d ≥ 1).
+    "adafactor": Case(dict(lr=0.02, eps=1e-12, eps2=5e-4, update_clip=1.2, weight_decay=0.05),
+                      _torch(torch.optim.Adafactor, lr=0.02, eps=(1e-12, 5e-4), d=1.2, weight_decay=0.05), GROUP),
     "signsgd": Case(dict(lr=0.002, weight_decay=0.01),
                     lambda g: SignSGDReference(g, lr=0.002, weight_decay=0.01), GROUP),
 }

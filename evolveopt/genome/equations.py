@@ -11,7 +11,7 @@ SYMBOLS = {
     "alpha": "α", "clip": "c", "warmup": "w", "gamma": "γ", "trust_clamp": "C", "trust_eps": "ε_τ",
     "feedback_low": "k", "feedback_high": "K", "momentum_decay": "ψ", "avg_r": "r", "avg_lr_power": "p",
     "fallback_lr_ratio": "ρ", "fallback_beta1": "β1'", "fallback_beta2": "β2'", "fallback_eps": "ε'",
-    "fallback_weight_decay": "λ'",
+    "fallback_weight_decay": "λ'", "eps2": "ε2", "update_clip": "d",
 }
 
 
@@ -110,13 +110,20 @@ class _Renderer:
         x = self.signal(pre.signal, momentum=m)
         if new:
             b = sym(pre.beta) if pre.beta else ""
+            if pre.kind == "factored":
+                self.lines.append(f"R ← {b}·R + (1 − {b})·mean_cols({x}²);  C ← {b}·C + (1 − {b})·mean_rows({x}²);  "
+                                  f"{v} = R·C/max(mean(R), {sym(pre.eps)})   (over the last two dims; a tensor of "
+                                  f"< 2 dims keeps {v} ← {b}·{v} + (1 − {b})·{x}²)")
             update = {
                 "sum": f"{v} ← {v} + {x}²",
                 "belief": f"{v} ← {b}·{v} + (1 − {b})·{x}² + {sym(pre.eps)}",
             }.get(pre.kind, f"{v} ← {b}·{v} + (1 − {b})·{x}²")
-            if pre.stale:
+            if pre.kind == "factored":
+                update = None
+            elif pre.stale:
                 update += f"   (after use: the division reads {v} of step t − 1; {v}_0 = {x}² at t = 1, when the term is 0)"
-            self.lines.append(update)
+            if update is not None:
+                self.lines.append(update)
         if pre.kind == "max":
             vmax, new_max = self.buffer(slots[1], "v̄")
             if new_max:
@@ -166,7 +173,8 @@ class _Renderer:
         self._stage("direction", g=self.g)
         ortho = self.genome.orthogonalize
         scaled = ortho is not None and ortho.scale != "none"
-        self._stage_or_default("move", "θ ← θ − η_t·s·u" if scaled else "θ ← θ − η_t·u")
+        step = "α" if self.genome.relative_step is not None else "η_t"
+        self._stage_or_default("move", f"θ ← θ − {step}·s·u" if scaled else f"θ ← θ − {step}·u")
         self._stage("after")
         self._stage_or_default("lr", "η_t = η")
         self._stage("loss")

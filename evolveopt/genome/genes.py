@@ -89,6 +89,10 @@ GENES: dict[str, GeneSpec] = {
                   low_open=True),
     "b": GeneSpec(0.0, 100.0, "log", (0.25, 4.0), "denominator scale b of a·atan2(y, b·√v̂) (Adam-atan2)",
                   "atan2_scale", low_open=True),
+    # Adafactor (Shazeer & Stern 2018): the relative step's floor of rms(θ) and the update-RMS clip.
+    "eps2": GeneSpec(0.0, 1.0, "log", (1e-5, 1e-2), "floor ε2 of rms(θ) in the relative step (Adafactor)", "eps"),
+    "update_clip": GeneSpec(0.0, 1e6, "log", (0.5, 4.0), "update-RMS clip d: u ← u/max(1, rms(u)/d) (Adafactor)",
+                            "threshold", low_open=True),
 }
 
 ROLES: dict[str, str] = {  # role -> what a field of that role means, for messages

@@ -45,7 +45,7 @@ READABLE_VERSIONS = (1, 2)
 SIGNALS = ("grad", "grad_diff", "nesterov_grad", "residual")
 TERM_SIGNALS = ("grad", "grad_diff", "nesterov_grad")
 MOMENTUM_KINDS = ("ema", "nesterov", "interp", "nadam")
-PRECONDITION_KINDS = ("ema", "max", "sum", "belief")
+PRECONDITION_KINDS = ("ema", "max", "sum", "belief", "factored")  # factored: schema 2
 EPS_MODES = ("outside", "raw", "inside", "clamp", "atan2")  # clamp and atan2: schema 2
 TERM_ORDERS = ("momentum_first", "normalize_first")  # normalize_first: schema 2
 GENE_SCHEDULE_KINDS = ("linear_warmup", "halflife_warmup", "power")
@@ -96,6 +96,9 @@ class Precondition:
 
     ema:    v ← βv + (1−β)x²            max: v as ema, v̄ ← max(v̄, v) (AMSGrad)
     sum:    v ← v + x² (Adagrad)         belief: v ← βv + (1−β)x² + ε (AdaBelief)
+    factored (Adafactor; schema 2): for a tensor of ≥ 2 dims per member, row and column EMAs of x²
+            over its last two dims, R ← βR + (1−β)·mean_cols(x²), C ← βC + (1−β)·mean_rows(x²), and
+            v̂ = R·C/max(mean(R), ε) (an outer product per leading index); other tensors keep a full v as ema.
     eps_mode outside: y/(√v̂ + ε);  raw: y·√(1−β^t)/(√v + ε);  inside: y/√(v̂ + ε)
              clamp: y/max(√v̂, ε) (ADOPT);  atan2: a·atan2(y, b·√v̂), no ε (Adam-atan2)
     rectify: RAdam's r_t·(normalized y) when ρ_t > 5, else the unnormalized y.
@@ -401,6 +404,11 @@ def _parse_precondition(node: _Node, genes: dict[str, float], has_momentum: bool
                       ("clip", node.has("clip"))):
         if used:
             _needs_v2(node.child(key), version)
+    if kind == "factored":
+        _needs_v2(node.child("kind"), version)
+        if eps_mode == "atan2":
+            raise node.child("eps_mode").fail("precondition 'factored' needs eps (the floor of mean(R)); "
+                                              "eps_mode 'atan2' takes none")
     if eps_mode == "atan2":
         if kind == "belief":
             raise node.child("eps_mode").fail("precondition 'belief' adds ε to its state; eps_mode 'atan2' takes no ε "
@@ -765,7 +773,7 @@ def _term_is_v2(term: Term) -> bool:
     if term.weight is not None and gene_spec(term.weight).role == "coefficient":  # AdEMAMix's α
         return True
     return term.order != "momentum_first" or (pre is not None and (
-        pre.eps_mode in ("clamp", "atan2") or pre.stale or pre.clip is not None))
+        pre.eps_mode in ("clamp", "atan2") or pre.stale or pre.clip is not None or pre.kind == "factored"))
 
 
 def locus_to_data(locus: Locus, value: Any) -> Any:

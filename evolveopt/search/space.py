@@ -41,7 +41,7 @@ class SearchSpace(_LociChoices):
     max_terms: int = 4
     signals: tuple[str, ...] = ("grad", "grad", "grad", "grad_diff", "nesterov_grad")  # repeats weight the draw
     momenta: tuple[str, ...] = ("none", "ema", "ema_bc", "nesterov", "interp", "heavy_ball")
-    preconditions: tuple[str, ...] = ("none", "ema", "ema_bc", "max", "sum", "belief")
+    preconditions: tuple[str, ...] = ("none", "ema", "ema_bc", "max", "sum", "belief")  # a config may add factored
     eps_modes: tuple[str, ...] = ("outside", "raw", "inside")
     rectify_probability: float = 0.1
     sign_probability: float = 0.2
@@ -103,6 +103,8 @@ def allowed_choices(name: str) -> set[str]:
         return set(EPS_MODES)
     if name == "gene_schedules":
         return {"none", *GENE_SCHEDULE_KINDS}
+    if name == "preconditions":  # schema 2's factored statistic (Adafactor) is drawn only where a config lists it
+        return {*SearchSpace().preconditions, "factored"}
     return set(getattr(SearchSpace(), name))
 
 
@@ -151,7 +153,8 @@ def _random_term(rng: np.random.Generator, space: SearchSpace, index: int) -> di
                 pre["rectify"] = True
         if precondition == "belief" and "momentum" in term:
             pre["signal"] = "residual"
-        modes = space.eps_modes if precondition != "belief" else tuple(m for m in space.eps_modes if m != "atan2")
+        no_atan2 = precondition in ("belief", "factored")  # ε in belief's state; factored floors mean(R) by ε
+        modes = tuple(m for m in space.eps_modes if m != "atan2") if no_atan2 else space.eps_modes
         pre["eps_mode"] = _pick(rng, modes or ("outside",))
         if pre["eps_mode"] == "atan2":
             del pre["eps"]

@@ -40,6 +40,9 @@ ON_GRID = {  # values already on the canonical grid, so rounding leaves them be
 @st.composite
 def signals(draw, kinds):
     kind = draw(st.sampled_from(kinds))
+    if kind == "corrected_grad":  # MARS's c, with or without its per-tensor norm clip
+        clip = {"clip": "clip"} if draw(st.booleans()) else {}
+        return {"kind": kind, "beta": draw(RATES), "gamma": "correction", **clip}
     return {"kind": kind, "beta": draw(RATES)} if kind == "nesterov_grad" else kind
 
 

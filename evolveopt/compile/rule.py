@@ -209,6 +209,10 @@ class Rule:
             value = cache.grads
         elif signal.kind == "grad_diff":
             value = gradient.grad_diff(cache.grads, state["prev_grad"], ctx.t)
+        elif signal.kind == "corrected_grad":
+            genes = ctx.genes
+            value = gradient.corrected_grad(cache.grads, state["prev_grad"], genes[signal.beta], genes[signal.gamma],
+                                            genes[signal.clip] if signal.clip else None, ctx.member_dims)
         else:  # nesterov_grad
             diff = self._signal(Signal("grad_diff"), state, cache, ctx)
             value = gradient.nesterov_grad(cache.grads, diff, ctx.genes[signal.beta])

@@ -11,7 +11,7 @@ SYMBOLS = {
     "alpha": "α", "clip": "c", "warmup": "w", "gamma": "γ", "trust_clamp": "C", "trust_eps": "ε_τ",
     "feedback_low": "k", "feedback_high": "K", "momentum_decay": "ψ", "avg_r": "r", "avg_lr_power": "p",
     "fallback_lr_ratio": "ρ", "fallback_beta1": "β1'", "fallback_beta2": "β2'", "fallback_eps": "ε'",
-    "fallback_weight_decay": "λ'", "eps2": "ε2", "update_clip": "d",
+    "fallback_weight_decay": "λ'", "eps2": "ε2", "update_clip": "d", "correction": "γ_c",
 }
 
 
@@ -43,6 +43,10 @@ class _Renderer:
             return f"({g} − {g}_prev)"
         if signal.kind == "nesterov_grad":
             return f"({g} + {sym(signal.beta)}·({g} − {g}_prev))"
+        if signal.kind == "corrected_grad":
+            b = sym(signal.beta)
+            c = f"({g} + {sym(signal.gamma)}·{b}/(1 − {b})·({g} − {g}_prev))"
+            return f"clip_{sym(signal.clip)}{c}" if signal.clip else c
         return f"({g} − {momentum})"
 
     def render(self) -> list[str]:
@@ -50,6 +54,12 @@ class _Renderer:
         terms = [self._term(i, t) for i, t in enumerate(self.genome.terms)]
         if any(t.signal.kind in ("grad_diff", "nesterov_grad") for t in self.genome.terms):
             self.lines.append(f"  ({self.g}_prev = {self.g} at t = 1, so the difference starts at 0)")
+        corrected = [s for t in self.genome.terms for s in (t.signal, t.precondition.signal if t.precondition else None)
+                     if s is not None and s.kind == "corrected_grad"]
+        if corrected:
+            clip = next((s.clip for s in corrected if s.clip), None)
+            self.lines.append(f"  ({self.g}_prev = 0 at t = 1" + (f"; clip_{sym(clip)}(x) = x·min(1, {sym(clip)}/‖x‖) "
+                                                                 "per tensor)" if clip else ")"))
         self.lines.append("u = " + " + ".join(terms))
         self._postprocess()
         return self.lines

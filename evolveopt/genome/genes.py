@@ -93,6 +93,8 @@ GENES: dict[str, GeneSpec] = {
     "eps2": GeneSpec(0.0, 1.0, "log", (1e-5, 1e-2), "floor ε2 of rms(θ) in the relative step (Adafactor)", "eps"),
     "update_clip": GeneSpec(0.0, 1e6, "log", (0.5, 4.0), "update-RMS clip d: u ← u/max(1, rms(u)/d) (Adafactor)",
                             "threshold", low_open=True),
+    "correction": GeneSpec(0.0, 100.0, "log", (1e-3, 0.1),
+                           "MARS's correction strength γ: c = g + γ·β/(1−β)·(g_t − g_{t−1})", "correction"),
 }
 
 ROLES: dict[str, str] = {  # role -> what a field of that role means, for messages
@@ -103,6 +105,7 @@ ROLES: dict[str, str] = {  # role -> what a field of that role means, for messag
     "averaging_power": "a power in the averaging weights",
     "lr_ratio": "a learning-rate ratio",
     "atan2_scale": "a scale of eps_mode atan2",
+    "correction": "a gradient-correction strength",
 }
 
 _WEIGHT = GeneSpec(-100.0, 100.0, "linear", (-2.0, 2.0), "weight of a direction term", "weight")

@@ -42,8 +42,8 @@ from evolveopt.genome.registry import (HORIZON_SCHEDULES, LOCI, Adaptor, Cautiou
 SCHEMA_VERSION = 2  # files say the lowest version that expresses them (1 unless a v2 locus is used)
 READABLE_VERSIONS = (1, 2)
 
-SIGNALS = ("grad", "grad_diff", "nesterov_grad", "residual")
-TERM_SIGNALS = ("grad", "grad_diff", "nesterov_grad")
+SIGNALS = ("grad", "grad_diff", "nesterov_grad", "residual", "corrected_grad")  # corrected_grad: schema 2
+TERM_SIGNALS = ("grad", "grad_diff", "nesterov_grad", "corrected_grad")
 MOMENTUM_KINDS = ("ema", "nesterov", "interp", "nadam")
 PRECONDITION_KINDS = ("ema", "max", "sum", "belief", "factored")  # factored: schema 2
 EPS_MODES = ("outside", "raw", "inside", "clamp", "atan2")  # clamp and atan2: schema 2
@@ -64,11 +64,15 @@ class Signal:
     """The quantity a statistic averages.
 
     grad: ĝ;  grad_diff: d_t = ĝ_t − ĝ_{t−1} (d_1 = 0);  nesterov_grad: ĝ + β·d_t (Adan);
-    residual: ĝ − m_t, the gradient around its prediction m (AdaBelief; precondition only).
+    residual: ĝ − m_t, the gradient around its prediction m (AdaBelief; precondition only);
+    corrected_grad (schema 2): MARS's variance-reduced c = ĝ + γ·β/(1−β)·(ĝ_t − ĝ_{t−1}) with ĝ_0 = 0
+    (γ the gene ``gamma`` names), then, with ``clip``, c ← c·min(1, τ/‖c‖) per tensor (per member).
     """
 
     kind: str = "grad"
     beta: str | None = None
+    gamma: str | None = None  # corrected_grad's correction strength γ
+    clip: str | None = None  # corrected_grad's per-tensor norm bound τ
 
 
 @dataclass(frozen=True)
@@ -346,11 +350,23 @@ def _parse_genes(node: _Node) -> dict[str, float]:
     return genes
 
 
-def _parse_signal(node: _Node, genes: dict[str, float], allowed: tuple[str, ...]) -> Signal:
+def _parse_signal(node: _Node, genes: dict[str, float], allowed: tuple[str, ...], version: int = SCHEMA_VERSION
+                  ) -> Signal:
     if node.value is None:
         return Signal()
-    kind, node = _kind_node(node, ("kind", "beta"))
+    kind, node = _kind_node(node, ("kind", "beta", "gamma", "clip"))
     node.child("kind").choice(allowed)
+    if kind != "corrected_grad":
+        for key in ("gamma", "clip"):
+            if node.has(key):
+                raise node.child(key).fail(f"signal '{kind}' takes no {key} (corrected_grad does)")
+    if kind == "corrected_grad":
+        _needs_v2(node.child("kind"), version)
+        for key in ("beta", "gamma"):
+            if not node.has(key):
+                raise node.fail(f"signal 'corrected_grad' needs '{key}'")
+        return Signal(kind, node.child("beta").gene_ref(genes, "rate"), node.child("gamma").gene_ref(genes, "correction"),
+                      node.child("clip").gene_ref(genes, "threshold", optional=True))
     if kind == "nesterov_grad":
         return Signal(kind, node.child("beta").gene_ref(genes, "rate"))
     if node.has("beta"):
@@ -424,7 +440,7 @@ def _parse_precondition(node: _Node, genes: dict[str, float], has_momentum: bool
                 raise node.child(key).fail(f"'{key}' is a gene of eps_mode 'atan2' only (this eps_mode is '{eps_mode}')")
         if not node.has("eps"):
             raise node.fail("missing required key 'eps'")
-    signal = _parse_signal(node.child("signal"), genes, SIGNALS)
+    signal = _parse_signal(node.child("signal"), genes, SIGNALS, version)
     if signal.kind == "residual" and not has_momentum:
         raise node.child("signal").fail("signal 'residual' needs the term to have a momentum")
     stale = node.child("stale").boolean(False)
@@ -465,7 +481,7 @@ def _parse_term(node: _Node, genes: dict[str, float], version: int) -> Term:
         if precondition.signal.kind == "residual":
             raise node.child("order").fail("order 'normalize_first' takes no 'residual' precondition signal")
     return Term(
-        signal=_parse_signal(node.child("signal"), genes, TERM_SIGNALS),
+        signal=_parse_signal(node.child("signal"), genes, TERM_SIGNALS, version),
         weight=node.child("weight").gene_ref(genes, ("weight", "rate", "coefficient") if version >= 2 else
                                              ("weight", "rate"), optional=True),
         momentum=momentum,
@@ -716,12 +732,12 @@ def referenced_genes(genome: Genome) -> set[str]:
         refs.append(genome.fallback.lr_ratio)
     for terms, loci in rules:
         for term in terms:
-            refs += [term.weight, term.signal.beta]
+            refs += [term.weight, term.signal.beta, term.signal.gamma, term.signal.clip]
             if term.momentum is not None:
                 refs += [term.momentum.beta, term.momentum.mix, term.momentum.decay]
             if term.precondition is not None:
                 pre = term.precondition
-                refs += [pre.eps, pre.beta, pre.signal.beta, pre.a, pre.b, pre.clip]
+                refs += [pre.eps, pre.beta, pre.signal.beta, pre.signal.gamma, pre.signal.clip, pre.a, pre.b, pre.clip]
         for key, value in loci.items():
             refs += locus_genes(LOCI[key], value)
     for schedule in genome.gene_schedules.values():
@@ -771,6 +787,8 @@ def schema_version_of(genome: Genome) -> int:
 def _term_is_v2(term: Term) -> bool:
     pre = term.precondition
     if term.weight is not None and gene_spec(term.weight).role == "coefficient":  # AdEMAMix's α
+        return True
+    if "corrected_grad" in (term.signal.kind, pre.signal.kind if pre is not None else None):  # MARS
         return True
     return term.order != "momentum_first" or (pre is not None and (
         pre.eps_mode in ("clamp", "atan2") or pre.stale or pre.clip is not None or pre.kind == "factored"))

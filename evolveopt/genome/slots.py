@@ -11,6 +11,8 @@ from evolveopt.genome.schema import Genome, Signal, Term, fallback_genome
 
 
 def signal_name(signal: Signal) -> str:
+    if signal.kind == "corrected_grad":
+        return f"{signal.kind}({','.join(g for g in (signal.beta, signal.gamma, signal.clip) if g)})"
     return f"{signal.kind}({signal.beta})" if signal.beta else signal.kind
 
 
@@ -79,7 +81,7 @@ def state_slots(genome: Genome) -> dict[str, str]:
     slots: dict[str, str] = {}
     for term in genome.terms:
         signals = [term.signal] + ([term.precondition.signal] if term.precondition else [])
-        if any(s.kind in ("grad_diff", "nesterov_grad") for s in signals):
+        if any(s.kind in ("grad_diff", "nesterov_grad", "corrected_grad") for s in signals):
             slots["prev_grad"] = PARAM_SHAPED
         if term.momentum is not None:
             slots[momentum_slot(term)] = PARAM_SHAPED

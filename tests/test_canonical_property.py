@@ -41,6 +41,9 @@ ON_GRID = {  # values already on the canonical grid, so rounding leaves them be
 @st.composite
 def signals(draw, kinds):
     kind = draw(st.sampled_from(kinds))
+    if kind == "corrected_grad":  # MARS's c, with or without its per-tensor norm clip
+        clip = {"clip": "clip"} if draw(st.booleans()) else {}
+        return {"kind": kind, "beta": draw(RATES), "gamma": "correction", **clip}
     return {"kind": kind, "beta": draw(RATES)} if kind == "nesterov_grad" else kind
 
 
@@ -61,7 +64,8 @@ def terms(draw):
     if draw(st.booleans()):
         kind = draw(st.sampled_from(PRECONDITION_KINDS))
         signal_kinds = SIGNALS if "momentum" in term else tuple(s for s in SIGNALS if s != "residual")
-        modes = EPS_MODES if kind != "belief" else tuple(m for m in EPS_MODES if m != "atan2")
+        # belief adds ε to its state and factored floors mean(R) by ε: neither takes the ε-free atan2
+        modes = EPS_MODES if kind not in ("belief", "factored") else tuple(m for m in EPS_MODES if m != "atan2")
         pre = {"kind": kind, "eps": "eps", "signal": draw(signals(signal_kinds)), "eps_mode": draw(st.sampled_from(modes))}
         if pre["eps_mode"] == "atan2":
             del pre["eps"]

@@ -154,6 +154,21 @@ ADAM_GENES = dict(lr=0.01, beta1=0.8, beta2=0.99, eps=1e-6, weight_decay=0.01)
 ADAM_KW = dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.01)
 GROUP = dict(lr=0.003, weight_decay=0.03)
 
+MARS_GENES = dict(lr=0.01, beta1=0.9, beta2=0.98, correction=0.05, eps=1e-7, weight_decay=0.05, fallback_lr_ratio=0.5,
+                  fallback_beta1=0.8, fallback_beta2=0.99, fallback_weight_decay=0.02)
+MARS_KW = dict(lr=0.01, betas=(0.9, 0.98), gamma=0.05, eps=1e-7, weight_decay=0.05, lr_1d=0.005, betas_1d=(0.8, 0.99),
+               weight_decay_1d=0.02)
+
+
+def _mars_every_tensor():
+    """mars with pytorch-optimizer's optimize_1d=True: MARS on every tensor (the genome without its fallback)."""
+    data = evolveopt.genome.to_dict(evolveopt.genome.load_genome("mars"))
+    data.pop("fallback")
+    data["genes"] = {k: v for k, v in data["genes"].items() if not k.startswith("fallback_")}
+    data["name"] = "mars_optimize_1d"
+    return evolveopt.genome.parse_genome(data, source="mars optimize_1d")
+
+
 CASES: dict[str, Case] = {
     "sgd": Case(dict(lr=0.05, weight_decay=0.01), _torch(torch.optim.SGD, lr=0.05, weight_decay=0.01), GROUP),
     "momentum": Case(dict(lr=0.02, beta1=0.8, weight_decay=0.01),
@@ -249,6 +264,17 @@ CASES: dict[str, Case] = {
         PRODIGY_GENES | dict(growth_rate=1.05),
         _prodigy(**PRODIGY_KW, safeguard_warmup=True, growth_rate=1.05, decouple=False), PRODIGY_GROUP,
         genome=_prodigy_variant(safeguard_warmup=True, growth="growth_rate", l2=True)),
+    # Adafactor: the conv weight [2, 1, 3, 3] is factored over its last two dims (3×3 per [out, in] index) as
+    # torch factors it; the head [4, 18] is one factorization; biases keep a full v. lr 0.02 > 1/√t from t = 3,
+    # so both arms of min(η_t, 1/√t) run; d = 1.2 (torch takes d ≥ 1).
+    "adafactor": Case(dict(lr=0.02, eps=1e-12, eps2=5e-4, update_clip=1.2, weight_decay=0.05),
+                      _torch(torch.optim.Adafactor, lr=0.02, eps=(1e-12, 5e-4), d=1.2, weight_decay=0.05), GROUP),
+    # MARS: conv [2,1,3,3] and head [4, 18] take MARS-AdamW (pytorch-optimizer routes by ndim >= 2), biases AdamW
+    # with betas_1d at lr_1d = ρ·lr (lr_1d_factor = lr_1d/lr = 0.5, from the constructor, times each group's lr).
+    "mars": Case(MARS_GENES, _kozistr("MARS", **MARS_KW), dict(lr=0.004, fallback_weight_decay=0.03),
+                 reference_groups=(dict(), dict(lr=0.004, weight_decay_1d=0.03))),
+    "mars_optimize_1d": Case({k: v for k, v in MARS_GENES.items() if not k.startswith("fallback_")},
+                             _kozistr("MARS", optimize_1d=True, **MARS_KW), GROUP, genome=_mars_every_tensor),
     "signsgd": Case(dict(lr=0.002, weight_decay=0.01),
                     lambda g: SignSGDReference(g, lr=0.002, weight_decay=0.01), GROUP),
 }

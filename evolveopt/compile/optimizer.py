@@ -34,7 +34,7 @@ from evolveopt.genome.genes import range_problem
 from evolveopt.genome.io import load_genome
 from evolveopt.genome.schema import SCHEMA_VERSION, Genome
 from evolveopt.genome.registry import shared_genes
-from evolveopt.genome.slots import PARAM_KINDS
+from evolveopt.genome.slots import TENSOR_KINDS
 from evolveopt.compile.rule import FALLBACK_RULE, StepContext, route, rules_of
 from evolveopt.primitives import averaging
 from evolveopt.primitives import feedback as eve
@@ -391,7 +391,7 @@ class RuleOptimizer(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
         if self.genome.averaging is not None:
             self.defaults["train_mode"] = all(group["train_mode"] for group in self.param_groups)
-        scalars = {name for rule in self.rules for name, kind in rule.slots.items() if kind not in PARAM_KINDS}
+        scalars = {name for rule in self.rules for name, kind in rule.slots.items() if kind not in TENSOR_KINDS}
         saved = [i for group in state_dict["param_groups"] for i in group["params"]]
         params = [(p, group["capturable"]) for group in self.param_groups for p in group["params"]]
         for i, (p, capturable) in zip(saved, params):

@@ -28,8 +28,9 @@ from evolveopt.errors import OptimizerUsageError
 from evolveopt.genome.genes import gene_spec
 from evolveopt.genome.registry import global_stages, pipeline
 from evolveopt.genome.schema import Genome, Momentum, Signal, Term, fallback_genome
-from evolveopt.genome.slots import (PARAM_COPY, PARAM_KINDS, PARAM_SHAPED, PER_MEMBER_ZERO, momentum_slot, nadam_slot,
-                                    precondition_slots, signal_name, state_slots)
+from evolveopt.genome.slots import (FACTORED_COLUMNS, FACTORED_ROWS, PARAM_COPY, PARAM_KINDS, PARAM_SHAPED,
+                                    PER_MEMBER_ZERO, momentum_slot, nadam_slot, precondition_slots, signal_name,
+                                    state_slots)
 from evolveopt.primitives import gradient, moments, preconditioners, schedules
 from evolveopt.primitives import tensorlist as tl
 from evolveopt.primitives.tensorlist import Factor, Scalar, Step, TensorList
@@ -68,6 +69,7 @@ class Flow:
     state: Mapping[str, TensorList]
     direction: TensorList | None = None  # u, during the direction stage
     step_scale: list[float] | None = None  # per-tensor factor s of η_t (orthogonalize's shape scale): θ ← θ − η_t·s·u
+    step_size: list[Scalar] | None = None  # per-tensor step α in place of η_t (relative_step): θ ← θ − α·s·u
 
 
 Stage = list[tuple[Callable[[Any, Flow, StepContext], None], Any]]
@@ -119,6 +121,8 @@ class Rule:
                 state[name] = torch.zeros_like(param, memory_format=torch.preserve_format)
             elif kind == PARAM_COPY:
                 state[name] = param.detach().clone(memory_format=torch.preserve_format)
+            elif kind in (FACTORED_ROWS, FACTORED_COLUMNS):
+                state[name] = _factored_zeros(param, kind, member_dims)
             else:
                 start = 0.0 if kind == PER_MEMBER_ZERO else 1.0
                 if member_dims == 0:
@@ -130,8 +134,8 @@ class Rule:
 
     @property
     def buffers_per_param(self) -> int:
-        """Parameter-sized state buffers (Adam 2, Lion 1)."""
-        return sum(kind in PARAM_KINDS for kind in self.slots.values())
+        """Parameter-sized state buffers (Adam 2, Lion 1; a factored statistic counts 1: slots.rule_buffers)."""
+        return sum(kind in PARAM_KINDS or kind == FACTORED_ROWS for kind in self.slots.values())
 
     # ------------------------------------------------------------------ per-step scalars
 
@@ -212,7 +216,7 @@ class Rule:
             for run, value in self.move:
                 run(value, flow, ctx)
         else:
-            apply_(params, parts, -ctx.lr)
+            apply_(params, parts, -ctx.lr if flow.step_size is None else tl.mul(-1.0, flow.step_size))
         for run, value in self.after_move:
             run(value, flow, ctx)
 
@@ -241,6 +245,10 @@ class Rule:
             value = cache.grads
         elif signal.kind == "grad_diff":
             value = gradient.grad_diff(cache.grads, state["prev_grad"], ctx.t)
+        elif signal.kind == "corrected_grad":
+            genes = ctx.genes
+            value = gradient.corrected_grad(cache.grads, state["prev_grad"], genes[signal.beta], genes[signal.gamma],
+                                            genes[signal.clip] if signal.clip else None, ctx.member_dims)
         else:  # nesterov_grad
             diff = self._signal(Signal("grad_diff"), state, cache, ctx)
             value = gradient.nesterov_grad(cache.grads, diff, ctx.genes[signal.beta])
@@ -311,16 +319,33 @@ class Rule:
             parts = [Part(1.0, clipped)]
         return parts
 
+    def _precondition_signal(self, term: Term, state: Mapping[str, TensorList], cache: _StepCache,
+                             ctx: StepContext) -> TensorList:
+        """x, what a term's second moment is of: its precondition's signal, or the residual x − m."""
+        pre = term.precondition
+        if pre.signal.kind == "residual":
+            return tl.added(self._signal(term.signal, state, cache, ctx), state[momentum_slot(term)], -1.0)
+        return self._signal(pre.signal, state, cache, ctx)
+
     def _statistic(self, term: Term, state: Mapping[str, TensorList], cache: _StepCache, ctx: StepContext) -> TensorList:
         """Advance the term's second-moment buffers once per step; return what the root is taken of
         (a stale statistic advances after every term read it: its value of the previous step)."""
         pre = term.precondition
         slots = precondition_slots(term)
+        if pre.kind == "factored":
+            if slots[0] not in cache.updated:
+                x = self._precondition_signal(term, state, cache, ctx)
+                rows, columns, beta, dims = state[slots[0]], state[slots[1]], ctx.genes[pre.beta], ctx.member_dims
+                if pre.stale:  # v̂ of step t − 1; R and C advance after every term read it
+                    cache.updated[slots[0]] = preconditioners.factored_estimate(rows, columns, ctx.genes[pre.eps], dims)
+                    cache.stale_updates[slots[0]] = lambda x=x, beta=preconditioners.stale_beta(beta, ctx.t): \
+                        preconditioners.update_factored_(rows, columns, x, beta, dims)
+                else:
+                    preconditioners.update_factored_(rows, columns, x, beta, dims)
+                    cache.updated[slots[0]] = preconditioners.factored_estimate(rows, columns, ctx.genes[pre.eps], dims)
+            return cache.updated[slots[0]]
         if slots[0] not in cache.updated:
-            if pre.signal.kind == "residual":
-                x = tl.added(self._signal(term.signal, state, cache, ctx), state[momentum_slot(term)], -1.0)
-            else:
-                x = self._signal(pre.signal, state, cache, ctx)
+            x = self._precondition_signal(term, state, cache, ctx)
             beta = ctx.genes[pre.beta] if pre.beta else None
             eps = ctx.genes[pre.eps] if pre.eps else 0.0
             v = state[slots[0]]
@@ -338,6 +363,17 @@ class Rule:
                 torch._foreach_maximum_(vmax, v)
             cache.updated[slots[1]] = vmax
         return state[slots[-1]]
+
+
+def _factored_zeros(param: Tensor, kind: str, member_dims: int) -> Tensor:
+    """A factored statistic's zero state (slots.py): R [..., n, 1] and C [..., 1, m] for a tensor of
+    >= 2 dims per member; a full v (rows) and an empty [..., 0] (columns) for the others."""
+    shape = tuple(param.shape)
+    if len(shape) - member_dims >= 2:
+        shape = shape[:-1] + (1,) if kind == FACTORED_ROWS else shape[:-2] + (1, shape[-1])
+    elif kind == FACTORED_COLUMNS:
+        shape = shape[:member_dims] + (0,)
+    return torch.zeros(shape, dtype=param.dtype, device=param.device)
 
 
 # ---------------------------------------------------------------------------- routing

@@ -11,7 +11,8 @@ SYMBOLS = {
     "alpha": "α", "clip": "c", "warmup": "w", "gamma": "γ", "trust_clamp": "C", "trust_eps": "ε_τ",
     "feedback_low": "k", "feedback_high": "K", "momentum_decay": "ψ", "avg_r": "r", "avg_lr_power": "p",
     "fallback_lr_ratio": "ρ", "fallback_beta1": "β1'", "fallback_beta2": "β2'", "fallback_eps": "ε'",
-    "fallback_weight_decay": "λ'", "d_coef": "c_d", "growth_rate": "ρ_d",
+    "fallback_weight_decay": "λ'", "d_coef": "c_d", "growth_rate": "ρ_d", "eps2": "ε2", "update_clip": "d",
+    "correction": "γ_c",
 }
 
 
@@ -43,6 +44,10 @@ class _Renderer:
             return f"({g} − {g}_prev)"
         if signal.kind == "nesterov_grad":
             return f"({g} + {sym(signal.beta)}·({g} − {g}_prev))"
+        if signal.kind == "corrected_grad":
+            b = sym(signal.beta)
+            c = f"({g} + {sym(signal.gamma)}·{b}/(1 − {b})·({g} − {g}_prev))"
+            return f"clip_{sym(signal.clip)}{c}" if signal.clip else c
         return f"({g} − {momentum})"
 
     def render(self) -> list[str]:
@@ -50,6 +55,12 @@ class _Renderer:
         terms = [self._term(i, t) for i, t in enumerate(self.genome.terms)]
         if any(t.signal.kind in ("grad_diff", "nesterov_grad") for t in self.genome.terms):
             self.lines.append(f"  ({self.g}_prev = {self.g} at t = 1, so the difference starts at 0)")
+        corrected = [s for t in self.genome.terms for s in (t.signal, t.precondition.signal if t.precondition else None)
+                     if s is not None and s.kind == "corrected_grad"]
+        if corrected:
+            clip = next((s.clip for s in corrected if s.clip), None)
+            self.lines.append(f"  ({self.g}_prev = 0 at t = 1" + (f"; clip_{sym(clip)}(x) = x·min(1, {sym(clip)}/‖x‖) "
+                                                                 "per tensor)" if clip else ")"))
         self.lines.append("u = " + " + ".join(terms))
         self._postprocess()
         return self.lines
@@ -112,13 +123,20 @@ class _Renderer:
         x = self.signal(pre.signal, momentum=m)
         if new:
             b = sym(pre.beta) if pre.beta else ""
+            if pre.kind == "factored":
+                self.lines.append(f"R ← {b}·R + (1 − {b})·mean_cols({x}²);  C ← {b}·C + (1 − {b})·mean_rows({x}²);  "
+                                  f"{v} = R·C/max(mean(R), {sym(pre.eps)})   (over the last two dims; a tensor of "
+                                  f"< 2 dims keeps {v} ← {b}·{v} + (1 − {b})·{x}²)")
             update = {
                 "sum": f"{v} ← {v} + {x}²",
                 "belief": f"{v} ← {b}·{v} + (1 − {b})·{x}² + {sym(pre.eps)}",
             }.get(pre.kind, f"{v} ← {b}·{v} + (1 − {b})·{x}²")
-            if pre.stale:
+            if pre.kind == "factored":
+                update = None
+            elif pre.stale:
                 update += f"   (after use: the division reads {v} of step t − 1; {v}_0 = {x}² at t = 1, when the term is 0)"
-            self.lines.append(update)
+            if update is not None:
+                self.lines.append(update)
         if pre.kind == "max":
             vmax, new_max = self.buffer(slots[1], "v̄")
             if new_max:
@@ -168,7 +186,8 @@ class _Renderer:
         self._stage("direction", g=self.g)
         ortho = self.genome.orthogonalize
         scaled = ortho is not None and ortho.scale != "none"
-        self._stage_or_default("move", "θ ← θ − η_t·s·u" if scaled else "θ ← θ − η_t·u")
+        step = "α" if self.genome.relative_step is not None else "η_t"
+        self._stage_or_default("move", f"θ ← θ − {step}·s·u" if scaled else f"θ ← θ − {step}·u")
         self._stage("after")
         self._stage_or_default("lr", "η_t = η")
         self._stage("loss")

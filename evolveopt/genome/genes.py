@@ -95,6 +95,12 @@ GENES: dict[str, GeneSpec] = {
                        "estimate_coefficient", low_open=True),
     "growth_rate": GeneSpec(1.0, math.inf, "linear", (1.01, 1.5), "largest growth of the estimate per step (Prodigy)",
                             "growth_rate"),  # linear: multiplicative steps of a value near 1 would clamp at 1
+    # Adafactor (Shazeer & Stern 2018): the relative step's floor of rms(θ) and the update-RMS clip.
+    "eps2": GeneSpec(0.0, 1.0, "log", (1e-5, 1e-2), "floor ε2 of rms(θ) in the relative step (Adafactor)", "eps"),
+    "update_clip": GeneSpec(0.0, 1e6, "log", (0.5, 4.0), "update-RMS clip d: u ← u/max(1, rms(u)/d) (Adafactor)",
+                            "threshold", low_open=True),
+    "correction": GeneSpec(0.0, 100.0, "log", (1e-3, 0.1),
+                           "MARS's correction strength γ: c = g + γ·β/(1−β)·(g_t − g_{t−1})", "correction"),
 }
 
 ROLES: dict[str, str] = {  # role -> what a field of that role means, for messages
@@ -107,6 +113,7 @@ ROLES: dict[str, str] = {  # role -> what a field of that role means, for messag
     "atan2_scale": "a scale of eps_mode atan2",
     "initial_estimate": "an initial step-size estimate", "estimate_coefficient": "a step-size estimate's coefficient",
     "growth_rate": "a step-size estimate's growth rate",
+    "correction": "a gradient-correction strength",
 }
 
 _WEIGHT = GeneSpec(-100.0, 100.0, "linear", (-2.0, 2.0), "weight of a direction term", "weight")

@@ -35,7 +35,8 @@ from typing import Any, Callable
 
 # Where a variant acts, in the order the rule runs them:
 #   gradient   g ← f(g)           before the terms (clipping, L2 decay, ALTO's adaptor)
-#   weights    θ ← f(θ)           before the terms (decoupled decay)
+#   weights    θ ← f(θ)           before the terms (decoupled decay; Adafactor's relative step reads θ here,
+#                                 before the decay, for the step size α it puts in place of η_t)
 #   direction  u ← f(u, g, θ)     after the terms, before θ moves (cautious mask, trust ratio, friction)
 #   move       θ ← f(θ, u)        replaces θ ← θ − η_t·u (schedule-free averaging)
 #   after      θ ← f(θ)           after θ moves (proximal decay)
@@ -155,12 +156,25 @@ class Layerwise:
     trust_ratio: τ = min(‖θ‖, clamp)/(‖u‖ + ε_τ), τ = 1 where either norm is 0 (LAMB);
                  norm_of=new_weights uses ‖θ − η_t u‖ in place of ‖u‖ (RaLamb/EVE).
     rms_norm:    u ← u/(rms(u) + ε).
+    rms_clip:    u ← u/max(1, rms(u)/d), d the gene ``threshold`` (Adafactor's update clipping; schema 2).
     """
 
     kind: str
     clamp: str | None = None
     eps: str | None = None
     norm_of: str = "update"
+    threshold: str | None = None
+
+
+@dataclass(frozen=True)
+class RelativeStep:
+    """Adafactor's relative step size (Shazeer & Stern 2018, §8; torch.optim.Adafactor's form):
+    θ ← θ − α·u with α = max(ε2, rms(θ))·min(η_t, 1/√t) per tensor (per member), rms(θ) taken
+    before the step's weight decay; the decay keeps η_t. With schedule-free averaging α moves y and z
+    in place of η_t (the averaging weights keep η_t)."""
+
+    kind: str
+    eps: str
 
 
 @dataclass(frozen=True)
@@ -357,6 +371,11 @@ def _estimator_lines(e: Estimator, sym, g: str = "g") -> list[str]:
     ]
 
 
+def _relative_step_lines(rs: RelativeStep, sym, g: str = "g") -> list[str]:
+    return [f"α = max({sym(rs.eps)}, rms(θ))·min(η_t, 1/√t) per tensor (θ before its decay);  α takes the place "
+            "of η_t in the steps along u (of θ, and of z with averaging)"]
+
+
 # ---------------------------------------------------------------------------- the registry
 
 
@@ -397,6 +416,10 @@ LOCI: dict[str, Locus] = {locus.key: locus for locus in (
             Variant("rms_norm", (_gene("eps", "eps"),), stage="direction", order=70,
                     function="evolveopt.primitives.layerwise:layerwise_stage",
                     equation=lambda lw, sym, g: [f"u ← u/(rms(u) + {sym(lw.eps)}) per tensor"], draw={"eps": "eps"}),
+            Variant("rms_clip", (_gene("threshold", "threshold"),), stage="direction", order=70,
+                    function="evolveopt.primitives.layerwise:layerwise_stage",
+                    equation=lambda lw, sym, g: [f"u ← u/max(1, rms(u)/{sym(lw.threshold)}) per tensor"],
+                    draw={"threshold": "update_clip"}, since_schema=2),
         ),
         space_key="layerwise", space_default=("none", "none", "trust_ratio", "rms_norm"), draw_rank=1,
     ),
@@ -505,6 +528,17 @@ LOCI: dict[str, Locus] = {locus.key: locus for locus in (
             draw={"beta": "beta3", "d0": "d0", "coef": "d_coef"},
         ),),
         space_key="estimator", space_default=("none",), draw_rank=11, since_schema=2,
+    ),
+    Locus(
+        # A weights-stage locus ordered before decoupled decay (30): α reads θ before it decays.
+        "relative_step", "Adafactor's relative step size (parameter RMS times min(η_t, 1/√t))",
+        value_type=RelativeStep,
+        variants=(Variant(
+            "parameter_rms", (_gene("eps", "eps"),), stage="weights", order=25,
+            function="evolveopt.primitives.layerwise:relative_step_stage", equation=_relative_step_lines,
+            draw={"eps": "eps2"},
+        ),),
+        space_key="relative_step", space_default=("none",), draw_rank=12, since_schema=2,
     ),
 )}
 

@@ -43,10 +43,10 @@ from evolveopt.genome.registry import (HORIZON_SCHEDULES, LOCI, Adaptor, Cautiou
 SCHEMA_VERSION = 2  # files say the lowest version that expresses them (1 unless a v2 locus is used)
 READABLE_VERSIONS = (1, 2)
 
-SIGNALS = ("grad", "grad_diff", "nesterov_grad", "residual")
-TERM_SIGNALS = ("grad", "grad_diff", "nesterov_grad")
+SIGNALS = ("grad", "grad_diff", "nesterov_grad", "residual", "corrected_grad")  # corrected_grad: schema 2
+TERM_SIGNALS = ("grad", "grad_diff", "nesterov_grad", "corrected_grad")
 MOMENTUM_KINDS = ("ema", "nesterov", "interp", "nadam")
-PRECONDITION_KINDS = ("ema", "max", "sum", "belief")
+PRECONDITION_KINDS = ("ema", "max", "sum", "belief", "factored")  # factored: schema 2
 EPS_MODES = ("outside", "raw", "inside", "clamp", "atan2")  # clamp and atan2: schema 2
 TERM_ORDERS = ("momentum_first", "normalize_first")  # normalize_first: schema 2
 GENE_SCHEDULE_KINDS = ("linear_warmup", "halflife_warmup", "power")
@@ -65,11 +65,15 @@ class Signal:
     """The quantity a statistic averages.
 
     grad: ĝ;  grad_diff: d_t = ĝ_t − ĝ_{t−1} (d_1 = 0);  nesterov_grad: ĝ + β·d_t (Adan);
-    residual: ĝ − m_t, the gradient around its prediction m (AdaBelief; precondition only).
+    residual: ĝ − m_t, the gradient around its prediction m (AdaBelief; precondition only);
+    corrected_grad (schema 2): MARS's variance-reduced c = ĝ + γ·β/(1−β)·(ĝ_t − ĝ_{t−1}) with ĝ_0 = 0
+    (γ the gene ``gamma`` names), then, with ``clip``, c ← c·min(1, τ/‖c‖) per tensor (per member).
     """
 
     kind: str = "grad"
     beta: str | None = None
+    gamma: str | None = None  # corrected_grad's correction strength γ
+    clip: str | None = None  # corrected_grad's per-tensor norm bound τ
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,9 @@ class Precondition:
 
     ema:    v ← βv + (1−β)x²            max: v as ema, v̄ ← max(v̄, v) (AMSGrad)
     sum:    v ← v + x² (Adagrad)         belief: v ← βv + (1−β)x² + ε (AdaBelief)
+    factored (Adafactor; schema 2): for a tensor of ≥ 2 dims per member, row and column EMAs of x²
+            over its last two dims, R ← βR + (1−β)·mean_cols(x²), C ← βC + (1−β)·mean_rows(x²), and
+            v̂ = R·C/max(mean(R), ε) (an outer product per leading index); other tensors keep a full v as ema.
     eps_mode outside: y/(√v̂ + ε);  raw: y·√(1−β^t)/(√v + ε);  inside: y/√(v̂ + ε)
              clamp: y/max(√v̂, ε) (ADOPT);  atan2: a·atan2(y, b·√v̂), no ε (Adam-atan2)
     rectify: RAdam's r_t·(normalized y) when ρ_t > 5, else the unnormalized y.
@@ -344,11 +351,23 @@ def _parse_genes(node: _Node) -> dict[str, float]:
     return genes
 
 
-def _parse_signal(node: _Node, genes: dict[str, float], allowed: tuple[str, ...]) -> Signal:
+def _parse_signal(node: _Node, genes: dict[str, float], allowed: tuple[str, ...], version: int = SCHEMA_VERSION
+                  ) -> Signal:
     if node.value is None:
         return Signal()
-    kind, node = _kind_node(node, ("kind", "beta"))
+    kind, node = _kind_node(node, ("kind", "beta", "gamma", "clip"))
     node.child("kind").choice(allowed)
+    if kind != "corrected_grad":
+        for key in ("gamma", "clip"):
+            if node.has(key):
+                raise node.child(key).fail(f"signal '{kind}' takes no {key} (corrected_grad does)")
+    if kind == "corrected_grad":
+        _needs_v2(node.child("kind"), version)
+        for key in ("beta", "gamma"):
+            if not node.has(key):
+                raise node.fail(f"signal 'corrected_grad' needs '{key}'")
+        return Signal(kind, node.child("beta").gene_ref(genes, "rate"), node.child("gamma").gene_ref(genes, "correction"),
+                      node.child("clip").gene_ref(genes, "threshold", optional=True))
     if kind == "nesterov_grad":
         return Signal(kind, node.child("beta").gene_ref(genes, "rate"))
     if node.has("beta"):
@@ -402,6 +421,11 @@ def _parse_precondition(node: _Node, genes: dict[str, float], has_momentum: bool
                       ("clip", node.has("clip"))):
         if used:
             _needs_v2(node.child(key), version)
+    if kind == "factored":
+        _needs_v2(node.child("kind"), version)
+        if eps_mode == "atan2":
+            raise node.child("eps_mode").fail("precondition 'factored' needs eps (the floor of mean(R)); "
+                                              "eps_mode 'atan2' takes none")
     if eps_mode == "atan2":
         if kind == "belief":
             raise node.child("eps_mode").fail("precondition 'belief' adds ε to its state; eps_mode 'atan2' takes no ε "
@@ -417,7 +441,7 @@ def _parse_precondition(node: _Node, genes: dict[str, float], has_momentum: bool
                 raise node.child(key).fail(f"'{key}' is a gene of eps_mode 'atan2' only (this eps_mode is '{eps_mode}')")
         if not node.has("eps"):
             raise node.fail("missing required key 'eps'")
-    signal = _parse_signal(node.child("signal"), genes, SIGNALS)
+    signal = _parse_signal(node.child("signal"), genes, SIGNALS, version)
     if signal.kind == "residual" and not has_momentum:
         raise node.child("signal").fail("signal 'residual' needs the term to have a momentum")
     stale = node.child("stale").boolean(False)
@@ -458,7 +482,7 @@ def _parse_term(node: _Node, genes: dict[str, float], version: int) -> Term:
         if precondition.signal.kind == "residual":
             raise node.child("order").fail("order 'normalize_first' takes no 'residual' precondition signal")
     return Term(
-        signal=_parse_signal(node.child("signal"), genes, TERM_SIGNALS),
+        signal=_parse_signal(node.child("signal"), genes, TERM_SIGNALS, version),
         weight=node.child("weight").gene_ref(genes, ("weight", "rate", "coefficient") if version >= 2 else
                                              ("weight", "rate"), optional=True),
         momentum=momentum,
@@ -716,12 +740,12 @@ def referenced_genes(genome: Genome) -> set[str]:
         refs.append(genome.fallback.lr_ratio)
     for terms, loci in rules:
         for term in terms:
-            refs += [term.weight, term.signal.beta]
+            refs += [term.weight, term.signal.beta, term.signal.gamma, term.signal.clip]
             if term.momentum is not None:
                 refs += [term.momentum.beta, term.momentum.mix, term.momentum.decay]
             if term.precondition is not None:
                 pre = term.precondition
-                refs += [pre.eps, pre.beta, pre.signal.beta, pre.a, pre.b, pre.clip]
+                refs += [pre.eps, pre.beta, pre.signal.beta, pre.signal.gamma, pre.signal.clip, pre.a, pre.b, pre.clip]
         for key, value in loci.items():
             refs += locus_genes(LOCI[key], value)
     for schedule in genome.gene_schedules.values():
@@ -772,8 +796,10 @@ def _term_is_v2(term: Term) -> bool:
     pre = term.precondition
     if term.weight is not None and gene_spec(term.weight).role == "coefficient":  # AdEMAMix's α
         return True
+    if "corrected_grad" in (term.signal.kind, pre.signal.kind if pre is not None else None):  # MARS
+        return True
     return term.order != "momentum_first" or (pre is not None and (
-        pre.eps_mode in ("clamp", "atan2") or pre.stale or pre.clip is not None))
+        pre.eps_mode in ("clamp", "atan2") or pre.stale or pre.clip is not None or pre.kind == "factored"))
 
 
 def locus_to_data(locus: Locus, value: Any) -> Any:

@@ -11,6 +11,8 @@ from evolveopt.genome.schema import Genome, Signal, Term, fallback_genome
 
 
 def signal_name(signal: Signal) -> str:
+    if signal.kind == "corrected_grad":
+        return f"{signal.kind}({','.join(g for g in (signal.beta, signal.gamma, signal.clip) if g)})"
     return f"{signal.kind}({signal.beta})" if signal.beta else signal.kind
 
 
@@ -55,6 +57,8 @@ def precondition_slots(term: Term) -> list[str]:
         return [f"sum_of_squares.{signal}{stale}"]
     if pre.kind == "belief":
         return [f"belief.{signal}.{pre.beta}.{pre.eps}{stale}"]
+    if pre.kind == "factored":  # rows and columns (a full v for tensors of < 2 dims); v̂ is rebuilt each step
+        return [f"factored_rows.{signal}.{pre.beta}{stale}", f"factored_columns.{signal}.{pre.beta}{stale}"]
     base = f"second_moment.{signal}.{pre.beta}{stale}"
     return [base, f"second_moment_max.{signal}.{pre.beta}{stale}"] if pre.kind == "max" else [base]
 
@@ -63,7 +67,13 @@ PARAM_SHAPED = "param_shaped"  # a buffer shaped like its parameter, starting at
 PARAM_COPY = "param_copy"  # a buffer shaped like its parameter, starting as a copy of it (schedule-free z)
 PER_MEMBER = "per_member"  # one number per model (0-d, or [P] for a population), starting at 1
 PER_MEMBER_ZERO = "per_member_zero"  # the same, starting at 0 (schedule-free lr_max and weight sum)
+# Adafactor's factored statistic of a tensor with >= 2 dims per member (its last two dims n×m): the rows
+# slot holds R [..., n, 1], the columns slot C [..., 1, m]; for a tensor of fewer dims the rows slot holds a
+# full, parameter-shaped v and the columns slot is empty ([..., 0]).
+FACTORED_ROWS = "factored_rows"
+FACTORED_COLUMNS = "factored_columns"
 PARAM_KINDS = (PARAM_SHAPED, PARAM_COPY)  # the kinds that cost a parameter-sized buffer
+TENSOR_KINDS = (*PARAM_KINDS, FACTORED_ROWS, FACTORED_COLUMNS)  # buffers with the parameter's dtype and device
 
 
 def state_slots(genome: Genome) -> dict[str, str]:
@@ -71,15 +81,16 @@ def state_slots(genome: Genome) -> dict[str, str]:
     slots: dict[str, str] = {}
     for term in genome.terms:
         signals = [term.signal] + ([term.precondition.signal] if term.precondition else [])
-        if any(s.kind in ("grad_diff", "nesterov_grad") for s in signals):
+        if any(s.kind in ("grad_diff", "nesterov_grad", "corrected_grad") for s in signals):
             slots["prev_grad"] = PARAM_SHAPED
         if term.momentum is not None:
             slots[momentum_slot(term)] = PARAM_SHAPED
             if term.momentum.kind == "nadam":
                 slots[nadam_slot(term)] = PER_MEMBER
         if term.precondition is not None:
-            for slot in precondition_slots(term):
-                slots[slot] = PARAM_SHAPED
+            names = precondition_slots(term)
+            kinds = [FACTORED_ROWS, FACTORED_COLUMNS] if term.precondition.kind == "factored" else [PARAM_SHAPED] * len(names)
+            slots.update(zip(names, kinds))
     for key, value in genome.loci.items():
         slots.update(locus_slot_kinds(LOCI[key], value))
     return slots
@@ -96,5 +107,8 @@ def buffers_per_param(genome: Genome) -> int:
 
 
 def rule_buffers(genome: Genome) -> int:
-    """Parameter-sized buffers of the genome's own rule (not its fallback's)."""
-    return sum(kind in PARAM_KINDS for kind in state_slots(genome).values())
+    """Parameter-sized buffers of the genome's own rule (not its fallback's). A factored statistic
+    counts as one: its rows and columns are far smaller on matrices, but a vector keeps a full v,
+    so one buffer is the bound (the count is a bound for memory caps, not an average)."""
+    kinds = state_slots(genome).values()
+    return sum(kind in PARAM_KINDS or kind == FACTORED_ROWS for kind in kinds)

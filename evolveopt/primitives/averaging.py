@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from evolveopt.primitives import tensorlist as tl
-from evolveopt.primitives.tensorlist import Scalar, Step, TensorList
+from evolveopt.primitives.tensorlist import Factor, Scalar, Step, TensorList
 
 
 def _pow(base: Scalar | Step, exponent: Scalar) -> Scalar:
@@ -49,8 +49,8 @@ def average_weight_(lr_maxes: TensorList, weight_sums: TensorList, lr: Scalar, t
     return torch.where(total > 0, weight / torch.where(total > 0, total, 1.0), 0.0)
 
 
-def schedule_free_move_(y: TensorList, z: TensorList, u: TensorList, lr: Scalar, beta: Scalar, c: Scalar) -> None:
-    """y ← (1 − c)·y + c·z;  y ← y + η(β(1 − c) − 1)·u;  z ← z − η·u (in place)."""
+def schedule_free_move_(y: TensorList, z: TensorList, u: TensorList, lr: Factor, beta: Scalar, c: Scalar) -> None:
+    """y ← (1 − c)·y + c·z;  y ← y + η(β(1 − c) − 1)·u;  z ← z − η·u (in place; η may be per tensor)."""
     tl.lerp_(y, z, c)
     tl.add_scaled_(y, u, tl.mul(lr, beta * (1.0 - c) - 1.0))
     tl.add_scaled_(z, u, tl.mul(-1.0, lr))
@@ -61,7 +61,8 @@ def schedule_free_stage(value, flow, ctx) -> None:
     genes, state = ctx.genes, flow.state
     c = average_weight_(state["averaging.lr_max"], state["averaging.weight_sum"], ctx.lr, ctx.t,
                         genes[value.r], genes[value.lr_power])
-    schedule_free_move_(flow.params, state["averaging.z"], flow.direction, ctx.lr, genes[value.beta], c)
+    step = ctx.lr if flow.step_size is None else flow.step_size  # a relative step's α moves y and z (c keeps η_t)
+    schedule_free_move_(flow.params, state["averaging.z"], flow.direction, step, genes[value.beta], c)
 
 
 def to_eval_point_(params: TensorList, z: TensorList, beta: Scalar) -> None:

@@ -54,6 +54,17 @@ def nesterov_grad(grads: TensorList, diff: TensorList, beta: Scalar) -> TensorLi
     return tl.added(grads, diff, beta)
 
 
+def corrected_grad(grads: TensorList, prev: TensorList, beta: Scalar, gamma: Scalar, clip: Scalar | None,
+                   member_dims: int) -> TensorList:
+    """MARS (Yuan et al. 2024, the approximate form): c = g + γ·β/(1−β)·(g_t − g_{t−1}) with g_0 = 0,
+    then with ``clip`` τ, c ← c·min(1, τ/‖c‖) per tensor (pytorch-optimizer's MARS: τ = 1). New tensors."""
+    diff = tl.added(grads, prev, -1.0)
+    c = tl.added(grads, diff, tl.mul(gamma, beta / (1.0 - beta)))
+    if clip is None:
+        return c
+    return tl.scaled(c, [clip_factor(n, clip) for n in tl.member_norms(c, member_dims)])
+
+
 def adaptor(grads: TensorList, prev: TensorList, ema: TensorList, beta: Scalar, alpha: Scalar) -> TensorList:
     """ALTO's E (Zhao et al., NeurIPS 2025): a ← βa + (1−β)(g_t − g_{t−1}), g_0 = 0; ĝ = g + α·a.
 

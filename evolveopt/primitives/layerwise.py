@@ -40,6 +40,33 @@ def rms_norm_factors(direction: TensorList, eps: Scalar, member_dims: int) -> li
     return [1.0 / (n / math.sqrt(size) + eps) for n, size in zip(norms, sizes)]
 
 
+def rms_clip_factors(direction: TensorList, threshold: Scalar, member_dims: int) -> list[Tensor]:
+    """1/max(1, rms(u)/d) per tensor (Adafactor's update clipping, Shazeer & Stern 2018, §6)."""
+    norms = tl.member_norms(direction, member_dims)
+    sizes = tl.member_numels(direction, member_dims)
+    return [1.0 / torch.clamp(n / (math.sqrt(size) * tl.broadcast(threshold, n)), min=1.0)
+            for n, size in zip(norms, sizes)]
+
+
+def relative_step_sizes(params: TensorList, eps: Scalar, lr: Scalar, t, member_dims: int) -> list[Tensor]:
+    """Adafactor's relative step α = max(ε2, rms(θ))·min(η_t, 1/√t) per tensor (per member), as
+    torch.optim.Adafactor computes it: from θ before this step's weight decay."""
+    norms = tl.member_norms(params, member_dims)
+    sizes = tl.member_numels(params, member_dims)
+    if tl.is_float(t):
+        rho = min(lr, 1.0 / math.sqrt(t)) if tl.is_float(lr) else torch.clamp(lr, max=1.0 / math.sqrt(t))
+    else:
+        inv = torch.rsqrt(t)
+        rho = torch.clamp(inv, max=lr) if tl.is_float(lr) else torch.minimum(lr, inv.to(lr.dtype))
+    out = []
+    for n, size in zip(norms, sizes):
+        rms = n / math.sqrt(size)
+        floor = tl.broadcast(eps, rms)
+        rms = torch.clamp(rms, min=floor) if tl.is_float(floor) else torch.maximum(rms, floor.to(rms))
+        out.append(rms * (rho if tl.is_float(rho) else rho.to(rms)))
+    return out
+
+
 def friction(grads: TensorList, prev: TensorList, mode: str, member_dims: int) -> list[Tensor] | TensorList:
     """diffGrad (Dubey et al. 2019): ξ = sigmoid(|g_t − g_{t−1}|) element-wise, g_0 = 0.
 
@@ -64,8 +91,16 @@ def layerwise_stage(lw, flow, ctx) -> None:
                           eps=genes[lw.eps] if lw.eps else None, member_dims=ctx.member_dims,
                           lr=ctx.lr if lw.norm_of == "new_weights" else None)
         tl.scale_(u, tau)
+    elif lw.kind == "rms_clip":
+        tl.scale_(u, rms_clip_factors(u, genes[lw.threshold], ctx.member_dims))
     else:
         tl.scale_(u, rms_norm_factors(u, genes[lw.eps], ctx.member_dims))
+
+
+def relative_step_stage(rs, flow, ctx) -> None:
+    """The per-tensor step α that replaces η_t in θ ← θ − η_t·u (a weights-stage locus: it reads θ
+    before decoupled decay changes it, as torch.optim.Adafactor does; the decay itself keeps η_t)."""
+    flow.step_size = relative_step_sizes(flow.params, ctx.genes[rs.eps], ctx.lr, ctx.t, ctx.member_dims)
 
 
 def friction_stage(mode: str, flow, ctx) -> None:

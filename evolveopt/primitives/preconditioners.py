@@ -20,6 +20,7 @@ A *stale* statistic (ADOPT) is read before it advances: the division uses v_{t�
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from evolveopt.primitives import tensorlist as tl
 from evolveopt.primitives.tensorlist import Scalar, Step, TensorList
@@ -134,3 +135,40 @@ def rectification(beta: Scalar, t: Step) -> tuple[Scalar, Scalar]:
     active = rho_t > 5.0
     rect = torch.where(active, torch.sqrt(torch.clamp(ratio, min=0.0)), torch.zeros_like(ratio))
     return rect, (~active).to(rect.dtype)
+
+
+def _member_view(s: Scalar, like: Tensor) -> Scalar:
+    """A per-member ``[P]`` scalar shaped to broadcast against ``like``; floats and 0-d tensors as they are."""
+    return tl.broadcast(s, like) if isinstance(s, Tensor) else s
+
+
+def update_factored_(rows: TensorList, columns: TensorList, x: TensorList, beta: Scalar, member_dims: int) -> None:
+    """Adafactor's factored second moment (Shazeer & Stern 2018; torch.optim.Adafactor), in place.
+
+    A tensor of ≥ 2 dims per member, its last two dims n×m: R ← lerp(R, mean over m of x², 1−β) into
+    R [..., n, 1] and C ← lerp(C, mean over n of x², 1−β) into C [..., 1, m]; leading dims (the member
+    axis among them) index separate factorizations. A tensor of fewer dims: R is a full v ← lerp(v, x², 1−β).
+    """
+    for r, c, g in zip(rows, columns, x):
+        w = (1.0 - _member_view(beta, r)).to(r.dtype) if isinstance(beta, Tensor) else 1.0 - beta
+        square = g * g
+        if g.ndim - member_dims >= 2:
+            r.lerp_(square.mean(dim=-1, keepdim=True), w)
+            c.lerp_(square.mean(dim=-2, keepdim=True), w)
+        else:
+            r.lerp_(square, w)
+
+
+def factored_estimate(rows: TensorList, columns: TensorList, eps: Scalar, member_dims: int) -> TensorList:
+    """v̂ = R·C/max(mean(R), ε) (the outer product, per leading index) for a factored tensor, a copy of v
+    for the others: new tensors, shaped like the parameters."""
+    out = []
+    for r, c in zip(rows, columns):
+        if r.ndim - member_dims < 2:  # a tensor of < 2 dims: the full v
+            out.append(r.clone())
+            continue
+        scale = r.mean(dim=-2, keepdim=True)
+        floor = _member_view(eps, scale)
+        scale = scale.clamp(min=floor) if tl.is_float(floor) else torch.maximum(scale, floor.to(scale))
+        out.append(torch.matmul(r, c).div_(scale))
+    return out

@@ -39,9 +39,9 @@ class SearchSpace(_LociChoices):
     """Allowed choices per structural slot (names as in the genome schema; "none" = absent)."""
 
     max_terms: int = 4
-    signals: tuple[str, ...] = ("grad", "grad", "grad", "grad_diff", "nesterov_grad")  # repeats weight the draw
+    signals: tuple[str, ...] = ("grad", "grad", "grad", "grad_diff", "nesterov_grad")  # repeats weight; may add corrected_grad
     momenta: tuple[str, ...] = ("none", "ema", "ema_bc", "nesterov", "interp", "heavy_ball")
-    preconditions: tuple[str, ...] = ("none", "ema", "ema_bc", "max", "sum", "belief")
+    preconditions: tuple[str, ...] = ("none", "ema", "ema_bc", "max", "sum", "belief")  # a config may add factored
     eps_modes: tuple[str, ...] = ("outside", "raw", "inside")
     rectify_probability: float = 0.1
     sign_probability: float = 0.2
@@ -103,6 +103,10 @@ def allowed_choices(name: str) -> set[str]:
         return set(EPS_MODES)
     if name == "gene_schedules":
         return {"none", *GENE_SCHEDULE_KINDS}
+    if name == "signals":  # schema 2's corrected_grad (MARS) is drawn only where a config lists it
+        return {*SearchSpace().signals, "corrected_grad"}
+    if name == "preconditions":  # schema 2's factored statistic (Adafactor) is drawn only where a config lists it
+        return {*SearchSpace().preconditions, "factored"}
     return set(getattr(SearchSpace(), name))
 
 
@@ -130,6 +134,8 @@ def _random_term(rng: np.random.Generator, space: SearchSpace, index: int) -> di
     term: dict[str, Any] = {"weight": f"w{index + 1}"}
     signal = _pick(rng, space.signals)
     term["signal"] = {"kind": signal, "beta": _rate(rng)} if signal == "nesterov_grad" else signal
+    if signal == "corrected_grad":  # MARS's c, clipped to norm ≤ clip per tensor (schema 2; only where listed)
+        term["signal"] = {"kind": signal, "beta": _rate(rng), "gamma": "correction", "clip": "clip"}
     momentum = _pick(rng, space.momenta)
     if momentum != "none":
         term["momentum"] = {
@@ -151,7 +157,8 @@ def _random_term(rng: np.random.Generator, space: SearchSpace, index: int) -> di
                 pre["rectify"] = True
         if precondition == "belief" and "momentum" in term:
             pre["signal"] = "residual"
-        modes = space.eps_modes if precondition != "belief" else tuple(m for m in space.eps_modes if m != "atan2")
+        no_atan2 = precondition in ("belief", "factored")  # ε in belief's state; factored floors mean(R) by ε
+        modes = tuple(m for m in space.eps_modes if m != "atan2") if no_atan2 else space.eps_modes
         pre["eps_mode"] = _pick(rng, modes or ("outside",))
         if pre["eps_mode"] == "atan2":
             del pre["eps"]

@@ -26,7 +26,7 @@ from evolveopt.evaluation.results import MemberResult
 if TYPE_CHECKING:
     from evolveopt.tasks import Task
 
-EVALUATOR_VERSION = 4  # bump when anything changes what a result means
+EVALUATOR_VERSION = 5  # bump when anything changes what a result means (5: the schema-2 language; global-norm clip rounding)
 # (2: loss curves; 3: errors are never results; 4: keys hold torch's version, data digests, the baseline's hash)
 
 

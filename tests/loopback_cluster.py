@@ -112,12 +112,14 @@ def _head_answers(address: str, env: dict[str, str]) -> bool:
 # ----------------------------------------------------------------------------- two nodes (tests/test_multinode.py)
 
 # The run every multi-node case makes: three generations of six (five new ones each: two units, one per node)
+# Units of 400 steps run long enough (about a second) that a node killed while one runs is killed mid-unit:
+# at 60 steps a unit could finish between being seen running and the kill.
 MULTINODE_RUN = {
     "name": "two_nodes", "seed": 5,
     "search": {"population": 6, "generations": 3, "elites": 1, "tournament": 2,
                "seed_genomes": ["adam", "lion", "sgd"], "seed_variants": 0, "hall_of_fame": 3},
     "space": {"max_terms": 2},
-    "fitness": {"tasks": [{"name": "digits_mlp", "hidden": 8}], "budget": 60, "seeds": [0], "rungs": 1},
+    "fitness": {"tasks": [{"name": "digits_mlp", "hidden": 8}], "budget": 400, "seeds": [0], "rungs": 1},
 }
 # The head notices a lost node within about a second (Ray's default: 15 s); nothing else is changed
 FAST_HEALTH_CHECK = {"RAY_health_check_period_ms": "300", "RAY_health_check_timeout_ms": "300",

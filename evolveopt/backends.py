@@ -345,6 +345,10 @@ class RayBackend:
     def close(self) -> None:
         if self._started_here and self.ray.is_initialized():
             self.ray.shutdown()
+        elif self.ray.is_initialized():  # a cluster that outlives the run: give back the GPU shares
+            for actor in getattr(self, "_actors", []):
+                self.ray.kill(actor)
+            self._actors = []
 
 
 def _execute(unit: WorkUnit, device: str, cpus: int) -> UnitResult:

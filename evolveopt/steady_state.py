@@ -57,6 +57,7 @@ class SteadyStateEvolution(Evolution):
         self.arrived = 0
         self.submitted = 0
         self._epoch: list[Individual] = []
+        self._restored = False
         self._live = True  # False while replaying: children are made but not submitted
         self._planned: dict[int, tuple[PlannedEvaluation, set[int]]] = {}  # id -> (evaluation, tickets out)
         self._owner: dict[int, int] = {}  # ticket -> id
@@ -67,6 +68,7 @@ class SteadyStateEvolution(Evolution):
     # ------------------------------------------------------------------ state
     def restore(self, checkpoint: dict[str, Any]) -> None:
         super().restore(checkpoint)
+        self._restored = True
         steady = checkpoint.get("steady_state")
         if steady is None:
             raise RunDirError(f"{self.rundir.path}: the checkpoint was written by a generational run; "
@@ -198,7 +200,7 @@ class SteadyStateEvolution(Evolution):
 
     # ------------------------------------------------------------------ the arrival log
     def _log_arrival(self, ind: Individual, values: tuple[float, float], result: dict[str, Any]) -> None:
-        body = {"n": self.arrived, "id": ind.id, "hash": ind.hash, "fitness": list(values), "result": result}
+        body = {"n": self.arrived, "width": self.width, "id": ind.id, "hash": ind.hash, "fitness": list(values), "result": result}
         line = dumps({**body, "sha256": _digest(body)}) + "\n"
         with open(self.rundir.file(ARRIVALS), "a", encoding="utf-8") as f:
             f.write(line)
@@ -220,6 +222,8 @@ class SteadyStateEvolution(Evolution):
                 if entry is None:
                     raise RunDirError(f"{path}: line {number} is damaged (not valid JSON or checksum mismatch)")
                 keep += len(raw)
+                if number == 1 and not self._restored:
+                    self.width = entry["width"]  # died before its first checkpoint: the width it started with
                 if entry["n"] < self.arrived:
                     continue  # before the checkpoint
                 if entry["n"] != self.arrived:

@@ -151,6 +151,31 @@ def test_a_resume_replays_the_arrivals_after_the_checkpoint_drops_a_torn_line_an
         json.loads((whole / "checkpoint.json").read_text())["population"]
 
 
+def replayed(run: Path, out: Path) -> Path:
+    """A new run folder holding only ``run``'s config and arrival log, resumed in-process: it replays every
+    arrival from the seed's initial state, evaluating nothing but the baselines. Equal files mean that
+    ``run`` is exactly what its seed and its arrival order make (whatever backend ran it, however often
+    it was killed and resumed)."""
+    from evolveopt.config import to_plain
+    from evolveopt.evolution import manifest
+
+    import yaml
+
+    config = load_config(run / "config.yaml", ["backend.kind=local", "backend.address=null"])
+    rundir = RunDir(out)
+    rundir.create(yaml.safe_dump(to_plain(config), sort_keys=False), manifest(config, []))
+    shutil.copy(run / "arrivals.jsonl", out / "arrivals.jsonl")
+    resume_run(out, progress=False)
+    return out
+
+
+def test_replaying_a_runs_arrival_log_from_its_seed_rebuilds_the_run(tmp_path):
+    run = tmp_path / "run"
+    start_run(load_config(steady_config(tmp_path)), run, progress=False)
+    assert run_files(replayed(run, tmp_path / "again")) == run_files(run)
+    assert json.loads((tmp_path / "again" / "generations.jsonl").read_text().splitlines()[-1])["member_steps"] == 0
+
+
 def test_a_damaged_arrival_line_inside_the_log_is_one_clear_line(tmp_path, capsys):
     config = steady_config(tmp_path)
     run = tmp_path / "run"

@@ -188,3 +188,25 @@ def test_a_damaged_arrival_line_inside_the_log_is_one_clear_line(tmp_path, capsy
     assert main(["resume", str(run)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "arrivals.jsonl: line 3 is damaged" in err[0]
+
+
+@pytest.mark.slow
+def test_ctrl_c_mid_epoch_exits_130_and_the_resume_equals_an_uninterrupted_run(tmp_path):
+    config = steady_config(tmp_path, **{"search.generations": 3, "fitness.budget": 600})
+    start_run(load_config(config), tmp_path / "whole", progress=False)
+    run = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "evolveopt.cli", "evolve", str(config), "--out", str(run)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        log = run / "arrivals.jsonl"
+        if log.exists() and log.read_bytes().count(b"\n") >= 8:
+            break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert f"resume with: evolveopt resume {run}" in err and "Traceback" not in err
+    assert (run / "arrivals.jsonl").read_bytes().count(b"\n") < 18
+    resume_run(run, progress=False)
+    assert run_files(run) == run_files(tmp_path / "whole")

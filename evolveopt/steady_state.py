@@ -169,6 +169,9 @@ class SteadyStateEvolution(Evolution):
             self.population.pop(0)
         self._epoch.append(ind)
         self.arrived += 1
+        if self.progress and self._live:  # a terminal's status line; nothing on a log
+            self.progress.phase(f"epoch {self.arrived // self.size + 1}: {len(self._epoch)}/{self.size} arrived, "
+                                f"{len(self.in_flight)} in flight")
         if self.arrived % self.size == 0:
             self._commit_epoch(self.arrived // self.size - 1)
 

@@ -249,3 +249,35 @@ def test_a_steady_state_run_on_ray_killed_mid_epoch_resumes_from_the_state_its_l
     after = (killed / "arrivals.jsonl").read_bytes()
     assert after.startswith(before) and after.count(b"\n") == 24
     assert run_files(replayed(killed, tmp_path / "replayed")) == run_files(killed)
+
+
+@pytest.mark.parametrize("gpus", [0.0, 0.5])
+def test_submitted_units_come_back_with_their_tickets_and_an_exception_is_retried_then_raised(cluster, gpus):
+    """The steady-state form of a backend (submit / next_result): tasks and actors."""
+    units = plan_units([evolveopt.load_genome(g) for g in ("adam", "lion", "sgd")], [{"name": "nqm"}], 10, [0, 1],
+                       skip=set(), max_members=2)
+    backend = RayBackend(BackendConfig(kind="ray", max_retries=1, unit_timeout=300, gpus_per_actor=gpus))
+    tickets = [backend.submit(unit) for unit in units]
+    got = dict(backend.next_result() for _ in units)
+    assert sorted(got) == sorted(tickets)
+    expected = LocalBackend().map_units(units)
+    assert [[r.to_json() for r in got[t].results] for t in tickets] == \
+        [[r.to_json() for r in e.results] for e in expected]
+    backend.close()  # its actors hold the whole logical GPU
+    broken = RayBackend(BackendConfig(kind="ray", max_retries=1, unit_timeout=300, gpus_per_actor=gpus),
+                        device="bogus")
+    broken.submit(units[0])
+    with pytest.raises(RuntimeError, match="bogus"):
+        broken.next_result()
+    broken.close()
+
+
+def test_a_submitted_unit_over_its_timeout_is_retried_then_stops_with_an_error(cluster):
+    from evolveopt.backends import BackendError
+
+    units = plan_units([evolveopt.load_genome("adam")], [{"name": "digits_mlp"}], 5000, [0], skip=set(), max_members=8)
+    backend = RayBackend(BackendConfig(kind="ray", max_retries=1, unit_timeout=0.5))
+    backend.submit(units[0])
+    with pytest.raises(BackendError, match=r"ran over unit_timeout=0.5 s 2 times"):
+        backend.next_result()
+    backend.cancel_all()

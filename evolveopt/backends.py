@@ -55,13 +55,31 @@ class LocalBackend:
     """Runs every unit in this process, one after another; an exception stops the run."""
 
     name = "local"
+    ordered = True  # next_result: in submission order
 
     def __init__(self, device: str = "cpu", threads: int | None = None):
         self.device, self.threads = device, threads
         self.workers = 1
+        self._queue: list[tuple[int, WorkUnit]] = []
+        self._tickets = -1
 
     def map_units(self, units: Sequence[WorkUnit], on_done: OnDone | None = None) -> list[UnitResult]:
         return run_here(units, self.device, self.threads, on_done=on_done)
+
+    # the steady-state form: submit units one at a time, take results as they come (here: in order)
+    def submit(self, unit: WorkUnit) -> int:
+        """Queue ``unit``; its ticket comes back with its result from :meth:`next_result`."""
+        self._tickets += 1
+        self._queue.append((self._tickets, unit))
+        return self._tickets
+
+    def next_result(self) -> tuple[int, UnitResult]:
+        """Run the oldest queued unit: results come back in the order units were submitted."""
+        ticket, unit = self._queue.pop(0)
+        return ticket, execute_unit(unit, self.device, self.threads)
+
+    def cancel_all(self) -> None:
+        self._queue = []
 
     def close(self) -> None:
         pass
@@ -71,6 +89,7 @@ class RayBackend:
     """Runs units on a Ray cluster (a local one unless an address is given)."""
 
     name = "ray"
+    ordered = False  # next_result: whichever unit finishes first
 
     def __init__(self, config: BackendConfig, device: str = "cpu"):
         ray = optional("ray", "ray")
@@ -219,6 +238,94 @@ class RayBackend:
                     self._count(attempts, index, units[index], self._overtime)
                     queue.insert(0, (index, units[index]))
 
+    # the steady-state form: submit units one at a time, take results as they finish (ray.wait)
+    def submit(self, unit: WorkUnit) -> int:
+        """Start ``unit`` (a Ray task, or the next free GPU actor's); its ticket comes back with its
+        result from :meth:`next_result`. Retries and timeouts as in :meth:`map_units`."""
+        if not hasattr(self, "_flight"):
+            self._flight: dict[Any, tuple[int, float, int]] = {}  # ref -> (ticket, start, actor or -1)
+            self._waiting: list[int] = []  # tickets queued for a free actor
+            self._units: dict[int, WorkUnit] = {}
+            self._attempts: dict[int, int] = {}
+            self._idle = list(range(len(self._actors))) if self.use_gpus else []
+            self._tickets = -1
+        self._tickets += 1
+        self._units[self._tickets] = unit
+        self._attempts[self._tickets] = 0
+        self._waiting.append(self._tickets)
+        self._dispatch()
+        return self._tickets
+
+    def _dispatch(self) -> None:
+        while self._waiting and (not self.use_gpus or self._idle):
+            ticket = self._waiting.pop(0)
+            unit = self._units[ticket]
+            if self.use_gpus:
+                actor = self._idle.pop()
+                self._flight[self._actors[actor].run.remote(unit)] = (ticket, time.monotonic(), actor)
+            else:
+                self._flight[self._task.remote(unit, self.device, self._cpus_per_task)] = (ticket, time.monotonic(), -1)
+
+    def next_result(self) -> tuple[int, UnitResult]:
+        """The next unit to finish, whichever it is: (its ticket, its result)."""
+        ray = self.ray
+        while True:
+            done, _ = ray.wait(list(self._flight), num_returns=1, timeout=1.0)
+            for ref in done:
+                ticket, _, actor = self._flight.pop(ref)
+                unit = self._units[ticket]
+                if actor < 0:
+                    result = self._get(ref)
+                else:
+                    self._idle.append(actor)
+                    try:
+                        result = ray.get(ref)
+                    except ray.exceptions.RayActorError:
+                        self._count_ticket(ticket, "lost its actor")
+                        self._actors[actor] = self._actor_class.remote(self.device, self.config.threads)
+                        self._waiting.insert(0, ticket)
+                        self._dispatch()
+                        continue
+                    except ray.exceptions.RayTaskError as exc:
+                        if self._attempts[ticket] >= self.config.max_retries:
+                            raise exc.as_instanceof_cause() from None
+                        self._attempts[ticket] += 1
+                        self._waiting.insert(0, ticket)
+                        self._dispatch()
+                        continue
+                    self._dispatch()
+                del self._units[ticket], self._attempts[ticket]
+                return ticket, result
+            now = time.monotonic()
+            for ref, (ticket, started, actor) in list(self._flight.items()):
+                if now - started > self.config.unit_timeout:
+                    self._flight.pop(ref)
+                    if actor < 0:
+                        ray.cancel(ref, force=True)
+                    else:
+                        ray.kill(self._actors[actor])
+                        self._actors[actor] = self._actor_class.remote(self.device, self.config.threads)
+                        self._idle.append(actor)
+                    self._count_ticket(ticket, self._overtime)
+                    self._waiting.insert(0, ticket)
+            self._dispatch()
+
+    def _count_ticket(self, ticket: int, what: str) -> None:
+        attempts = [self._attempts[ticket]]
+        self._count(attempts, ticket, self._units[ticket], what)
+        self._attempts[ticket] = attempts[0]
+
+    def cancel_all(self) -> None:
+        """Drop every submitted unit (the run is over or stopping)."""
+        for ref, (_, _, actor) in getattr(self, "_flight", {}).items():
+            if actor < 0:
+                self.ray.cancel(ref, force=True)
+        if hasattr(self, "_flight"):
+            self._flight.clear()
+            self._waiting.clear()
+            self._units.clear()
+            self._idle = list(range(len(self._actors))) if self.use_gpus else []
+
     @property
     def _overtime(self) -> str:
         return f"ran over unit_timeout={self.config.unit_timeout:g} s"
@@ -251,6 +358,10 @@ class RayBackend:
     def close(self) -> None:
         if self._started_here and self.ray.is_initialized():
             self.ray.shutdown()
+        elif self.ray.is_initialized():  # a cluster that outlives the run: give back the GPU shares
+            for actor in getattr(self, "_actors", []):
+                self.ray.kill(actor)
+            self._actors = []
 
 
 def _execute(unit: WorkUnit, device: str, cpus: int) -> UnitResult:

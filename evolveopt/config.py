@@ -76,6 +76,8 @@ RULES: dict[str, Any] = {
     "search.hall_of_fame": (1, 10_000),
     "search.seed_variants": (0, 100),
     "search.dedupe_tries": (0, 1000),
+    "search.mode": ("generational", "steady_state"),
+    "search.in_flight_per_worker": (1, 1000),
     "space.max_terms": (1, 6),
     "space.max_buffers": (1, 64),
     "space.stale_probability": (0.0, 1.0),

@@ -239,7 +239,10 @@ def _execute(config: RunConfig, rundir: RunDir, progress: bool | None, resume: b
         for warning in warnings:
             display.message(warning)
         try:
-            evolution = Evolution(config, rundir, display, backend)
+            engine: type[Evolution] = Evolution
+            if config.search.mode == "steady_state":
+                from evolveopt.steady_state import SteadyStateEvolution as engine
+            evolution = engine(config, rundir, display, backend)
             if checkpoint:
                 rundir.truncate_logs(checkpoint["files"])
                 evolution.restore(checkpoint)

@@ -8,6 +8,7 @@
     hall_of_fame.json        the best distinct genomes so far
     checkpoint.json          the state after the last completed generation, RNG states included
     checkpoint.prev.json     the one before (a fallback when the latest is damaged)
+    arrivals.jsonl           steady-state mode only: every evaluation's result in the order it arrived
     cache.sqlite             the run's evaluation cache
 
 Each generation is committed at its end: population file, lineage and generation lines, hall of
@@ -310,7 +311,8 @@ class RunDir:
         while backup.exists():
             backup, suffix = self.file(f"replaced-{time.strftime('%Y%m%d-%H%M%S')}-{suffix}"), suffix + 1
         backup.mkdir()
-        for name in (*LOG_FILES, "hall_of_fame.json", "checkpoint.json", "checkpoint.prev.json", "population", "report"):
+        for name in (*LOG_FILES, "arrivals.jsonl", "hall_of_fame.json", "checkpoint.json", "checkpoint.prev.json",
+                     "population", "report"):
             if self.file(name).exists():
                 os.replace(self.file(name), backup / name)
         (self.path / "population").mkdir()

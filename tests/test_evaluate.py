@@ -152,18 +152,19 @@ def test_the_scorer_reports_units_done_of_total_and_the_rung_in_order():
     scorer = FitnessScorer(FitnessSettings(tasks=tasks, budget=27, seeds=[0], eta=3, rungs=3, max_members=2),
                            map_units=LocalBackend().map_units, on_progress=events.append)
     scorer.score_with_halving([evolveopt.load_genome(n) for n in ("lion", "sgd", "nesterov", "momentum")])
-    expected = []  # per rung: Adam's 9-rate grid per task (5 units of 2), then the survivors (4, 2, 1) on both tasks
-    for rung, (budget, alive) in enumerate(zip([3, 9, 27], [4, 2, 1])):
-        for label in labels:
-            expected += [("baseline", rung, 3, budget, ((label, done, 5),)) for done in range(6)]
+    expected = []  # per rung: Adam's 9-rate grid on both tasks at once (5 units of 2 each), then the survivors
+    for rung, (budget, alive) in enumerate(zip([3, 9, 27], [4, 2, 1])):  # (4, 2, 1) on both tasks
+        for step in range(11):  # in-process: nqm's grid units, then digits_mlp's
+            nqm = min(step, 5)
+            expected.append(("baseline", rung, 3, budget, ((labels[0], nqm, 5), (labels[1], step - nqm, 5))))
         per_task = math.ceil(alive / 2)
         for step in range(2 * per_task + 1):  # in-process: nqm's units, then digits_mlp's
             nqm = min(step, per_task)
             expected.append(("genomes", rung, 3, budget, ((labels[0], nqm, per_task),
                                                           (labels[1], step - nqm, per_task))))
     assert [(e.stage, e.rung, e.rungs, e.budget, tuple(tuple(t) for t in e.tasks)) for e in events] == expected
-    assert [e.done for e in events[:6]] == list(range(6)) and {e.total for e in events[:6]} == {5}
-    assert [e.finished for e in events[:6]] == [None] + [labels[0]] * 5  # each event names the task of its unit
+    assert [e.done for e in events[:11]] == list(range(11)) and {e.total for e in events[:11]} == {10}
+    assert [e.finished for e in events[:11]] == [None] + [labels[0]] * 5 + [labels[1]] * 5  # the task of its unit
 
 
 def test_eval_command_reports_units_per_task_on_a_log(tmp_path, capsys):
@@ -435,3 +436,21 @@ def test_units_are_cut_to_keep_every_worker_busy_and_the_grain_changes_no_result
     plain = {w: json.dumps([[[r.to_json() for r in s] for s in t] for t in evaluate(
         genomes, tasks, 12, [0, 1], cache=ResultCache(), workers=w).results], sort_keys=True) for w in (1, 8)}
     assert plain[8] == plain[1]
+
+
+def test_adams_grids_of_several_tasks_tuned_together_choose_what_each_task_chooses_alone():
+    from evolveopt.evaluation.fitness import tune_adam, tune_adam_tasks
+
+    tasks, grid = [{"name": "nqm"}, {"name": "digits_mlp", "hidden": 16}], (1e-3, 1e-2, 1e-1)
+    calls = []
+
+    def run(*args, **kwargs):
+        calls.append([t["name"] for t in args[1]])
+        return evaluate(*args, **kwargs)
+
+    cache = ResultCache()
+    together = tune_adam_tasks(tasks, 20, [0, 1], cache, run=run, grid=grid)
+    alone = [tune_adam(task, 20, [0, 1], ResultCache(), grid=grid) for task in tasks]
+    assert calls == [["nqm", "digits_mlp"]]  # one evaluation for both tasks
+    assert [(b.lr, b.losses) for b in together] == [(b.lr, b.losses) for b in alone]
+    assert tune_adam_tasks(tasks, 20, [0, 1], cache, run=run, grid=grid) == together and len(calls) == 1  # cached

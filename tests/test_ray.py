@@ -199,3 +199,85 @@ def test_a_user_module_task_from_an_installed_entry_point_trains_on_ray_as_in_pr
     remote = evaluate(["adam", "lion"], [task], 20, [0, 1], cache=ResultCache(), map_units=cluster.map_units)
     assert local.tasks[0]["task_version"] == "1"
     assert plain(remote.results) == plain(local.results)
+
+
+# ----------------------------------------------------------------------------- the steady-state search on Ray
+
+
+@pytest.mark.parametrize("gpus", [0.0, 0.5])
+def test_a_steady_state_run_on_ray_keeps_its_records_and_scores_as_in_process(cluster, tmp_path, gpus):
+    """Tasks (gpus 0) and GPU actors (two on the logical GPU): every evaluation arrives once, the records
+    hold exactly what its arrival log says, and each fitness is the in-process fitness of the genome."""
+    from test_evolve import run_files
+    from test_steady_state import replayed, steady_config
+
+    from evolveopt.evaluation.scorer import FitnessScorer, FitnessSettings
+    from evolveopt.evolution import start_run
+    from evolveopt.genome.schema import parse_genome
+
+    config = load_config(steady_config(tmp_path), ["backend.kind=ray", f"backend.gpus_per_actor={gpus}"])
+    run = tmp_path / "ray"
+    start_run(config, run, progress=False)
+    arrivals = [json.loads(line) for line in (run / "arrivals.jsonl").read_text().splitlines()]
+    lineage = [json.loads(line) for line in (run / "lineage.jsonl").read_text().splitlines()]
+    assert sorted(a["id"] for a in arrivals) == list(range(18)) and [r["id"] for r in lineage] == [a["id"] for a in arrivals]
+    rows = [json.loads(line) for line in (run / "generations.jsonl").read_text().splitlines()]
+    assert [r["in_flight"] for r in rows] == [4, 4, 4]  # 2 workers (CPUs, or GPU halves) × 2
+    assert run_files(replayed(run, tmp_path / "replayed")) == run_files(run)
+    individuals = [d for epoch in range(3)
+                   for d in json.loads((run / f"population/gen_{epoch:04d}.json").read_text())["individuals"]]
+    fit = config.fitness
+    scorer = FitnessScorer(FitnessSettings(tasks=list(fit.tasks), budget=fit.budget, seeds=list(fit.seeds)))
+    fresh = scorer.score([parse_genome(d["genome"]) for d in individuals])
+    assert [d["result"]["fitness"] for d in individuals] == [f.fitness for f in fresh]
+
+
+def test_a_steady_state_run_on_ray_killed_mid_epoch_resumes_from_the_state_its_log_records(cluster, tmp_path):
+    from test_evolve import run_files
+    from test_steady_state import _kill_after, replayed, steady_config
+
+    from evolveopt.evolution import resume_run
+
+    config = steady_config(tmp_path, **{"search.generations": 4, "fitness.budget": 600, "backend.kind": "ray",
+                                        "backend.num_cpus": 2})
+    killed = tmp_path / "killed"
+    _kill_after(config, killed, 8)  # its own local cluster, in a subprocess
+    before = (killed / "arrivals.jsonl").read_bytes()
+    before = before[: before.rfind(b"\n") + 1]
+    assert 8 <= before.count(b"\n") < 24, "the kill should land before the run ends"
+    resume_run(killed, progress=False)  # on this test's cluster
+    after = (killed / "arrivals.jsonl").read_bytes()
+    assert after.startswith(before) and after.count(b"\n") == 24
+    assert run_files(replayed(killed, tmp_path / "replayed")) == run_files(killed)
+
+
+@pytest.mark.parametrize("gpus", [0.0, 0.5])
+def test_submitted_units_come_back_with_their_tickets_and_an_exception_is_retried_then_raised(cluster, gpus):
+    """The steady-state form of a backend (submit / next_result): tasks and actors."""
+    units = plan_units([evolveopt.load_genome(g) for g in ("adam", "lion", "sgd")], [{"name": "nqm"}], 10, [0, 1],
+                       skip=set(), max_members=2)
+    backend = RayBackend(BackendConfig(kind="ray", max_retries=1, unit_timeout=300, gpus_per_actor=gpus))
+    tickets = [backend.submit(unit) for unit in units]
+    got = dict(backend.next_result() for _ in units)
+    assert sorted(got) == sorted(tickets)
+    expected = LocalBackend().map_units(units)
+    assert [[r.to_json() for r in got[t].results] for t in tickets] == \
+        [[r.to_json() for r in e.results] for e in expected]
+    backend.close()  # its actors hold the whole logical GPU
+    broken = RayBackend(BackendConfig(kind="ray", max_retries=1, unit_timeout=300, gpus_per_actor=gpus),
+                        device="bogus")
+    broken.submit(units[0])
+    with pytest.raises(RuntimeError, match="bogus"):
+        broken.next_result()
+    broken.close()
+
+
+def test_a_submitted_unit_over_its_timeout_is_retried_then_stops_with_an_error(cluster):
+    from evolveopt.backends import BackendError
+
+    units = plan_units([evolveopt.load_genome("adam")], [{"name": "digits_mlp"}], 5000, [0], skip=set(), max_members=8)
+    backend = RayBackend(BackendConfig(kind="ray", max_retries=1, unit_timeout=0.5))
+    backend.submit(units[0])
+    with pytest.raises(BackendError, match=r"ran over unit_timeout=0.5 s 2 times"):
+        backend.next_result()
+    backend.cancel_all()

@@ -211,24 +211,49 @@ def unit_count(members: int, max_members: int, units: int) -> int:
     return max(1, -(-members // max_members), min(units, members // 2))
 
 
-def evaluate(genomes: Sequence[Genome | str], tasks: Sequence[Any], budget: int, seeds: Sequence[int], *,
-             cache: ResultCache | None = None, device: str = "cpu", max_members: int | None = None,
-             map_units: MapUnits | None = None, on_progress: OnProgress | None = None,
-             workers: int = 1) -> Evaluation:
-    """Train each genome on each task for ``budget`` steps from each seed; see the module docstring.
-    ``on_progress`` receives a :class:`UnitProgress` after planning and after every finished unit;
-    ``workers``: the backend's parallel workers, which the units are cut to keep busy (:func:`plan_units`)."""
+@dataclass
+class PlannedEvaluation:
+    """An ``evaluate`` call cut in two (:func:`plan_evaluation`, then :func:`finish_evaluation` once every
+    unit's result is in): what the steady-state search keeps in flight, many at a time."""
+
+    genomes: list[Genome]
+    specs: list[dict[str, Any]]
+    labels: list[str]
+    budget: int
+    seeds: list[int]
+    keys: list[list[list[str]]]
+    known: dict[str, MemberResult]
+    units: list[WorkUnit]
+    started: float
+    cache_hits: int
+    cache_misses: int
+    member_steps: int = 0
+    threads: set[int] = field(default_factory=set)
+    nodes: set[str] = field(default_factory=set)
+
+    def record(self, outcome: UnitResult, cache: ResultCache) -> None:
+        """One unit's result: into the cache and this evaluation."""
+        fresh = dict(zip(outcome.keys, outcome.results))
+        cache.put_many(fresh)
+        self.known.update(fresh)
+        self.member_steps += outcome.member_steps
+        self.threads.add(outcome.threads)
+        if outcome.node:
+            self.nodes.add(outcome.node)
+
+
+def plan_evaluation(genomes: Sequence[Genome | str], tasks: Sequence[Any], budget: int, seeds: Sequence[int], *,
+                    cache: ResultCache, device: str = "cpu", max_members: int | None = None,
+                    workers: int = 1) -> PlannedEvaluation:
+    """Cache look-up and units of an evaluation (:func:`evaluate` without running anything)."""
     from evolveopt.tasks import make_task
 
     genomes = [load_genome(g) for g in genomes]
     built = [make_task(t) for t in tasks]
-    specs = [t.spec for t in built]
-    labels = [t.label for t in built]
     if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
         raise EvaluationError(f"budget must be a positive number of steps, got {budget!r}")
     if not seeds:
         raise EvaluationError("at least one seed is needed")
-    cache = cache if cache is not None else ResultCache()
     start = time.perf_counter()
     keys = [[[result_key(genome_hash(g), t, budget, s) for s in seeds] for t in built] for g in genomes]
     wanted = {k for per_genome in keys for per_task in per_genome for k in per_task}
@@ -239,20 +264,34 @@ def evaluate(genomes: Sequence[Genome | str], tasks: Sequence[Any], budget: int,
 
         max_members = min(default_max_members(t, genomes, device) for t in built) if built else 1
     units = plan_units(genomes, built, budget, seeds, skip=set(known), max_members=max_members, workers=workers)
-    run = map_units or (lambda us, on_done: run_here(us, device, on_done=on_done))
-    member_steps, threads, nodes = 0, set(), set()
-    for outcome in run(units, on_done=_UnitCounter(units, specs, labels, budget, on_progress)):
-        fresh = dict(zip(outcome.keys, outcome.results))
-        cache.put_many(fresh)
-        known.update(fresh)
-        member_steps += outcome.member_steps
-        threads.add(outcome.threads)
-        nodes.update([outcome.node] if outcome.node else [])
-    results = [[[known[k] for k in per_task] for per_task in per_genome] for per_genome in keys]
+    return PlannedEvaluation(genomes, [t.spec for t in built], [t.label for t in built], budget, list(seeds), keys,
+                             known, units, start, cache.hits - hits_before, cache.misses - misses_before)
+
+
+def finish_evaluation(planned: PlannedEvaluation) -> Evaluation:
+    """The :class:`Evaluation` of a planned one whose units' results are all recorded."""
+    results = [[[planned.known[k] for k in per_task] for per_task in per_genome] for per_genome in planned.keys]
     return Evaluation(
-        genomes=genomes, tasks=specs, budget=budget, seeds=list(seeds), results=results,
-        member_steps=member_steps, seconds=time.perf_counter() - start,
-        cache_hits=cache.hits - hits_before, cache_misses=cache.misses - misses_before,
-        units=len(units), task_labels=labels, threads=tuple(sorted(threads)),
-        nodes=tuple(sorted(nodes)),
+        genomes=planned.genomes, tasks=planned.specs, budget=planned.budget, seeds=planned.seeds, results=results,
+        member_steps=planned.member_steps, seconds=time.perf_counter() - planned.started,
+        cache_hits=planned.cache_hits, cache_misses=planned.cache_misses,
+        units=len(planned.units), task_labels=planned.labels, threads=tuple(sorted(planned.threads)),
+        nodes=tuple(sorted(planned.nodes)),
     )
+
+
+def evaluate(genomes: Sequence[Genome | str], tasks: Sequence[Any], budget: int, seeds: Sequence[int], *,
+             cache: ResultCache | None = None, device: str = "cpu", max_members: int | None = None,
+             map_units: MapUnits | None = None, on_progress: OnProgress | None = None,
+             workers: int = 1) -> Evaluation:
+    """Train each genome on each task for ``budget`` steps from each seed; see the module docstring.
+    ``on_progress`` receives a :class:`UnitProgress` after planning and after every finished unit;
+    ``workers``: the backend's parallel workers, which the units are cut to keep busy (:func:`plan_units`)."""
+    cache = cache if cache is not None else ResultCache()
+    planned = plan_evaluation(genomes, tasks, budget, seeds, cache=cache, device=device, max_members=max_members,
+                              workers=workers)
+    units = planned.units
+    run = map_units or (lambda us, on_done: run_here(us, device, on_done=on_done))
+    for outcome in run(units, on_done=_UnitCounter(units, planned.specs, planned.labels, budget, on_progress)):
+        planned.record(outcome, cache)
+    return finish_evaluation(planned)

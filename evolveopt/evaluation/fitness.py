@@ -103,21 +103,35 @@ def tune_adam(task: dict[str, Any], budget: int, seeds: Sequence[int], cache: Re
               run: Callable[..., Evaluation] = evaluate, grid: Sequence[float] = ADAM_LR_GRID) -> Baseline:
     """Adam's (:func:`baseline_genome`) best learning rate on ``grid`` (lowest median EMA loss over
     seeds, among the rates that diverged on no seed); cached."""
+    return tune_adam_tasks([task], budget, seeds, cache, run=run, grid=grid)[0]
+
+
+def tune_adam_tasks(tasks: Sequence[dict[str, Any]], budget: int, seeds: Sequence[int], cache: ResultCache,
+                    run: Callable[..., Evaluation] = evaluate,
+                    grid: Sequence[float] = ADAM_LR_GRID) -> list[Baseline]:
+    """:func:`tune_adam` for every task, the grids of the tasks not yet cached trained in one evaluation
+    (their units side by side on the backend's workers, not one task after another). Each task's
+    choice depends on its own results only, so it is the one :func:`tune_adam` makes alone."""
     adam = baseline_genome()
-    key = baseline_key(task, budget, seeds, grid, adam)
-    record = cache.get_record(key)
-    if record is None or not all(math.isfinite(v) for v in record["losses"].values()):  # NaN: an older version
+    keys = [baseline_key(task, budget, seeds, grid, adam) for task in tasks]
+    records = [cache.get_record(key) for key in keys]
+    todo = [i for i, record in enumerate(records)  # NaN: an older version
+            if record is None or not all(math.isfinite(v) for v in record["losses"].values())]
+    if todo:
         candidates = [adam.with_genes(lr=lr) for lr in grid]
-        evaluation = run(candidates, [task], budget, seeds, cache=cache)
-        medians = [math.inf if any(r.diverged or not math.isfinite(r.ema_loss) for r in per_genome[0])
-                   else statistics.median(r.ema_loss for r in per_genome[0]) for per_genome in evaluation.results]
-        best = min(range(len(grid)), key=lambda i: medians[i])
-        if not math.isfinite(medians[best]):
-            raise EvaluationError(f"task {task}, budget {budget}: Adam diverged on some seed of {list(seeds)} at every "
-                                  f"learning rate of its grid {list(grid)}; no baseline to score against")
-        record = {"lr": grid[best], "losses": {str(s): r.ema_loss for s, r in zip(seeds, evaluation.results[best][0])}}
-        cache.put_record(key, record)
-    return Baseline(task, budget, record["lr"], {int(s): v for s, v in record["losses"].items()})
+        evaluation = run(candidates, [tasks[i] for i in todo], budget, seeds, cache=cache)
+        for column, i in enumerate(todo):
+            per_lr = [per_genome[column] for per_genome in evaluation.results]
+            medians = [math.inf if any(r.diverged or not math.isfinite(r.ema_loss) for r in results)
+                       else statistics.median(r.ema_loss for r in results) for results in per_lr]
+            best = min(range(len(grid)), key=lambda k: medians[k])
+            if not math.isfinite(medians[best]):
+                raise EvaluationError(f"task {tasks[i]}, budget {budget}: Adam diverged on some seed of {list(seeds)} "
+                                      f"at every learning rate of its grid {list(grid)}; no baseline to score against")
+            records[i] = {"lr": grid[best], "losses": {str(s): r.ema_loss for s, r in zip(seeds, per_lr[best])}}
+            cache.put_record(keys[i], records[i])
+    return [Baseline(task, budget, record["lr"], {int(s): v for s, v in record["losses"].items()})
+            for task, record in zip(tasks, records)]
 
 
 def score_evaluation(evaluation: Evaluation, baselines: Sequence[Baseline]) -> list[GenomeFitness]:

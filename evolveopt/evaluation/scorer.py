@@ -8,7 +8,7 @@ from typing import Any, Sequence
 from evolveopt.evaluation.cache import ResultCache
 from evolveopt.evaluation.evaluator import Evaluation, MapUnits, OnProgress, evaluate
 from evolveopt.evaluation.halving import RungOutcome, successive_halving
-from evolveopt.evaluation.fitness import Baseline, GenomeFitness, score_evaluation, tune_adam
+from evolveopt.evaluation.fitness import Baseline, GenomeFitness, score_evaluation, tune_adam_tasks
 from evolveopt.genome.schema import Genome
 
 
@@ -77,7 +77,7 @@ class FitnessScorer:
         if budget not in self._baselines:
             s = self.settings
             run = lambda *a, **k: self._evaluate(*a, cache=k["cache"], stage="baseline")  # noqa: E731
-            self._baselines[budget] = [tune_adam(task, budget, s.seeds, self.cache, run=run) for task in s.tasks]
+            self._baselines[budget] = tune_adam_tasks(s.tasks, budget, s.seeds, self.cache, run=run)  # tasks side by side
         return self._baselines[budget]
 
     def score(self, genomes: Sequence[Genome], budget: int | None = None) -> list[GenomeFitness]:

@@ -51,6 +51,8 @@ class GAConfig:
     seed_variants: int = 1  # per seed genome: copies with every gene redrawn (structure kept)
     hall_of_fame: int = 10
     dedupe_tries: int = 10
+    mode: str = "generational"  # generational | steady_state (evolveopt/steady_state.py)
+    in_flight_per_worker: int = 2  # steady_state: evaluations kept in flight per backend worker (k)
 
 
 class GeneticSearch:
@@ -114,9 +116,24 @@ class GeneticSearch:
         return elites + offspring
 
     def _offspring(self, population: Sequence[Individual], generation: int, seen: set[str]) -> Individual:
-        cfg, rng, space = self.config, self.rng, self.space
         with self._deap_random():
-            first, second = tools.selTournament(list(population), 2, tournsize=cfg.tournament)
+            first, second = tools.selTournament(list(population), 2, tournsize=self.config.tournament)
+        return self._breed(first, second, generation, seen)
+
+    def tournament_child(self, population: Sequence[Individual], generation: int, seen: set[str]) -> Individual:
+        """One child for the steady-state search: two tournaments (``tournament`` individuals sampled
+        without replacement from the numpy Generator, the fittest wins), then the operators of
+        :meth:`next_generation`. Draws only from the numpy Generator."""
+        first, second = (self._tournament(population) for _ in range(2))
+        return self._breed(first, second, generation, seen)
+
+    def _tournament(self, population: Sequence[Individual]) -> Individual:
+        size = min(self.config.tournament, len(population))
+        picks = self.rng.choice(len(population), size=size, replace=False)
+        return max((population[int(i)] for i in sorted(picks)), key=lambda ind: ind.fitness)
+
+    def _breed(self, first: Individual, second: Individual, generation: int, seen: set[str]) -> Individual:
+        cfg, rng, space = self.config, self.rng, self.space
         operators, details = [], {}
         if rng.random() < cfg.crossover_rate:
             genome, details["crossover"] = crossover(rng, first.genome, second.genome, space)

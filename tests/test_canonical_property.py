@@ -13,7 +13,7 @@ import warnings
 
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 import evolveopt
@@ -196,6 +196,11 @@ def _steps(genome, steps: int = 6) -> torch.Tensor:
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(genome_dicts())
+@example({"schema_version": 2,  # found by the search: sign(a·atan2(y, b·√v̂)) is 0 while a warms up from 0
+          "terms": [{"signal": "grad", "sign": True,
+                     "precondition": {"kind": "sum", "eps_mode": "atan2", "a": "a", "b": "b"}}],
+          "genes": {"a": 1.27, "b": 1.0, "lr": 0.001},
+          "gene_schedules": {"a": {"kind": "linear_warmup", "horizon": 1, "offset": 1}}})
 def test_a_genome_and_its_canonical_form_take_the_same_steps(data):
     try:
         genome = parse_genome(data, source="drawn")

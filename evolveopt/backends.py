@@ -275,7 +275,7 @@ class RayBackend:
                 ticket, _, actor = self._flight.pop(ref)
                 unit = self._units[ticket]
                 if actor < 0:
-                    result = self._get(ref)
+                    result = self._get(ref, ticket, unit)
                 else:
                     self._idle.append(actor)
                     try:

@@ -14,6 +14,7 @@ import sys
 import threading
 from typing import Callable, Sequence
 
+from evolveopt.benchmark.baselines import BASELINES, CLASSICS, DEFAULT_BASELINES, FRONTIER
 from evolveopt.errors import EvolveOptError
 
 EXIT_USAGE = 2
@@ -252,8 +253,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
             raise EvolveOptError(f"{folder}: no benchmark.json to summarize")
         print(resummarize(folder))
         return 0
-    if not args.genomes:
-        raise EvolveOptError("benchmark needs at least one genome (or --summarize DIR)")
+    if not args.genomes and args.baselines == "none":
+        raise EvolveOptError("benchmark needs at least one genome, a --baselines set, or --summarize DIR")
 
     from evolveopt.backends import check_device, make_backend
     from evolveopt.benchmark.protocol import BenchmarkSettings, run_benchmark
@@ -269,8 +270,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     for ref in args.genomes:
         genome, label, _ = resolve_genome(ref)
         genomes[label.replace(" ", "#")] = genome
-    if REFERENCE not in genomes:
-        genomes = {REFERENCE: load_genome(REFERENCE), **genomes}
+    baselines = {name: load_genome(name) for name in (REFERENCE, *BASELINES[args.baselines]) if name not in genomes}
+    genomes = {REFERENCE: genomes.pop(REFERENCE, None) or baselines.pop(REFERENCE), **genomes, **baselines}
     suites = {"search": SEARCH_SUITE, "heldout": HELDOUT_SUITE, "all": SEARCH_SUITE + HELDOUT_SUITE}
     tasks = [parse_task_arg(t) for t in args.task] if args.task else suites[args.suite]
     settings = BenchmarkSettings(tasks=tuple(tasks), budget=args.budget, trials=args.trials, seeds=args.seeds,
@@ -361,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     benchmark = sub.add_parser("benchmark", help="compare optimizers under one tuning protocol on search or held-out tasks")
     benchmark.add_argument("genomes", nargs="*", help="genome names, files, runs (their champion) or RUN#ID; "
                                                      "adamw (the target-setter) is always added")
+    benchmark.add_argument("--baselines", choices=list(BASELINES), default=DEFAULT_BASELINES,
+                           help="optimizers to compare against, tuned alike (default: all): classics = "
+                                f"{', '.join(CLASSICS)}; frontier = {', '.join(FRONTIER)}; none = AdamW alone")
     benchmark.add_argument("--summarize", metavar="DIR", help="only recompute DIR's summary, tables and pictures")
     benchmark.add_argument("--suite", choices=["search", "heldout", "all"], default="heldout")
     benchmark.add_argument("--task", action="append", help="a task instead of a suite (repeatable), e.g. nqm:batch_size=8")

@@ -9,7 +9,8 @@ import pytest
 
 import evolveopt
 from evolveopt.benchmark.protocol import BenchmarkSettings, halton, run_benchmark, trial_points
-from evolveopt.benchmark.summary import build_report
+from evolveopt.benchmark.baselines import FRONTIER
+from evolveopt.benchmark.summary import build_report, pareto_front
 from evolveopt.benchmark.stats import bootstrap_median_ratio, performance_profile, steps_to_target
 from evolveopt.cli import main
 
@@ -60,7 +61,7 @@ def test_every_optimizer_gets_the_same_trials_then_fresh_seeds():
 def test_benchmark_command_writes_json_markdown_and_pictures(tmp_path, capsys):
     out = tmp_path / "bench"
     argv = ["benchmark", "lion", "ga2025", "--task", "digits_mlp:hidden=16", "--task", "nqm:dim=20",
-            "--trials", "2", "--seeds", "2", "--budget", "20", "--out", str(out)]
+            "--trials", "2", "--seeds", "2", "--budget", "20", "--baselines", "none", "--out", str(out)]
     assert main(argv) == 0
     report = json.loads((out / "benchmark.json").read_text())
     assert report["optimizers"] == ["adamw", "lion", "ga2025"]
@@ -70,7 +71,7 @@ def test_benchmark_command_writes_json_markdown_and_pictures(tmp_path, capsys):
             assert {"final_loss_median", "steps_to_target_median", "speed_ratio_vs_adamw", "step_ms",
                     "state_bytes_per_param", "heldout_median"} <= set(o)
     assert "## Summary" in (out / "benchmark.md").read_text()
-    for picture in ("curves.png", "profile.png"):
+    for picture in ("curves.png", "profile.png", "pareto.png"):
         assert (out / picture).read_bytes()[:4] == b"\x89PNG"
     (out / "benchmark.md").unlink()
     assert main(["benchmark", "--summarize", str(out)]) == 0  # from the JSON alone, no training
@@ -117,3 +118,31 @@ def test_bench_heap_measures_both_allocator_settings_in_their_own_process(capsys
     report = json.loads(capsys.readouterr().out)
     assert [r["setting"] for r in report["rows"]] == ["glibc default", "temporaries in heap"]
     assert all(r["member_steps_per_s"] > 0 and 50 < r["peak_rss_mb"] < 20_000 for r in report["rows"])
+
+
+def test_the_default_comparison_holds_the_classics_and_the_frontier():
+    from evolveopt.cli import build_parser
+
+    args = build_parser().parse_args(["benchmark", "mine.yaml"])
+    assert args.baselines == "all"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["benchmark", "x", "--baselines", "newest"])
+
+
+def test_a_frontier_benchmark_tunes_every_frontier_optimizer_and_draws_speed_against_memory(tmp_path):
+    out = tmp_path / "bench"
+    assert main(["benchmark", "--baselines", "frontier", "--task", "digits_mlp:hidden=8", "--trials", "1",
+                 "--seeds", "2", "--budget", "12", "--out", str(out)]) == 0
+    report = json.loads((out / "benchmark.json").read_text())
+    assert report["optimizers"] == ["adamw", *FRONTIER]
+    summary = report["summary"]["optimizers"]
+    assert all(s["step_ms_median"] > 0 for s in summary.values())
+    assert summary["schedulefree_adamw"]["state_bytes_per_param"] == 8  # z and v
+    assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    assert "step ms (median over tasks)" in (out / "benchmark.md").read_text()
+
+
+def test_the_pareto_front_keeps_the_points_nothing_beats_in_both_memory_and_speed():
+    points = {"sgd": (0.0, 2.0), "adamw": (8.0, 1.0), "lion": (4.0, 1.2), "bad": (8.0, 1.5), "twin": (4.0, 1.2),
+              "never": (0.0, math.inf)}
+    assert pareto_front(points) == ["sgd", "lion", "twin", "adamw"]

@@ -259,7 +259,7 @@ def test_benchmark_compares_optimizers_on_a_user_task(user_package, tmp_path):
 
     out = tmp_path / "bench"
     assert main(["benchmark", "lion", "--task", "my_tasks:regression:width=4", "--trials", "2", "--seeds", "2",
-                 "--budget", "20", "--out", str(out)]) == 0
+                 "--budget", "20", "--baselines", "none", "--out", str(out)]) == 0
     report = json.loads((out / "benchmark.json").read_text())
     assert [t["task"] for t in report["tasks"]] == ["regression"]
     assert set(report["tasks"][0]["optimizers"]) == {"adamw", "lion"}

@@ -86,7 +86,8 @@ def summarize(tasks: list[dict[str, Any]]) -> dict[str, Any]:
             pairs = [(_never_as_inf(t["optimizers"][name]["steps_to_target"]), ref) for t, ref in zip(tasks, reference)]
             point, low, high = bootstrap_median_ratio(pairs, budgets=budgets)
         summary[name] = {"median_speed_ratio_vs_adamw": point, "ci95": [low, high],
-                         "state_bytes_per_param": tasks[0]["optimizers"][name]["state_bytes_per_param"]}
+                         "state_bytes_per_param": tasks[0]["optimizers"][name]["state_bytes_per_param"],
+                         "step_ms_median": median([t["optimizers"][name]["step_ms"] for t in tasks])}
     medians = {n: [median(_never_as_inf(t["optimizers"][n]["steps_to_target"])) for t in tasks] for n in names}
     taus, rho, scores = performance_profile(medians)
     for name in names:
@@ -119,15 +120,19 @@ def markdown(report: dict[str, Any]) -> str:
              f"{settings['tuning_seeds']} tuning seed(s), then {settings['seeds']} fresh seeds at the best setting. "
              "Target = tuned AdamW's median final training loss.", "",
              "## Summary", "",
-             "| optimizer | median speed ratio vs AdamW (95% CI) | profile score | state bytes/param |",
-             "|---|---|---:|---:|"]
+             "| optimizer | median speed ratio vs AdamW (95% CI) | profile score | state bytes/param | "
+             "step ms (median over tasks) |",
+             "|---|---|---:|---:|---:|"]
     for name in report["optimizers"]:
         s = report["summary"]["optimizers"][name]
         low, high = s["ci95"]
         lines.append(f"| {name} | {_fmt(s['median_speed_ratio_vs_adamw'], '.3g', '∞')} ({_fmt(low, '.3g', '∞')}–"
                      f"{_fmt(high, '.3g', '∞')}) | "
-                     f"{s['profile_score']:.3f} | {s['state_bytes_per_param']} |")
-    lines += ["", "Speed ratio: steps to reach the target over AdamW's (< 1 is faster); ∞: never reached it.", ""]
+                     f"{s['profile_score']:.3f} | {s['state_bytes_per_param']} | "
+                     f"{_fmt(s.get('step_ms_median'), '.3f')} |")
+    lines += ["", "Speed ratio: steps to reach the target over AdamW's (< 1 is faster); ∞: never reached it. "
+              "State bytes per parameter at float32; step ms: one optimizer step on one model of the task.",
+              "", "![speed against memory](pareto.png)", ""]
     for task in report["tasks"]:
         lines += [f"## {task['task']}", "", f"Target loss {task['target_loss']:.4g}.", "",
                   "| optimizer | lr | wd | final loss, median [IQR] | held-out | steps to target | vs AdamW | "
@@ -202,6 +207,47 @@ def plot_profile(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
+    """Names not dominated in (state bytes, speed ratio), both lower-is-better, by memory ascending."""
+    front = [n for n, (b, r) in points.items()
+             if not any(b2 <= b and r2 <= r and (b2, r2) != (b, r) for b2, r2 in points.values())]
+    return sorted(front, key=lambda n: points[n])
+
+
+def plot_pareto(report: dict[str, Any], path: Path) -> None:
+    """Median speed ratio vs AdamW against optimizer-state bytes per parameter, the Pareto front joined."""
+    matplotlib = optional("matplotlib", "plots")
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = report["summary"]["optimizers"]
+    points = {n: (float(s["state_bytes_per_param"]), float(s["median_speed_ratio_vs_adamw"] or math.inf))
+              for n, s in summary.items()}
+    finite = [r for _, r in points.values() if math.isfinite(r)] or [1.0]
+    ceiling = max(finite) * 1.5  # where "never reached the target" is drawn
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
+    shown: dict[tuple[float, float], list[str]] = {}  # optimizers at one point share one label
+    for name, (nbytes, ratio) in points.items():
+        shown.setdefault((nbytes, ratio if math.isfinite(ratio) else ceiling), []).append(name)
+    for (nbytes, y), names in shown.items():
+        ax.scatter([nbytes], [y], marker="o" if y < ceiling else "^", s=24)
+        ax.annotate("\n".join(names), (nbytes, y), fontsize=7, xytext=(3, 3), textcoords="offset points",
+                    va="top" if y >= ceiling else "bottom")
+    front = [points[n] for n in pareto_front(points) if math.isfinite(points[n][1])]
+    if front:
+        ax.step([b for b, _ in front], [r for _, r in front], where="post", color="k", lw=0.8, ls="--")
+    ax.set_yscale("log")
+    ax.margins(x=0.15)
+    ax.set_xlabel("optimizer state, bytes per parameter (float32)")
+    ax.set_ylabel("median steps to target / AdamW's")
+    ax.set_title("speed against memory (lower left is better; ▲: never reached the target)", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def build_report(runs: list[TaskBenchmark], genomes: dict[str, Genome], settings: BenchmarkSettings) -> dict[str, Any]:
     tasks = [task_metrics(run, genomes) for run in runs]
     return {"settings": {"budget": settings.budget, "trials": settings.trials, "seeds": settings.seeds,
@@ -217,5 +263,6 @@ def write_report(report: dict[str, Any], out: Path) -> Path:
         (out / "benchmark.json").write_text(json.dumps(json.loads(dumps(report)), indent=1) + "\n")
         plot_curves(report, out / "curves.png")
         plot_profile(report, out / "profile.png")
+        plot_pareto(report, out / "pareto.png")
         (out / "benchmark.md").write_text(markdown(report), encoding="utf-8")
     return out / "benchmark.md"

@@ -15,6 +15,7 @@ import threading
 from typing import Callable, Sequence
 
 from evolveopt.benchmark.baselines import BASELINES, CLASSICS, DEFAULT_BASELINES, FRONTIER
+from evolveopt.config import RULES, FitnessConfig
 from evolveopt.errors import EvolveOptError
 
 EXIT_USAGE = 2
@@ -172,7 +173,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
           f"(Adam baselines tuned on a 9-point lr grid first)", file=sys.stderr)
     display = TaskProgress()
     scorer = FitnessScorer(FitnessSettings(tasks=list(tasks), budget=args.budget, seeds=args.seeds, rungs=1,
-                                           device=args.device), cache=cache, on_progress=display.units)
+                                           device=args.device, objective=args.objective),
+                           cache=cache, on_progress=display.units)
     try:
         scores = scorer.score(genomes)
     finally:
@@ -403,6 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--budget", type=at_least(1), default=300, help="training steps per task")
     ev.add_argument("--seeds", type=at_least(0), nargs="+", default=[0, 1, 2])
     ev.add_argument("--device", default="cpu")
+    ev.add_argument("--objective", choices=list(RULES["fitness.objective"]), default=FitnessConfig.objective,
+                    help="the loss compared with tuned Adam's (default: train_loss)")
     ev.add_argument("--cache", default=default_cache_path(), help="SQLite result cache")
     ev.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
     ev.add_argument("--json", action="store_true")
@@ -442,8 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default="cpu")
     bench.add_argument("--neighbours", type=at_least(0), help="busy processes for 'neighbour' (default: one per CPU)")
     bench.add_argument("--neighbour-threads", type=at_least(1), default=1, help="torch threads of each neighbour")
-    bench.add_argument("--budget", type=at_least(1), help="full training budget for 'neighbour' (default: the "
-                       "quickstart's 270 steps)")
+    bench.add_argument("--budget", type=at_least(1), help="training budget for 'neighbour' (default: the "
+                       "quickstart's 270 steps) and 'transfer' (default 150)")
     bench.add_argument("--compile", action="store_true",
                        help="'step': eager vs torch.compile'd step of an exported Adam genome and torch Adam")
     bench.set_defaults(command_function=cmd_bench)

@@ -34,6 +34,7 @@ class FitnessConfig:
     eta: int = 3
     rungs: int = 3
     max_members: int | None = None  # None: 256 on CPU, what fits in half the free memory on CUDA
+    objective: str = "train_loss"  # train_loss | heldout_loss | combined (evaluation/fitness.py)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ RULES: dict[str, Any] = {
     "fitness.eta": (2, 100),
     "fitness.rungs": (1, 10),
     "fitness.max_members": (1, 1_000_000),
+    "fitness.objective": ("train_loss", "heldout_loss", "combined"),  # read by evaluation/fitness.py
     "backend.kind": ("local", "ray"),
     "backend.num_cpus": (1, 100_000),
     "backend.gpus_per_actor": (0.0, 64.0),

@@ -64,7 +64,7 @@ class Evolution:
         fit = config.fitness
         settings = FitnessSettings(tasks=list(fit.tasks), budget=fit.budget, seeds=list(fit.seeds), eta=fit.eta,
                                    rungs=fit.rungs, max_members=fit.max_members, device=config.device,
-                                   workers=self.backend.workers)
+                                   workers=self.backend.workers, objective=fit.objective)
         self.scorer = FitnessScorer(settings, ResultCache(rundir.file("cache.sqlite")), self.backend.map_units,
                                     on_progress=progress.units if progress else None)
         self.rng = np.random.default_rng(config.seed)

@@ -52,7 +52,8 @@ def _baseline_table(path: str | Path, run: RunDir, config: dict, champion: dict,
 
     fit = config["fitness"]
     scorer = FitnessScorer(FitnessSettings(tasks=list(fit["tasks"]), budget=fit["budget"], seeds=list(fit["seeds"]),
-                                           rungs=1, device=config.get("device", "cpu")),
+                                           rungs=1, device=config.get("device", "cpu"),
+                                           objective=fit.get("objective", "train_loss")),
                            cache=ResultCache(run.file("cache.sqlite")))
     seeds = sorted((ind for ind in read_individuals(path).values() if "seed" in ind.get("operators", [])),
                    key=lambda ind: ind["id"])

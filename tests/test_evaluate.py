@@ -454,3 +454,46 @@ def test_adams_grids_of_several_tasks_tuned_together_choose_what_each_task_choos
     assert calls == [["nqm", "digits_mlp"]]  # one evaluation for both tasks
     assert [(b.lr, b.losses) for b in together] == [(b.lr, b.losses) for b in alone]
     assert tune_adam_tasks(tasks, 20, [0, 1], cache, run=run, grid=grid) == together and len(calls) == 1  # cached
+
+
+@pytest.mark.parametrize("objective", ["heldout_loss", "combined"])
+def test_adam_tuned_for_an_objective_scores_exactly_neutral_under_it(objective):
+    settings = FitnessSettings(tasks=[{"name": "digits_mlp"}], budget=30, seeds=[0, 1], rungs=1, objective=objective)
+    scorer = FitnessScorer(settings)
+    baseline = scorer.baselines(30)[0]
+    assert baseline.objective == objective and set(baseline.heldout_losses) == {0, 1}
+    (score,) = scorer.score([ADAM.with_genes(lr=baseline.lr)])
+    assert score.fitness == 0.0
+
+
+def test_the_objectives_compare_the_training_loss_the_heldout_loss_or_both():
+    from evolveopt.evaluation.fitness import log_ratio
+
+    member = MemberResult(final_loss=0.5, ema_loss=0.5, heldout={"loss": 2.0})
+    assert log_ratio(member, 1.0, 1.0, "train_loss") == pytest.approx(math.log(2.0))
+    assert log_ratio(member, 1.0, 1.0, "heldout_loss") == pytest.approx(math.log(0.5))  # it memorized: worse
+    assert log_ratio(member, 1.0, 1.0, "combined") == pytest.approx(0.0)
+    blown = MemberResult(final_loss=0.5, ema_loss=0.5, heldout={"loss": math.inf})
+    assert log_ratio(blown, 1.0, 1.0, "train_loss") is not None and log_ratio(blown, 1.0, 1.0, "combined") is None
+
+
+def test_the_train_loss_objective_keeps_the_baseline_records_of_older_runs():
+    from evolveopt.evaluation.cache import digest_key, task_identity
+    from evolveopt.evaluation.fitness import ADAM_LR_GRID, baseline_genome, baseline_key
+    from evolveopt.genome import genome_hash
+
+    adam, task = baseline_genome(), {"name": "nqm"}
+    before = digest_key({"baseline": genome_hash(adam), **task_identity(make_task(task)), "budget": 10,
+                         "seeds": [0], "grid": list(ADAM_LR_GRID)})  # the key as it was before objectives
+    assert baseline_key(task, 10, [0], ADAM_LR_GRID, adam) == before
+    assert baseline_key(task, 10, [0], ADAM_LR_GRID, adam, "heldout_loss") != before
+
+
+def test_a_heldout_objective_on_a_task_without_heldout_data_is_one_clear_error():
+    from evolveopt.errors import EvaluationError
+    from evolveopt.evaluation.fitness import objective_value
+
+    with pytest.raises(EvaluationError, match="needs a held-out loss, but a task measures none"):
+        objective_value(MemberResult(final_loss=0.5, ema_loss=0.5, heldout={}), "heldout_loss")
+    with pytest.raises(EvaluationError, match="fitness objective 'val' is not one of"):
+        FitnessScorer(FitnessSettings(tasks=["nqm"], budget=5, seeds=[0], objective="val"))

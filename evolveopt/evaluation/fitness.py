@@ -1,19 +1,27 @@
 """Fitness: how much better than a tuned Adam a genome trains, per task and overall.
 
-For task k at budget B, with L_s the bias-corrected EMA of the training loss at the last step
-from seed s and L*_s the same for Adam at its best learning rate on that task and budget (tuned
-once on a grid and cached):
+For task k at budget B, with L_s the genome's loss from seed s under the fitness *objective*
+and L*_s the same for Adam at its best learning rate (under the same objective) on that task and
+budget (tuned once on a grid and cached):
 
     r_k     = mean_s log(L*_s / L_s)              (paired by seed: same init and data order)
     score_k = sign(r_k) · log(1 + |r_k|)
     fitness = mean_k score_k
+
+The objective (``fitness.objective``) says which loss L is:
+
+* ``train_loss``: the bias-corrected EMA of the training loss at the last step (the default);
+* ``heldout_loss``: the loss on the task's own held-out split after training, at the rule's
+  evaluation point (x for schedule-free averaging); it rewards what generalizes, not memorizing;
+* ``combined``: the mean of the two log ratios, log(L*/L) averaged over the two losses.
 
 r = 0 is "as good as tuned Adam", r = log 2 "half Adam's loss". The signed log keeps every
 difference in rank (no ties from clipping) while a task whose losses differ by orders of
 magnitude (training loss going to 0 on a small data set) pulls the mean only logarithmically;
 log ratios have no units, so no task dominates by the scale of its loss. A genome that diverged
 on any seed of a task, or whose parameters never moved (an all-zero update), gets the worst score,
-−5, below any finite one. Held-out metrics are reported next to the fitness and never enter it.
+−5, below any finite one. Held-out metrics are reported next to the fitness; they enter it only
+through the held-out objectives. Tasks of the held-out *suite* never enter any fitness.
 docs/fitness.md has a worked example.
 """
 
@@ -24,6 +32,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from evolveopt.config import RULES, FitnessConfig
 from evolveopt.errors import EvaluationError
 from evolveopt.evaluation.cache import ResultCache, digest_key, task_identity
 from evolveopt.evaluation.evaluator import Evaluation, evaluate
@@ -32,18 +41,23 @@ from evolveopt.genome import genome_hash, load_genome
 from evolveopt.genome.schema import Genome
 
 ADAM_LR_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
+OBJECTIVES = RULES["fitness.objective"]
+DEFAULT_OBJECTIVE = FitnessConfig.objective
 WORST_SCORE = -5.0
 LOSS_FLOOR = 1e-12  # losses are floored here before the log
 
 
 @dataclass(frozen=True)
 class Baseline:
-    """Tuned Adam on one task and budget: its learning rate and EMA loss per seed."""
+    """Tuned Adam on one task and budget: its learning rate and its losses per seed under the
+    objective it was tuned for (``losses``: the training EMA; ``heldout_losses``: the held-out loss)."""
 
     task: dict[str, Any]
     budget: int
     lr: float
     losses: dict[int, float]
+    heldout_losses: dict[int, float] = field(default_factory=dict)
+    objective: str = DEFAULT_OBJECTIVE
 
 
 @dataclass
@@ -60,20 +74,55 @@ class GenomeFitness:
                 "failures": self.failures}
 
 
-def log_ratio(result: MemberResult, baseline_loss: float) -> float | None:
-    """log(L*/L), or None for a diverged or stalled member."""
-    if result.diverged or result.stalled or not math.isfinite(result.ema_loss):
+def heldout_loss(result: MemberResult) -> float:
+    """The held-out loss of a member; a task that measures none cannot be scored by it."""
+    if "loss" not in result.heldout:
+        raise EvaluationError("fitness.objective needs a held-out loss, but a task measures none (its held-out "
+                              f"metrics: {sorted(result.heldout) or 'none'}); use objective train_loss for it")
+    return result.heldout["loss"]
+
+
+def _log_loss(loss: float) -> float:
+    return math.log(max(loss, LOSS_FLOOR))
+
+
+def log_ratio(result: MemberResult, baseline_loss: float, baseline_heldout: float = math.nan,
+              objective: str = DEFAULT_OBJECTIVE) -> float | None:
+    """log(L*/L) under ``objective`` (the mean of both for ``combined``), or None for a diverged or
+    stalled member, or one whose loss is not finite."""
+    if result.diverged or result.stalled:
         return None
-    return math.log(max(baseline_loss, LOSS_FLOOR)) - math.log(max(result.ema_loss, LOSS_FLOOR))
+    ratios = []
+    if objective in ("train_loss", "combined"):
+        ratios.append((result.ema_loss, baseline_loss))
+    if objective in ("heldout_loss", "combined"):
+        ratios.append((heldout_loss(result), baseline_heldout))
+    if not all(math.isfinite(mine) for mine, _ in ratios):
+        return None
+    return sum(_log_loss(theirs) - _log_loss(mine) for mine, theirs in ratios) / len(ratios)
 
 
-def task_score(results: Sequence[MemberResult], baseline_losses: Sequence[float]) -> float:
+def task_score(results: Sequence[MemberResult], baseline_losses: Sequence[float],
+               baseline_heldout: Sequence[float] | None = None, objective: str = DEFAULT_OBJECTIVE) -> float:
     """sign(r)·log(1 + |r|) with r the mean log ratio over seeds; the worst score on any failure."""
-    ratios = [log_ratio(r, b) for r, b in zip(results, baseline_losses)]
+    heldout = baseline_heldout if baseline_heldout is not None else [math.nan] * len(results)
+    ratios = [log_ratio(r, b, h, objective) for r, b, h in zip(results, baseline_losses, heldout)]
     if any(x is None for x in ratios):
         return WORST_SCORE
     r = sum(ratios) / len(ratios)
     return math.copysign(math.log1p(abs(r)), r)
+
+
+def objective_value(result: MemberResult, objective: str) -> float:
+    """The loss Adam's tuning minimizes under ``objective`` (∞ on failure): the training EMA, the
+    held-out loss, or their geometric mean."""
+    if result.diverged:
+        return math.inf
+    values = {"train_loss": [result.ema_loss], "heldout_loss": [heldout_loss(result)],
+              "combined": [result.ema_loss, heldout_loss(result)]}[objective]
+    if not all(math.isfinite(v) for v in values):
+        return math.inf
+    return math.exp(sum(_log_loss(v) for v in values) / len(values))
 
 
 def failure_reason(result: MemberResult) -> str:
@@ -91,46 +140,54 @@ def baseline_genome() -> Genome:
     return load_genome("adam")
 
 
-def baseline_key(task: dict[str, Any], budget: int, seeds: Sequence[int], grid: Sequence[float], adam: Genome) -> str:
-    """The cache record key of a tuned baseline: task and its data, budget, seeds, grid, the Adam genome's hash."""
+def baseline_key(task: dict[str, Any], budget: int, seeds: Sequence[int], grid: Sequence[float], adam: Genome,
+                 objective: str = DEFAULT_OBJECTIVE) -> str:
+    """The cache record key of a tuned baseline: task and its data, budget, seeds, grid, the Adam genome's
+    hash and the objective tuned for (absent for train_loss, so older records keep their keys)."""
     from evolveopt.tasks import make_task
 
+    tuned_for = {} if objective == "train_loss" else {"objective": objective}
     return digest_key({"baseline": genome_hash(adam), **task_identity(make_task(task)), "budget": budget,
-                       "seeds": list(seeds), "grid": list(grid)})
+                       "seeds": list(seeds), "grid": list(grid), **tuned_for})
 
 
 def tune_adam(task: dict[str, Any], budget: int, seeds: Sequence[int], cache: ResultCache,
-              run: Callable[..., Evaluation] = evaluate, grid: Sequence[float] = ADAM_LR_GRID) -> Baseline:
-    """Adam's (:func:`baseline_genome`) best learning rate on ``grid`` (lowest median EMA loss over
-    seeds, among the rates that diverged on no seed); cached."""
-    return tune_adam_tasks([task], budget, seeds, cache, run=run, grid=grid)[0]
+              run: Callable[..., Evaluation] = evaluate, grid: Sequence[float] = ADAM_LR_GRID,
+              objective: str = DEFAULT_OBJECTIVE) -> Baseline:
+    """Adam's (:func:`baseline_genome`) best learning rate on ``grid`` (lowest median loss over seeds
+    under ``objective``, among the rates that diverged on no seed); cached."""
+    return tune_adam_tasks([task], budget, seeds, cache, run=run, grid=grid, objective=objective)[0]
 
 
 def tune_adam_tasks(tasks: Sequence[dict[str, Any]], budget: int, seeds: Sequence[int], cache: ResultCache,
                     run: Callable[..., Evaluation] = evaluate,
-                    grid: Sequence[float] = ADAM_LR_GRID) -> list[Baseline]:
+                    grid: Sequence[float] = ADAM_LR_GRID, objective: str = DEFAULT_OBJECTIVE) -> list[Baseline]:
     """:func:`tune_adam` for every task, the grids of the tasks not yet cached trained in one evaluation
     (their units side by side on the backend's workers, not one task after another). Each task's
     choice depends on its own results only, so it is the one :func:`tune_adam` makes alone."""
     adam = baseline_genome()
-    keys = [baseline_key(task, budget, seeds, grid, adam) for task in tasks]
+    keys = [baseline_key(task, budget, seeds, grid, adam, objective) for task in tasks]
     records = [cache.get_record(key) for key in keys]
     todo = [i for i, record in enumerate(records)  # NaN: an older version
-            if record is None or not all(math.isfinite(v) for v in record["losses"].values())]
+            if record is None or not all(math.isfinite(v) for v in record["losses"].values())
+            or (objective != "train_loss" and "heldout_losses" not in record)]
     if todo:
         candidates = [adam.with_genes(lr=lr) for lr in grid]
         evaluation = run(candidates, [tasks[i] for i in todo], budget, seeds, cache=cache)
         for column, i in enumerate(todo):
             per_lr = [per_genome[column] for per_genome in evaluation.results]
-            medians = [math.inf if any(r.diverged or not math.isfinite(r.ema_loss) for r in results)
-                       else statistics.median(r.ema_loss for r in results) for results in per_lr]
+            values = [[objective_value(r, objective) for r in results] for results in per_lr]
+            medians = [math.inf if not all(map(math.isfinite, v)) else statistics.median(v) for v in values]
             best = min(range(len(grid)), key=lambda k: medians[k])
             if not math.isfinite(medians[best]):
                 raise EvaluationError(f"task {tasks[i]}, budget {budget}: Adam diverged on some seed of {list(seeds)} "
                                       f"at every learning rate of its grid {list(grid)}; no baseline to score against")
             records[i] = {"lr": grid[best], "losses": {str(s): r.ema_loss for s, r in zip(seeds, per_lr[best])}}
+            if objective != "train_loss":
+                records[i]["heldout_losses"] = {str(s): heldout_loss(r) for s, r in zip(seeds, per_lr[best])}
             cache.put_record(keys[i], records[i])
-    return [Baseline(task, budget, record["lr"], {int(s): v for s, v in record["losses"].items()})
+    return [Baseline(task, budget, record["lr"], {int(s): v for s, v in record["losses"].items()},
+                     {int(s): v for s, v in record.get("heldout_losses", {}).items()}, objective)
             for task, record in zip(tasks, records)]
 
 
@@ -140,7 +197,9 @@ def score_evaluation(evaluation: Evaluation, baselines: Sequence[Baseline]) -> l
     for per_genome in evaluation.results:
         task_scores, heldout, failures = {}, {}, []
         for label, per_task, baseline in zip(evaluation.task_labels, per_genome, baselines):
-            task_scores[label] = task_score(per_task, [baseline.losses[s] for s in evaluation.seeds])
+            task_scores[label] = task_score(per_task, [baseline.losses[s] for s in evaluation.seeds],
+                                            [baseline.heldout_losses.get(s, math.nan) for s in evaluation.seeds],
+                                            baseline.objective)
             heldout[label] = _median_metrics(per_task)
             failures += [f"{label} seed {s}: {failure_reason(r)}" for s, r in zip(evaluation.seeds, per_task)
                          if failure_reason(r)]

@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
+from evolveopt.errors import EvaluationError
 from evolveopt.evaluation.cache import ResultCache
 from evolveopt.evaluation.evaluator import Evaluation, MapUnits, OnProgress, evaluate
 from evolveopt.evaluation.halving import RungOutcome, successive_halving
-from evolveopt.evaluation.fitness import Baseline, GenomeFitness, score_evaluation, tune_adam_tasks
+from evolveopt.evaluation.fitness import (DEFAULT_OBJECTIVE, OBJECTIVES, Baseline, GenomeFitness, score_evaluation,
+                                          tune_adam_tasks)
 from evolveopt.genome.schema import Genome
 
 
@@ -22,6 +24,7 @@ class FitnessSettings:
     max_members: int | None = None  # None: evaluation.sizing.default_max_members
     device: str = "cpu"
     workers: int = 1  # the backend's parallel workers: units are cut so that each gets one
+    objective: str = DEFAULT_OBJECTIVE  # which loss the fitness compares (fitness.OBJECTIVES)
 
 
 @dataclass
@@ -44,6 +47,8 @@ class FitnessScorer:
 
     def __init__(self, settings: FitnessSettings, cache: ResultCache | None = None,
                  map_units: MapUnits | None = None, on_progress: OnProgress | None = None):
+        if settings.objective not in OBJECTIVES:
+            raise EvaluationError(f"fitness objective {settings.objective!r} is not one of {', '.join(OBJECTIVES)}")
         self.settings = settings
         self.cache = cache if cache is not None else ResultCache()
         self.map_units = map_units
@@ -77,7 +82,8 @@ class FitnessScorer:
         if budget not in self._baselines:
             s = self.settings
             run = lambda *a, **k: self._evaluate(*a, cache=k["cache"], stage="baseline")  # noqa: E731
-            self._baselines[budget] = tune_adam_tasks(s.tasks, budget, s.seeds, self.cache, run=run)  # tasks side by side
+            self._baselines[budget] = tune_adam_tasks(s.tasks, budget, s.seeds, self.cache, run=run,
+                                                      objective=s.objective)  # tasks side by side
         return self._baselines[budget]
 
     def score(self, genomes: Sequence[Genome], budget: int | None = None) -> list[GenomeFitness]:

@@ -77,4 +77,8 @@ BENCHMARKS: dict[str, Benchmark] = {
                                              "new thread policy",
                            lambda m, a: m.run_neighbour_benchmark(a.neighbours, a.neighbour_threads, budget=a.budget),
                            lambda m, r: m.format_neighbour(r)),
+    "transfer": Benchmark("fitness_transfer", "rank correlation of each fitness objective's search fitness with "
+                                              "held-out-suite scores from fresh seeds",
+                          lambda m, a: m.run_transfer_benchmark(budget=a.budget or 150, device=a.device),
+                          lambda m, r: m.format_transfer_table(r)),
 }

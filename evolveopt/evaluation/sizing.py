@@ -25,13 +25,18 @@ def member_bytes(task: Task, genomes: Sequence[Genome]) -> int:
     return 4 * _param_count(task) * (3 + buffers) + task.activation_bytes()
 
 
-_PARAM_COUNTS: dict[str, int] = {}  # task spec -> trainable parameters of a member
+_PARAM_COUNTS: dict[tuple[str, str], int] = {}  # (task class, spec) -> trainable parameters of a member
 
 
 def _param_count(task: Task) -> int:
-    """``task.param_count()``, remembered by the task's spec (which decides its model): counting builds
-    the model, and the steady-state search plans one evaluation at a time."""
-    key = json.dumps(task.spec, sort_keys=True, default=str)
+    """``task.param_count()``, remembered for a built-in task by its class and spec (which decide its
+    model): counting builds the model, and the steady-state search plans one evaluation at a time. A
+    module task's model comes from the user's code, which its spec does not pin: counted every time."""
+    from evolveopt.tasks.module import ModuleTask
+
+    if isinstance(task, ModuleTask):
+        return task.param_count()
+    key = (f"{type(task).__module__}.{type(task).__qualname__}", json.dumps(task.spec, sort_keys=True, default=str))
     if key not in _PARAM_COUNTS:
         _PARAM_COUNTS[key] = task.param_count()
     return _PARAM_COUNTS[key]

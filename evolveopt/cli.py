@@ -312,6 +312,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def worker_counts(text: str) -> tuple[int, ...]:
+    """An argparse type: comma-separated worker counts, each >= 1 (``2,8,32,64``)."""
+    try:
+        counts = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 2,8,32, got {text!r}") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"every worker count must be at least 1, got {text!r}")
+    return counts
+
+
 def at_least(low: int) -> Callable[[str], int]:
     """An argparse type: an integer >= ``low``."""
     def parse(text: str) -> int:
@@ -447,7 +458,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--neighbours", type=at_least(0), help="busy processes for 'neighbour' (default: one per CPU)")
     bench.add_argument("--neighbour-threads", type=at_least(1), default=1, help="torch threads of each neighbour")
     bench.add_argument("--budget", type=at_least(1), help="training budget for 'neighbour' (default: the "
-                       "quickstart's 270 steps) and 'transfer' (default 150)")
+                       "quickstart's 270 steps), 'cluster' (default: 30, over the config's) and 'transfer' (default 150)")
+    bench.add_argument("--workers", type=worker_counts, help="'cluster': logical workers of each local Ray "
+                       "cluster, comma-separated (default: 2,8,32,64)")
+    bench.add_argument("--generations", type=at_least(1), help="'cluster': generations (epochs) per run (default: 4)")
+    bench.add_argument("--config", help="'cluster': the run config (default: experiments/paper.yaml)")
+    bench.add_argument("--population", type=at_least(2), help="'cluster': search.population (default: the config's)")
+    bench.add_argument("--in-flight-per-worker", type=at_least(1),
+                       help="'cluster': search.in_flight_per_worker of the steady-state runs (default: the config's)")
     bench.add_argument("--compile", action="store_true",
                        help="'step': eager vs torch.compile'd step of an exported Adam genome and torch Adam")
     bench.set_defaults(command_function=cmd_bench)

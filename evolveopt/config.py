@@ -79,6 +79,9 @@ RULES: dict[str, Any] = {
     "search.dedupe_tries": (0, 1000),
     "search.mode": ("generational", "steady_state"),
     "search.in_flight_per_worker": (1, 1000),
+    "search.islands": (1, 1000),
+    "search.migration_interval": (0, 100_000_000),
+    "search.migrants": (1, 100_000),
     "space.max_terms": (1, 6),
     "space.max_buffers": (1, 64),
     "space.stale_probability": (0.0, 1.0),
@@ -275,3 +278,15 @@ def _check_cross_fields(config: RunConfig, source: str) -> None:
                           f"({config.search.population})")
     if config.search.tournament > config.search.population:
         raise ConfigError(f"{source}: search.tournament: {config.search.tournament} exceeds search.population")
+    search = config.search
+    if search.islands > 1:
+        if search.mode != "steady_state":
+            raise ConfigError(f"{source}: search.islands: {search.islands} islands need search.mode: steady_state "
+                              f"(the {search.mode} mode has one population)")
+        if search.islands > search.population:
+            raise ConfigError(f"{source}: search.islands: {search.islands} exceeds search.population "
+                              f"({search.population}): every island needs an individual")
+        if search.migrants > search.population // search.islands:
+            raise ConfigError(f"{source}: search.migrants: {search.migrants} exceeds search.population / "
+                              f"search.islands ({search.population} // {search.islands} = "
+                              f"{search.population // search.islands}, the smallest island)")

@@ -21,6 +21,9 @@ records each arrival as it happens (one checksummed line, fsynced, before anythi
 A resumed run restores the checkpoint, replays the arrivals logged after it in their order (their
 results come from the log; choices from the checkpointed numpy Generator, the only randomness here)
 and so stands where the killed run stood; the evaluations then in flight are submitted again.
+Islands (``search.islands`` > 1): the queue is split into sub-populations bred apart, each refilling
+its own share of the in-flight slots, with the best ``migrants`` copied around a ring every
+``migration_interval`` arrivals; all of them share the one backend (docs/evolution.md).
 In-process (one worker) results arrive in the order they were submitted, so a run repeats exactly
 from its seed; on Ray the arrival order depends on timing, and the log is what makes a resume exact.
 """
@@ -64,6 +67,15 @@ class SteadyStateEvolution(Evolution):
         self._started = time.monotonic()
         self._counters = self._snapshot()
         self.occupancy: list[tuple[float, int]] = []  # (time, evaluations in flight) at each arrival
+        # islands (search.islands > 1): queues of the sub-populations, the generation-0 genomes each has
+        # still to submit, and the island each evaluation in flight belongs to. One island: ``population``.
+        search = self.config.search
+        self.islands = search.islands
+        self.sizes = [self.size // self.islands + (i < self.size % self.islands) for i in range(self.islands)]
+        self.interval = search.migration_interval or self.size
+        self.queues: list[list[Individual]] = [[] for _ in range(self.islands)]
+        self.initial_islands: list[list[Individual]] | None = None
+        self.home: dict[int, int] = {}  # id -> island, for every individual in flight
 
     # ------------------------------------------------------------------ state
     def restore(self, checkpoint: dict[str, Any]) -> None:
@@ -76,12 +88,26 @@ class SteadyStateEvolution(Evolution):
         self.width, self.arrived, self.submitted = steady["width"], steady["arrived"], steady["submitted"]
         self.in_flight = [Individual.from_json(d) for d in steady["in_flight"]]
         self.initial = [Individual.from_json(d) for d in steady["initial"]]
+        islands = steady.get("islands")
+        if (islands["count"] if islands else 1) != self.islands:
+            raise RunDirError(f"{self.rundir.path}: the checkpoint holds {islands['count'] if islands else 1} "
+                              f"island(s), the config search.islands={self.islands}; resume with the run's own")
+        if islands:
+            members = {ind.id: ind for ind in self.population}
+            self.queues = [[members[i] for i in queue] for queue in islands["queues"]]
+            self.initial_islands = [[Individual.from_json(d) for d in group] for group in islands["initial"]]
+            self.home = {int(k): v for k, v in islands["home"].items()}
 
     def checkpoint_state(self) -> dict[str, Any]:
-        return {**super().checkpoint_state(), "steady_state": {
+        steady: dict[str, Any] = {
             "width": self.width, "arrived": self.arrived, "submitted": self.submitted,
             "in_flight": [ind.to_json() for ind in self.in_flight],
-            "initial": [ind.to_json() for ind in self.initial or []]}}
+            "initial": [ind.to_json() for ind in self.initial or []]}
+        if self.islands > 1:  # the population is the islands' union; each queue by id, oldest first
+            steady["islands"] = {"count": self.islands, "queues": [[ind.id for ind in q] for q in self.queues],
+                                 "initial": [[ind.to_json() for ind in group] for group in self.initial_islands or []],
+                                 "home": {str(k): v for k, v in self.home.items()}}
+        return {**super().checkpoint_state(), "steady_state": steady}
 
     # ------------------------------------------------------------------ loop
     def run(self) -> RunSummary:
@@ -89,6 +115,9 @@ class SteadyStateEvolution(Evolution):
             self.scorer.baselines(self.config.fitness.budget)
             if self.initial is None:
                 self.initial = self.search.initial_population()
+            if self.islands > 1 and self.initial_islands is None:  # generation 0 dealt round robin
+                self.initial_islands = [self.initial[i::self.islands] for i in range(self.islands)]
+                self.initial = []
             self._replay()
             for ind in self.in_flight:
                 self._submit(ind)
@@ -106,6 +135,8 @@ class SteadyStateEvolution(Evolution):
 
     def _fill(self) -> None:
         """Submit children until ``width`` are in flight (or all evaluations are submitted)."""
+        if self.islands > 1:
+            return self._fill_islands()
         while self.submitted < self.total and len(self.in_flight) < self.width:
             if self.initial:
                 child = self.initial.pop(0)
@@ -118,6 +149,38 @@ class SteadyStateEvolution(Evolution):
             self.submitted += 1
             if self._live:
                 self._submit(child)
+
+    def _shares(self) -> list[int]:
+        """Evaluations in flight per island: ``width`` dealt out, at least one each."""
+        k = self.islands
+        return [max(1, self.width // k + (i < self.width % k)) for i in range(k)]
+
+    def _fill_islands(self) -> None:
+        """Islands in turn, one child per island and pass, each up to its share in flight: an island's
+        generation-0 genomes first, then children bred from its own queue (none while it is empty)."""
+        shares = self._shares()
+        while self.submitted < self.total:
+            flying = [0] * self.islands
+            for ind in self.in_flight:
+                flying[self.home[ind.id]] += 1
+            submitted = self.submitted
+            for island in range(self.islands):
+                if self.submitted >= self.total or flying[island] >= shares[island]:
+                    continue
+                if self.initial_islands[island]:
+                    child = self.initial_islands[island].pop(0)
+                elif self.queues[island]:
+                    seen = {ind.hash for q in self.queues for ind in q} | {ind.hash for ind in self.in_flight}
+                    child = self.search.tournament_child(self.queues[island], self.arrived // self.size, seen)
+                else:
+                    continue
+                self.home[child.id] = island
+                self.in_flight.append(child)
+                self.submitted += 1
+                if self._live:
+                    self._submit(child)
+            if self.submitted == submitted:
+                return
 
     def _submit(self, ind: Individual) -> None:
         s = self.scorer.settings
@@ -164,16 +227,53 @@ class SteadyStateEvolution(Evolution):
         ind.fitness.values = tuple(values)
         ind.result = result
         ind.generation = self.arrived // self.size  # the epoch it arrived in
-        self.population.append(ind)
-        if len(self.population) > self.size:
-            self.population.pop(0)
+        if self.islands > 1:
+            island = self.home.pop(ind.id)
+            self._join(island, ind)
+        else:
+            self.population.append(ind)
+            if len(self.population) > self.size:
+                self.population.pop(0)
         self._epoch.append(ind)
         self.arrived += 1
+        if self.islands > 1:
+            if self.arrived % self.interval == 0:
+                self._migrate()
+            self.population = self._union()
         if self.progress and self._live:  # a terminal's status line; nothing on a log
             self.progress.phase(f"epoch {self.arrived // self.size + 1}: {len(self._epoch)}/{self.size} arrived, "
                                 f"{len(self.in_flight)} in flight")
         if self.arrived % self.size == 0:
             self._commit_epoch(self.arrived // self.size - 1)
+
+    def _join(self, island: int, ind: Individual) -> None:
+        """``ind`` joins ``island``'s queue as its newest member; the oldest leaves beyond its size."""
+        queue = self.queues[island]
+        queue.append(ind)
+        if len(queue) > self.sizes[island]:
+            queue.pop(0)
+
+    def _migrate(self) -> None:
+        """Each island's ``migrants`` fittest (the older first among equals) are copied to the next island
+        in the ring, as its newest members, replacing its oldest; a genome the island holds already stays."""
+        moving = [sorted(queue, key=lambda ind: ind.fitness, reverse=True)[: self.config.search.migrants]
+                  for queue in self.queues]
+        for island, group in enumerate(moving):
+            target = (island + 1) % self.islands
+            for ind in group:
+                if all(other.hash != ind.hash for other in self.queues[target]):
+                    self._join(target, ind)
+
+    def _union(self) -> list[Individual]:
+        """The islands' members, island by island, oldest first, each individual once."""
+        seen: set[int] = set()
+        union = []
+        for queue in self.queues:
+            for ind in queue:
+                if ind.id not in seen:
+                    seen.add(ind.id)
+                    union.append(ind)
+        return union
 
     def _commit_epoch(self, epoch: int) -> None:
         self.hof.update(self._epoch)

@@ -232,6 +232,25 @@ def test_a_steady_state_run_on_ray_keeps_its_records_and_scores_as_in_process(cl
     assert [d["result"]["fitness"] for d in individuals] == [f.fitness for f in fresh]
 
 
+def test_a_steady_state_run_with_islands_on_ray_is_rebuilt_by_replaying_its_log_in_process(cluster, tmp_path):
+    """Islands share the Ray workers (one backend); their queues, migrations included, follow from the seed
+    and the arrival order alone: the log replayed in-process rebuilds the records and every queue."""
+    from test_evolve import run_files
+    from test_steady_state import ISLANDS, replayed, steady_config
+
+    from evolveopt.evolution import start_run
+
+    config = load_config(steady_config(tmp_path, **ISLANDS), ["backend.kind=ray"])
+    run = tmp_path / "ray"
+    start_run(config, run, progress=False)
+    arrivals = [json.loads(line) for line in (run / "arrivals.jsonl").read_text().splitlines()]
+    assert sorted(a["id"] for a in arrivals) == list(range(18))
+    again = replayed(run, tmp_path / "replayed")
+    assert run_files(again) == run_files(run)
+    ray_state, replay_state = (json.loads((r / "checkpoint.json").read_text())["steady_state"] for r in (run, again))
+    assert ray_state["islands"]["queues"] == replay_state["islands"]["queues"] and len(ray_state["islands"]["queues"]) == 2
+
+
 def test_a_steady_state_run_on_ray_killed_mid_epoch_resumes_from_the_state_its_log_records(cluster, tmp_path):
     from test_evolve import run_files
     from test_steady_state import _kill_after, replayed, steady_config

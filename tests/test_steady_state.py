@@ -108,8 +108,10 @@ def _kill_after(config: Path, out: Path, arrivals: int) -> None:
 
 
 @pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path):
-    config = steady_config(tmp_path, **{"search.generations": 4, "fitness.budget": 600})
+@pytest.mark.parametrize("islands", [{}, {"search.islands": 2, "search.migration_interval": 4, "search.migrants": 1}],
+                         ids=["one_queue", "islands"])
+def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, islands):
+    config = steady_config(tmp_path, **{"search.generations": 4, "fitness.budget": 600, **islands})
     start_run(load_config(config), tmp_path / "whole", progress=False)
     killed = tmp_path / "killed"
     _kill_after(config, killed, 8)  # epoch 0 committed, epoch 1 under way
@@ -119,8 +121,9 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path):
     resume_run(killed, progress=False)
     assert run_files(killed) == run_files(tmp_path / "whole")
     assert (killed / "arrivals.jsonl").read_bytes() == (tmp_path / "whole" / "arrivals.jsonl").read_bytes()
-    assert json.loads((killed / "checkpoint.json").read_text())["population"] == \
-        json.loads((tmp_path / "whole" / "checkpoint.json").read_text())["population"]
+    ended, whole = (json.loads((run / "checkpoint.json").read_text()) for run in (killed, tmp_path / "whole"))
+    assert ended["population"] == whole["population"]
+    assert ended["steady_state"] == whole["steady_state"]  # with islands: every queue, member by member
 
 
 def _as_killed_while_logging(run: Path, arrival: int) -> None:
@@ -136,8 +139,13 @@ def _as_killed_while_logging(run: Path, arrival: int) -> None:
     (run / "arrivals.jsonl").write_bytes(b"".join(logged[:arrival]) + logged[arrival][:40])
 
 
-def test_a_resume_replays_the_arrivals_after_the_checkpoint_drops_a_torn_line_and_ends_as_the_whole_run(tmp_path):
-    config = steady_config(tmp_path)
+ISLANDS = {"search.islands": 2, "search.migration_interval": 4, "search.migrants": 1}
+
+
+@pytest.mark.parametrize("islands", [{}, ISLANDS], ids=["one_queue", "islands"])
+def test_a_resume_replays_the_arrivals_after_the_checkpoint_drops_a_torn_line_and_ends_as_the_whole_run(
+        tmp_path, islands):
+    config = steady_config(tmp_path, **islands)
     whole = tmp_path / "whole"
     start_run(load_config(config), whole, progress=False)
     killed = tmp_path / "killed"
@@ -147,8 +155,10 @@ def test_a_resume_replays_the_arrivals_after_the_checkpoint_drops_a_torn_line_an
     resume_run(killed, progress=False)
     assert run_files(killed) == run_files(whole)
     assert (killed / "arrivals.jsonl").read_bytes() == (whole / "arrivals.jsonl").read_bytes()
-    assert json.loads((killed / "checkpoint.json").read_text())["population"] == \
-        json.loads((whole / "checkpoint.json").read_text())["population"]
+    ended, uninterrupted = (json.loads((run / "checkpoint.json").read_text()) for run in (killed, whole))
+    assert ended["population"] == uninterrupted["population"]
+    assert ended["steady_state"] == uninterrupted["steady_state"]  # with islands: every queue, member by member
+    assert ("islands" in ended["steady_state"]) == bool(islands)
 
 
 def replayed(run: Path, out: Path) -> Path:
@@ -210,3 +220,62 @@ def test_ctrl_c_mid_epoch_exits_130_and_the_resume_equals_an_uninterrupted_run(t
     assert (run / "arrivals.jsonl").read_bytes().count(b"\n") < 18
     resume_run(run, progress=False)
     assert run_files(run) == run_files(tmp_path / "whole")
+
+
+# ----------------------------------------------------------------------------- islands
+
+
+def _queues(run: Path) -> list[list[int]]:
+    return json.loads((run / "checkpoint.json").read_text())["steady_state"]["islands"]["queues"]
+
+
+def test_islands_are_sub_populations_with_migration_and_repeat_from_the_seed(tmp_path):
+    runs = {}
+    for name, changes in {"a": ISLANDS, "b": ISLANDS, "isolated": {**ISLANDS, "search.migration_interval": 10**6},
+                          "every": {**ISLANDS, "search.migration_interval": 1}}.items():
+        start_run(load_config(steady_config(tmp_path, **changes)), tmp_path / name, progress=False)
+        runs[name] = run_files(tmp_path / name)
+    assert runs["a"] == runs["b"]
+    assert (tmp_path / "a" / "arrivals.jsonl").read_bytes() == (tmp_path / "b" / "arrivals.jsonl").read_bytes()
+    start_run(load_config(steady_config(tmp_path)), tmp_path / "one", progress=False)
+    assert runs["a"] != run_files(tmp_path / "one") and runs["a"] != runs["isolated"]  # islands and migration matter
+    for name in runs:
+        run = tmp_path / name
+        checkpoint = json.loads((run / "checkpoint.json").read_text())
+        queues = _queues(run)
+        assert len(queues) == 2 and all(1 <= len(q) <= 3 for q in queues)  # population 6 over 2 islands
+        union = list(dict.fromkeys(i for q in queues for i in q))
+        assert [d["id"] for d in checkpoint["population"]] == union  # the population file is the islands' union
+        population = json.loads((run / "population/gen_0002.json").read_text())["individuals"]
+        assert [d["id"] for d in population] == union
+        arrivals = lines(run / "arrivals.jsonl")
+        assert len(arrivals) == 18 and sorted(a["id"] for a in arrivals) == list(range(18))
+    assert not set(_queues(tmp_path / "isolated")[0]) & set(_queues(tmp_path / "isolated")[1])
+    shared = set(_queues(tmp_path / "every")[0]) & set(_queues(tmp_path / "every")[1])
+    assert shared, "migrating after every arrival puts an island's best in the next island too"
+
+
+def test_island_options_are_validated_in_one_line(tmp_path, capsys):
+    cases = [
+        (["search.islands=0"], "search.islands: 0 is out of range"),
+        (["search.islands=2", "search.mode=generational"], "search.islands: 2 islands need search.mode: steady_state"),
+        (["search.islands=3", "search.migrants=3"], "search.migrants: 3 exceeds search.population / search.islands"),
+        (["search.islands=7"], "search.islands: 7 exceeds search.population (6)"),
+        (["search.migration_interval=-1"], "search.migration_interval: -1 is out of range"),
+    ]
+    for overrides, message in cases:
+        assert main(["evolve", str(steady_config(tmp_path)), "--set", *overrides, "--out", str(tmp_path / "r")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (overrides, err)
+    assert not (tmp_path / "r").exists()
+
+
+def test_resuming_with_another_island_count_is_one_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    start_run(load_config(steady_config(tmp_path, **ISLANDS), ["search.generations=1"]), run, progress=False)
+    text = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(text.replace("islands: 2", "islands: 3").replace("generations: 1", "generations: 2"))
+    capsys.readouterr()
+    assert main(["resume", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the checkpoint holds 2 island(s), the config search.islands=3" in err[0]

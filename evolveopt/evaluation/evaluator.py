@@ -53,6 +53,7 @@ class UnitResult:
     seconds: float
     threads: int = 0  # torch's CPU threads in the worker that ran it
     node: str = ""  # the Ray node that ran it (its node ID); "" in this process
+    span: tuple[float, float] = (0.0, 0.0)  # wall-clock (time.time()) start and end in the worker: occupancy
 
 
 def execute_unit(unit: WorkUnit, device: str = "cpu", threads: int | None = None) -> UnitResult:
@@ -63,6 +64,7 @@ def execute_unit(unit: WorkUnit, device: str = "cpu", threads: int | None = None
     exception is a bug or a lost resource, never a result: it propagates with its traceback,
     and nothing of the unit reaches a cache.
     """
+    started = time.time()
     import torch
 
     from evolveopt.evaluation.runner import run_unit
@@ -73,7 +75,7 @@ def execute_unit(unit: WorkUnit, device: str = "cpu", threads: int | None = None
     configure_host(unit_threads(threads))
     outcome = run_unit(make_task(unit.task), unit.parsed_genomes(), list(unit.seeds), unit.budget, device)
     return UnitResult(unit.keys, tuple(outcome.results), outcome.member_steps, outcome.seconds,
-                      threads=torch.get_num_threads())
+                      threads=torch.get_num_threads(), span=(started, time.time()))
 
 
 OnDone = Callable[[int], None]  # a backend calls it with a unit's index as soon as that unit's result is in
@@ -255,7 +257,8 @@ def plan_evaluation(genomes: Sequence[Genome | str], tasks: Sequence[Any], budge
     if not seeds:
         raise EvaluationError("at least one seed is needed")
     start = time.perf_counter()
-    keys = [[[result_key(genome_hash(g), t, budget, s) for s in seeds] for t in built] for g in genomes]
+    hashes = [genome_hash(g) for g in genomes]  # once per genome: a hash puts the genome in canonical form
+    keys = [[[result_key(h, t, budget, s) for s in seeds] for t in built] for h in hashes]
     wanted = {k for per_genome in keys for per_task in per_genome for k in per_task}
     hits_before, misses_before = cache.hits, cache.misses
     known = cache.get_many(wanted)

@@ -8,6 +8,7 @@ temporary per parameter for the update, plus the task's activations:
 
 from __future__ import annotations
 
+import json
 from typing import Sequence
 
 import torch
@@ -21,7 +22,24 @@ from evolveopt.tasks import Task
 def member_bytes(task: Task, genomes: Sequence[Genome]) -> int:
     """Peak bytes one member needs on ``task``, for the most state-hungry genome given."""
     buffers = max((buffers_per_param(g) for g in genomes), default=2)
-    return 4 * task.param_count() * (3 + buffers) + task.activation_bytes()
+    return 4 * _param_count(task) * (3 + buffers) + task.activation_bytes()
+
+
+_PARAM_COUNTS: dict[tuple[str, str], int] = {}  # (task class, spec) -> trainable parameters of a member
+
+
+def _param_count(task: Task) -> int:
+    """``task.param_count()``, remembered for a built-in task by its class and spec (which decide its
+    model): counting builds the model, and the steady-state search plans one evaluation at a time. A
+    module task's model comes from the user's code, which its spec does not pin: counted every time."""
+    from evolveopt.tasks.module import ModuleTask
+
+    if isinstance(task, ModuleTask):
+        return task.param_count()
+    key = (f"{type(task).__module__}.{type(task).__qualname__}", json.dumps(task.spec, sort_keys=True, default=str))
+    if key not in _PARAM_COUNTS:
+        _PARAM_COUNTS[key] = task.param_count()
+    return _PARAM_COUNTS[key]
 
 
 def max_members(task: Task, genomes: Sequence[Genome], device: str = "cpu", fraction: float = 0.5) -> int:

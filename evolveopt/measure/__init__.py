@@ -81,4 +81,20 @@ BENCHMARKS: dict[str, Benchmark] = {
                                               "held-out-suite scores from fresh seeds",
                           lambda m, a: m.run_transfer_benchmark(budget=a.budget or 150, device=a.device),
                           lambda m, r: m.format_transfer_table(r)),
+    "cluster": Benchmark("cluster_occupancy", "a config's search, generational and steady state, on local Ray "
+                                              "clusters of N logical workers: in flight, busy, dispatch, genomes/s",
+                         lambda m, a: m.run_cluster_benchmark(
+                             workers=a.workers or (2, 8, 32, 64), generations=a.generations or 4,
+                             config_path=a.config or "experiments/paper.yaml", budget=a.budget or 30,
+                             population=a.population, in_flight_per_worker=a.in_flight_per_worker,
+                             on_row=None if a.json else _progress_row),
+                         lambda m, r: m.format_cluster(r)),
 }
+
+
+def _progress_row(row: dict[str, Any]) -> None:
+    """A finished row of a long benchmark, on stderr while the others run."""
+    import json
+    import sys
+
+    print(json.dumps(row), file=sys.stderr, flush=True)

@@ -53,6 +53,9 @@ class GAConfig:
     dedupe_tries: int = 10
     mode: str = "generational"  # generational | steady_state (evolveopt/steady_state.py)
     in_flight_per_worker: int = 2  # steady_state: evaluations kept in flight per backend worker (k)
+    islands: int = 1  # steady_state: sub-populations, each breeding its own children (1: one queue)
+    migration_interval: int = 0  # steady_state islands: arrivals between migrations (0: once per epoch)
+    migrants: int = 1  # steady_state islands: best individuals copied to the next island at each migration
 
 
 class GeneticSearch:

@@ -36,10 +36,15 @@ class Individual:
     details: dict[str, Any] = field(default_factory=dict)  # operator arguments
     result: dict[str, Any] = field(default_factory=dict)  # fitness details (rung, budget, task scores, failures)
     fitness: RankFitness = field(default_factory=RankFitness)
+    _hashed: tuple[Genome, str] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def hash(self) -> str:
-        return genome_hash(self.genome)
+        """The canonical hash of the genome, computed once per genome object (genomes are immutable; the
+        steady-state search asks for the hashes of the whole queue with every child it breeds)."""
+        if self._hashed is None or self._hashed[0] is not self.genome:
+            self._hashed = (self.genome, genome_hash(self.genome))
+        return self._hashed[1]
 
     @property
     def structure(self) -> str:

@@ -92,7 +92,7 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from evolveopt.run_report import write_report
 
-    print(write_report(args.run_dir, checkup_seeds=args.checkup_seeds))
+    print(write_report(args.run_dir, checkup_seeds=args.checkup_seeds, checkup_budget=args.checkup_budget))
     return 0
 
 
@@ -396,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir", metavar="RUN")
     report.add_argument("--checkup-seeds", type=at_least(0), default=5, metavar="N",
                         help="fresh seeds for the champion-vs-AdamW checkup on fresh seeds and held-out tasks (0: skip)")
+    report.add_argument("--checkup-budget", type=at_least(1), default=None, metavar="N",
+                        help="training steps per checkup run (default: the run's fitness budget)")
     report.set_defaults(command_function=cmd_report)
 
     genomes = sub.add_parser("genomes", help="list the named genomes")

@@ -68,7 +68,7 @@ def _baseline_table(path: str | Path, run: RunDir, config: dict, champion: dict,
     return rows
 
 
-def _checkup_section(run: RunDir, config: dict, genome, out: Path, seeds: int) -> list[str]:
+def _checkup_section(run: RunDir, config: dict, genome, out: Path, seeds: int, budget: int | None) -> list[str]:
     """The champion against tuned AdamW on fresh seeds and the held-out suite (``benchmark/checkup.py``)."""
     from evolveopt.benchmark.checkup import CheckupSettings, markdown_rows, run_checkup, summary_line
     from evolveopt.evaluation.cache import ResultCache
@@ -76,18 +76,20 @@ def _checkup_section(run: RunDir, config: dict, genome, out: Path, seeds: int) -
     if seeds <= 0:
         return ["Skipped (`--checkup-seeds 0`)."]
     fit = config["fitness"]
+    budget = fit["budget"] if budget is None else budget
     settings = CheckupSettings(seeds=seeds, device=config.get("device", "cpu"))
-    checkup = run_checkup(genome, list(fit["tasks"]), fit["budget"], settings,
+    checkup = run_checkup(genome, list(fit["tasks"]), budget, settings,
                           cache=ResultCache(run.file("cache.sqlite")))
     (out / "checkup.json").write_text(dumps(checkup) + "\n")
     return [f"The champion and AdamW, each tuned with the same {settings.trials} quasi-random (lr, weight decay) "
-            f"trials, then trained from {seeds} fresh seeds at {fit['budget']} steps. Wins/ties/losses against "
+            f"trials, then trained from {seeds} fresh seeds at {budget} steps. Wins/ties/losses against "
             f"AdamW (a win: the 95% interval of the log-loss difference is below 0): **{summary_line(checkup)}**.",
             "", *markdown_rows(checkup)]
 
 
-def write_report(path: str | Path, checkup_seeds: int = 5) -> Path:
-    """Write ``RUN/report/`` (made if missing, removed again if the report fails) and return its report.md."""
+def write_report(path: str | Path, checkup_seeds: int = 5, checkup_budget: int | None = None) -> Path:
+    """Write ``RUN/report/`` (made if missing, removed again if the report fails) and return its report.md.
+    The checkup trains ``checkup_budget`` steps per run (default: the run's fitness budget)."""
     run = RunDir(path)
     config = to_plain(run.read_config())
     rows = run.read_lines("generations.jsonl")
@@ -98,7 +100,7 @@ def write_report(path: str | Path, checkup_seeds: int = 5) -> Path:
         plot_fitness(rows, out / "fitness.png")
         draw(lineage, champion["id"], out / "lineage.png", title=f"ancestry of #{champion['id']}")
         table = _baseline_table(path, run, config, champion, genome)
-        checkup = _checkup_section(run, config, genome, out, checkup_seeds)
+        checkup = _checkup_section(run, config, genome, out, checkup_seeds, checkup_budget)
         (out / "report.md").write_text(_markdown(path, rows, config, champion, genome, lineage, table, checkup),
                                        encoding="utf-8")
     return out / "report.md"

@@ -196,6 +196,7 @@ def test_gpu_experiment_on_a_cpu_machine_fails_fast_naming_what_is_missing(tmp_p
 @pytest.mark.parametrize("argv", [
     ["try", "adam", "--steps", "-5"], ["try", "adam", "--steps", "x"], ["eval", "adam", "--budget", "0"],
     ["benchmark", "adam", "--trials", "0"], ["report", "RUN", "--checkup-seeds", "-1"],
+    ["report", "RUN", "--checkup-budget", "0"],
     ["lineage", "RUN", "--depth", "-2"], ["export", "RUN", "--rank", "0"], ["bogus-command"],
 ])
 def test_out_of_range_command_line_numbers_are_one_line_and_exit_2(argv, capsys):

@@ -225,13 +225,14 @@ def test_diff_and_show_of_a_run_individual(run, capsys):
 
 
 def test_report_writes_markdown_and_pictures(run, capsys):
-    assert main(["report", str(run), "--checkup-seeds", "2"]) == 0
+    assert main(["report", str(run), "--checkup-seeds", "2", "--checkup-budget", "9"]) == 0
     report = (run / "report" / "report.md").read_text()
     assert "## Scores against the seeded baselines" in report and "(seed)" in report
     assert (run / "report" / "fitness.png").exists() and (run / "report" / "lineage.png").exists()
     checkup = json.loads((run / "report" / "checkup.json").read_text())
     from evolveopt.tasks import HELDOUT_SUITE
 
+    assert checkup["settings"]["budget"] == 9 and "fresh seeds at 9 steps" in report
     assert [t["suite"] for t in checkup["tasks"]] == ["search"] + ["heldout"] * len(HELDOUT_SUITE)
     for task in checkup["tasks"]:
         for side in task["optimizers"].values():

@@ -91,6 +91,22 @@ def test_each_member_trains_exactly_like_the_module_alone(case):
     genomes = [evolveopt.load_genome(n) for n in ("adam", "adam", "lion")]
     run, _ = train_population(task, genomes, SEEDS, STEPS)
     assert run.random == case.endswith("dropout")  # the probe found the random layers, and only those
+    _assert_members_trained_alone(task, run, genomes)
+
+
+def test_each_member_of_the_built_in_gpt_trains_exactly_like_the_gpt_alone():
+    from evolveopt.tasks import make_task
+
+    task = make_task({"name": "gpt", "layers": 2, "width": 16, "context": 16, "batch_size": BATCH,
+                      "train_bytes": 8192, "heldout_bytes": 1024})
+    genomes = [evolveopt.load_genome(n) for n in ("adam", "adam", "lion")]
+    run, _ = train_population(task, genomes, SEEDS, STEPS)
+    assert run.random is False
+    _assert_members_trained_alone(task, run, genomes)
+    assert set(run.heldout()) == {"loss", "bits_per_byte"}
+
+
+def _assert_members_trained_alone(task, run, genomes):
     for i, (genome, seed) in enumerate(zip(genomes, SEEDS)):
         alone = _alone(task, genome, seed)
         for name, tensor in dict(alone.named_parameters()).items():
@@ -272,3 +288,30 @@ def test_the_benchmarks_char_lm_module_tasks_train(attention):
     task = module_tasks.char_lm(attention)
     run, _ = train_population(task, [evolveopt.load_genome("adam")] * 2, [0, 1], 3)
     assert run.params[0].shape[0] == 2 and task.param_count() == sum(p[0].numel() for p in run.params)
+
+
+def test_heldout_outputs_in_member_chunks_give_the_same_metrics(monkeypatch):
+    import evolveopt.tasks.module as module
+
+    run = _task("transformer").start([3, 11, 4, 5])
+    whole = run.heldout()
+    monkeypatch.setattr(module, "HELDOUT_OUTPUT_BYTES", 1)  # one member at a time
+    chunked = run.heldout()
+    assert whole.keys() == chunked.keys() and all(torch.equal(whole[k], chunked[k]) for k in whole)
+
+
+def test_the_gpt_example_is_a_plug_in_over_the_built_in_model_and_text(monkeypatch):
+    from pathlib import Path
+
+    from evolveopt.tasks import gpt
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "examples"))
+    monkeypatch.delitem(__import__("sys").modules, "evolveopt_examples.gpt", raising=False)
+    monkeypatch.delitem(__import__("sys").modules, "evolveopt_examples", raising=False)
+    from evolveopt_examples.gpt import gpt_stdlib
+
+    task = gpt_stdlib(layers=1, width=16, context=16, train_bytes=4096, heldout_bytes=1024)
+    assert type(task.model(0)[0]) is gpt.GPT and task.version.startswith("2-")
+    assert torch.equal(task.data[0], gpt.windows(gpt.stdlib_text()[0][:4096], 16)[0])
+    run, _ = train_population(task, [evolveopt.load_genome("adam")] * 2, [0, 1], 3)
+    assert set(run.heldout()) == {"loss", "bits_per_byte"}

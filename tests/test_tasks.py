@@ -181,4 +181,51 @@ def test_suites_build_and_share_no_task():
     search, heldout = {key(s) for s in SEARCH_SUITE}, {key(s) for s in HELDOUT_SUITE}
     assert len(search) == len(SEARCH_SUITE) and len(heldout) == len(HELDOUT_SUITE) >= 4
     assert not search & heldout
-    assert {s["name"] for s in SEARCH_SUITE} == {"nqm", "digits_mlp", "teacher_student", "char_lm"}
+    assert {s["name"] for s in SEARCH_SUITE} == {"nqm", "digits_mlp", "teacher_student", "char_lm", "gpt"}
+
+
+def test_the_heldout_gpt_is_deeper_wider_and_reads_longer_context_than_the_search_gpt():
+    search, = (make_task(s) for s in SEARCH_SUITE if s["name"] == "gpt")
+    heldout, = (make_task(s) for s in HELDOUT_SUITE if s["name"] == "gpt")
+    for option in ("layers", "width", "context"):
+        assert heldout.options[option] > search.options[option], option
+
+
+# ----------------------------------------------------------------------------- gpt
+
+
+def test_gpt_heads_must_divide_width():
+    with pytest.raises(TaskError, match="task 'gpt': option heads=3 must divide width=32"):
+        make_task({"name": "gpt", "heads": 3})
+
+
+def test_gpt_reads_a_sorted_list_of_stdlib_files_and_holds_out_whole_files():
+    import sysconfig
+    from pathlib import Path
+
+    from evolveopt.tasks.gpt import STDLIB_FILES, stdlib_text
+
+    assert list(STDLIB_FILES) == sorted(STDLIB_FILES) and len(set(STDLIB_FILES)) == len(STDLIB_FILES)
+    folder = Path(sysconfig.get_paths()["stdlib"])
+    texts = [(folder / name).read_bytes() for name in STDLIB_FILES]
+    train, heldout = stdlib_text()
+    assert heldout == b"".join(texts[::10]) and train == b"".join(t for i, t in enumerate(texts) if i % 10)
+    task = make_task({"name": "gpt", "context": 16, "train_bytes": 4096, "heldout_bytes": 1024})
+    inputs, targets = task.data
+    assert inputs.shape == (255, 16) and bytes(inputs[0].tolist()) == train[:16]
+    assert torch.equal(inputs[:, 1:], targets[:, :-1]) and bytes(task.heldout_data[0][0].tolist()) == heldout[:16]
+
+
+def test_gpt_cache_key_holds_its_options_and_its_data_digest():
+    from evolveopt.evaluation.cache import result_key, task_identity
+    from evolveopt.tasks.datasets import tensors_digest
+
+    small = make_task({"name": "gpt", "train_bytes": 8192})
+    identity = task_identity(small)
+    assert identity["task"] == {"name": "gpt", **small.options}
+    assert identity["data"] == tensors_digest((*small.data, *small.heldout_data))
+    keys = {result_key("h", make_task(spec), 10, 0) for spec in (
+        {"name": "gpt", "train_bytes": 8192}, {"name": "gpt", "train_bytes": 8192},
+        {"name": "gpt", "train_bytes": 8193}, {"name": "gpt", "train_bytes": 8192, "width": 16})}
+    assert len(keys) == 3
+    assert make_task(small.spec).spec == small.spec  # a worker rebuilds it from its spec

@@ -26,6 +26,7 @@ from evolveopt.tasks.charlm import CharLM
 from evolveopt.tasks.charrnn import CharRNN
 from evolveopt.tasks.cnn import DigitsCNN
 from evolveopt.tasks.functions2d import Beale, Rosenbrock
+from evolveopt.tasks.gpt import GPTStdlib
 from evolveopt.tasks.large_batch import LargeBatch
 from evolveopt.tasks.mlp import DigitsMLP, SklearnMLP
 from evolveopt.tasks.quadratic import NoisyQuadratic
@@ -33,6 +34,7 @@ from evolveopt.tasks.teacher_student import TeacherStudent
 
 TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (
     NoisyQuadratic, Rosenbrock, Beale, DigitsMLP, SklearnMLP, DigitsCNN, TeacherStudent, CharLM, LargeBatch, CharRNN,
+    GPTStdlib,
 )}
 
 SEARCH_SUITE: list[dict[str, Any]] = [
@@ -40,6 +42,7 @@ SEARCH_SUITE: list[dict[str, Any]] = [
     {"name": "digits_mlp"},
     {"name": "teacher_student"},
     {"name": "char_lm"},
+    {"name": "gpt"},  # 2 blocks, width 32, context 32
 ]
 HELDOUT_SUITE: list[dict[str, Any]] = [  # other data, other architectures, and scale-ups of search tasks
     {"name": "sklearn_mlp", "dataset": "breast_cancer"},
@@ -47,6 +50,7 @@ HELDOUT_SUITE: list[dict[str, Any]] = [  # other data, other architectures, and 
     {"name": "digits_cnn"},
     {"name": "char_rnn"},
     {"name": "teacher_student", "depth": 4, "width": 256, "in_dim": 64},
+    {"name": "gpt", "layers": 3, "width": 48, "context": 64, "batch_size": 8},  # deeper, wider, longer context
 ]
 
 

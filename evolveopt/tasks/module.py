@@ -30,6 +30,7 @@ from evolveopt.tasks.base import Task, TaskError, TaskRun, batch_indices, epoch_
 from evolveopt.tasks.datasets import tensors_digest
 
 Loss = Callable[[Tensor, Tensor], Tensor]
+HELDOUT_OUTPUT_BYTES = 1 << 27  # held-out outputs of this many bytes at most are computed at once (members in chunks)
 
 
 class ModuleTask(Task):
@@ -45,8 +46,9 @@ class ModuleTask(Task):
 
     def __init__(self, name: str, model: Callable[[int], nn.Module], data: tuple[Tensor, Tensor], loss: Loss,
                  batch_size: int, heldout: tuple[Tensor, Tensor] | None = None,
-                 metrics: Mapping[str, Loss] | None = None, version: str = "1"):
-        super().__init__()
+                 metrics: Mapping[str, Loss] | None = None, version: str = "1",
+                 options: Mapping[str, Any] | None = None):
+        super().__init__(**dict(options or {}))
         self.task_name, self.factory, self.loss_fn, self.version = name, model, loss, str(version)
         self.data, self.heldout_data, self.metrics = _pair(name, "data", data), heldout, dict(metrics or {})
         if heldout is not None:
@@ -186,15 +188,23 @@ class ModuleRun(TaskRun):
             return {}
         x, y = (t.to(self.x.device) for t in self.task.heldout_data)
         members = self.params[0].shape[0]
+        measures = {"loss": self.task.loss_fn, **self.task.metrics}
+        values: dict[str, list[Tensor]] = {name: [] for name in measures}
+        forward = vmap(self._member_output, in_dims=(0, 0, None), randomness="error")
+        start, chunk = 0, 1  # member 0 alone first: its outputs' size sets how many members run at once
         self.template.eval()
         try:
-            outputs = vmap(self._member_output, in_dims=(0, 0, None), randomness="error")(
-                self._members(), self.buffers, x)
+            while start < members:
+                part = slice(start, start + chunk)
+                outputs = forward({n: p[part] for n, p in self._members().items()},
+                                  {n: b[part] for n, b in self.buffers.items()}, x)
+                for name, fn in measures.items():
+                    values[name] += [fn(output, y) for output in outputs]
+                start += chunk
+                chunk = max(1, HELDOUT_OUTPUT_BYTES // max(1, outputs[0].numel() * outputs.element_size()))
         finally:
             self.template.train()
-        measures = {"loss": self.task.loss_fn, **self.task.metrics}
-        return {name: torch.stack([fn(outputs[i], y) for i in range(members)]).float()
-                for name, fn in measures.items()}
+        return {name: torch.stack(found).float() for name, found in values.items()}
 
 
 def _pair(task: str, what: str, data: Any) -> tuple[Tensor, Tensor]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from evolveopt.genome.registry import pipeline
+from evolveopt.genome.registry import PARTS, pipeline
 from evolveopt.genome.schema import Genome, Momentum, Precondition, Signal, Term, fallback_genome
 from evolveopt.genome.slots import buffers_per_param, momentum_slot, precondition_slots, rule_buffers
 
@@ -168,19 +168,8 @@ class _Renderer:
 
     def _gene_schedules(self) -> None:
         for name, s in self.genome.gene_schedules.items():
-            x = sym(name)
-            if s.kind == "linear_warmup":
-                steps = f"max(t − {s.offset}, 0)" if s.offset else "t"
-                line = f"{x}_t = {x}·min(1, {steps}/{s.horizon})"
-            elif s.kind == "halflife_warmup":
-                b0 = sym(s.start)
-                line = (f"{x}_t = min(exp(ln {b0}·ln {x}/((1 − s)·ln {x} + s·ln {b0})), {x}),  s = min(1, t/{s.horizon})"
-                        f":  1/ln {x}_t moves linearly from 1/ln {b0} to 1/ln {x}")
-            else:
-                power = f"max(t − {s.offset}, 0)^{s.power:g}" if s.offset else f"t^{s.power:g}"
-                line = (f"{x}_t = 1 − (1 − {x})·{power}" if name in ("beta1", "beta2", "beta3")
-                        else f"{x}_t = {x}·{power}")
-            self.lines.append(line + f"   (the rule reads {x}_t for {x})")
+            for line in PARTS["gene_schedule"].variant(s.kind).equation(s, sym, name):
+                self.lines.append(line + f"   (the rule reads {sym(name)}_t for {sym(name)})")
 
     def _postprocess(self) -> None:
         self._stage("direction", g=self.g)

@@ -71,6 +71,7 @@ class Field:
     default: Any = None
     integer: bool = False
     minimum: int = 0
+    since_schema: int = 1  # a field newer than its variant: set (not at its default), the file needs this version
 
     @property
     def is_gene(self) -> bool:
@@ -91,6 +92,7 @@ class Variant:
     equation: Callable[[Any, Callable[[str], str], str], list[str]] = lambda value, sym, g: []  # (value, symbol of a gene, symbol of g)
     draw: dict[str, str] = field(default_factory=dict)  # field -> gene name when the search draws it
     since_schema: int = 1  # a variant newer than its locus (the file needs this schema version)
+    tags: tuple[str, ...] = ()  # term-level parts: where a kind may stand (e.g. "precondition_only")
 
 
 @dataclass(frozen=True)
@@ -598,3 +600,124 @@ def primitive_modules() -> tuple[str, ...]:
     """The torch-side modules that implement some locus (the export bundler ships them)."""
     names = {v.function.split(":")[0] for locus in LOCI.values() for v in locus.variants if v.function}
     return tuple(sorted(names))
+
+
+# ---------------------------------------------------------------------------- term-level parts
+#
+# The parts a term is made of (its signal, momentum, precondition with its eps placement, its order) and
+# the kinds of gene schedule, declared as the loci are: each kind is a :class:`Variant` row with its
+# fields (gene references with roles, flags, options; ``since_schema`` on a field that is newer than its
+# kind), the schema version that first has it, and, where the renderer reads it per kind, its equation.
+# Parsing and its errors, the referenced genes, ``schema_version_of``, the search space's choices and
+# ``evolveopt show`` read this table (schema.py, equations.py, search/space.py). The term's tensor code
+# dispatches on the kind in compile/rule.py and the primitives modules moments, preconditioners,
+# gradient and schedules (all four always ship with an export: export/bundle.py CORE_RUNTIME).
+
+
+@dataclass(frozen=True)
+class Part:
+    """A term-level primitive: a field of a term (or a gene schedule) whose value is one of its kinds."""
+
+    key: str
+    doc: str
+    variants: tuple[Variant, ...]
+    common: tuple[Field, ...] = ()  # fields every kind takes (besides its own)
+    default: str | None = None  # the kind when the field is left out
+
+    def variant(self, kind: str) -> Variant:
+        return next(v for v in self.variants if v.kind == kind)
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(v.kind for v in self.variants)
+
+    def kinds_without(self, tag: str) -> tuple[str, ...]:
+        return tuple(v.kind for v in self.variants if tag not in v.tags)
+
+    def fields_of(self, kind: str) -> tuple[Field, ...]:
+        return (*self.variant(kind).fields, *self.common)
+
+    def keys(self) -> tuple[str, ...]:
+        """Every key a mapping of this part may have, the tag first, in declaration order."""
+        names = [f.name for v in self.variants for f in v.fields] + [f.name for f in self.common]
+        return ("kind", *dict.fromkeys(names))
+
+    def genes(self, kind: str, value: Any) -> list[str]:
+        """The genes a value of this part (of ``kind``) refers to, in field order."""
+        names = [getattr(value, f.name) for f in self.fields_of(kind) if f.is_gene]
+        return [name for name in names if name is not None]
+
+    def since(self, kind: str, value: Any) -> int:
+        """The schema version a value of ``kind`` needs: its kind's, or a newer field's that it sets."""
+        used = [f.since_schema for f in self.fields_of(kind)
+                if getattr(value, f.name, None) not in (None, f.default, False)]
+        return max([self.variant(kind).since_schema, *used])
+
+
+def _linear_warmup_lines(s: Any, sym, gene: str) -> list[str]:
+    x, steps = sym(gene), f"max(t − {s.offset}, 0)" if s.offset else "t"
+    return [f"{x}_t = {x}·min(1, {steps}/{s.horizon})"]
+
+
+def _halflife_lines(s: Any, sym, gene: str) -> list[str]:
+    x, b0 = sym(gene), sym(s.start)
+    return [f"{x}_t = min(exp(ln {b0}·ln {x}/((1 − s)·ln {x} + s·ln {b0})), {x}),  s = min(1, t/{s.horizon})"
+            f":  1/ln {x}_t moves linearly from 1/ln {b0} to 1/ln {x}"]
+
+
+def _power_lines(s: Any, sym, gene: str) -> list[str]:
+    x = sym(gene)
+    power = f"max(t − {s.offset}, 0)^{s.power:g}" if s.offset else f"t^{s.power:g}"
+    return [f"{x}_t = 1 − (1 − {x})·{power}" if gene in ("beta1", "beta2", "beta3") else f"{x}_t = {x}·{power}"]
+
+
+_HORIZON = Field("horizon", integer=True, minimum=1)
+_OFFSET = Field("offset", integer=True, required=False, default=0)
+_MOMENTUM_BETA = _gene("beta", "rate")
+_DAMPED = (_MOMENTUM_BETA, Field("dampening", flag=True, required=False, default=True),
+           Field("bias_correction", flag=True, required=False, default=False))
+_PRE_BETA = (_gene("beta", "rate"), Field("bias_correction", flag=True, required=False, default=False),
+             Field("rectify", flag=True, required=False, default=False))
+_EPS = (_gene("eps", "eps"),)
+
+PARTS: dict[str, Part] = {part.key: part for part in (
+    Part("signal", "the quantity a statistic averages (schema.Signal)", default="grad", variants=(
+        Variant("grad"),
+        Variant("grad_diff"),
+        Variant("nesterov_grad", (_gene("beta", "rate"),)),
+        Variant("residual", tags=("precondition_only",)),
+        Variant("corrected_grad", (_gene("beta", "rate"), _gene("gamma", "correction"),
+                                   _gene("clip", "threshold", required=False)), since_schema=2),
+    )),
+    Part("momentum", "a term's first-moment statistic (schema.Momentum)", variants=(
+        Variant("ema", _DAMPED),
+        Variant("nesterov", _DAMPED),
+        Variant("interp", (_MOMENTUM_BETA, _gene("mix", "rate"))),
+        Variant("nadam", (_MOMENTUM_BETA, _gene("decay", "momentum_decay"))),
+    )),
+    Part("precondition", "a term's second-moment statistic (schema.Precondition)", variants=(
+        Variant("ema", _PRE_BETA),
+        Variant("max", _PRE_BETA),
+        Variant("sum"),
+        Variant("belief", _PRE_BETA),
+        Variant("factored", _PRE_BETA, since_schema=2),
+    ), common=(Field("stale", flag=True, required=False, default=False, since_schema=2),
+               Field("clip", roles=("threshold",), required=False, since_schema=2))),
+    Part("eps_mode", "where a precondition's floor ε goes (schema.Precondition.eps_mode)", default="outside",
+         variants=(
+             Variant("outside", _EPS),
+             Variant("raw", _EPS),
+             Variant("inside", _EPS),
+             Variant("clamp", _EPS, since_schema=2),
+             Variant("atan2", (_gene("a", "atan2_scale"), _gene("b", "atan2_scale")), since_schema=2),
+         )),
+    Part("order", "the order of a term's statistics (schema.Term.order)", default="momentum_first", variants=(
+        Variant("momentum_first"),
+        Variant("normalize_first", since_schema=2),
+    )),
+    Part("gene_schedule", "a gene that varies with the step (schema.GeneSchedule)", variants=(
+        Variant("linear_warmup", (_HORIZON, _OFFSET), equation=_linear_warmup_lines),
+        Variant("halflife_warmup", (_HORIZON, _gene("start", "rate")), equation=_halflife_lines),
+        Variant("power", (Field("power"), _OFFSET), equation=_power_lines),
+    )),
+)}

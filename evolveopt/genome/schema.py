@@ -38,18 +38,19 @@ from typing import Any
 from evolveopt.errors import GenomeError
 from evolveopt.genome.genes import as_written_number, gene_spec, known_gene_names, range_problem, role_problem
 from evolveopt.genome.registry import (HORIZON_SCHEDULES, LOCI, Adaptor, Cautious, Clip, Layerwise, Locus,
-                                       LossFeedback, Schedule, WeightDecay, locus_genes)
+                                       LossFeedback, PARTS, Schedule, WeightDecay, locus_genes)
 
 SCHEMA_VERSION = 2  # files say the lowest version that expresses them (1 unless a v2 locus is used)
 READABLE_VERSIONS = (1, 2)
 
-SIGNALS = ("grad", "grad_diff", "nesterov_grad", "residual", "corrected_grad")  # corrected_grad: schema 2
-TERM_SIGNALS = ("grad", "grad_diff", "nesterov_grad", "corrected_grad")
-MOMENTUM_KINDS = ("ema", "nesterov", "interp", "nadam")
-PRECONDITION_KINDS = ("ema", "max", "sum", "belief", "factored")  # factored: schema 2
-EPS_MODES = ("outside", "raw", "inside", "clamp", "atan2")  # clamp and atan2: schema 2
-TERM_ORDERS = ("momentum_first", "normalize_first")  # normalize_first: schema 2
-GENE_SCHEDULE_KINDS = ("linear_warmup", "halflife_warmup", "power")
+# The term-level parts and gene schedules, declared in registry.PARTS (kinds, fields, schema versions).
+SIGNALS = PARTS["signal"].kinds
+TERM_SIGNALS = PARTS["signal"].kinds_without("precondition_only")
+MOMENTUM_KINDS = PARTS["momentum"].kinds
+PRECONDITION_KINDS = PARTS["precondition"].kinds
+EPS_MODES = PARTS["eps_mode"].kinds
+TERM_ORDERS = PARTS["order"].kinds
+GENE_SCHEDULE_KINDS = PARTS["gene_schedule"].kinds
 # The whole-genome loci around the terms, in registry order (diff and crossover use it): registry.py.
 CLIP_MODES = LOCI["clip"].kinds
 LAYERWISE_KINDS = LOCI["layerwise"].kinds
@@ -534,15 +535,17 @@ def _parse_gene_schedules(node: _Node, genes: dict[str, float], version: int) ->
         role = gene_spec(name).role
         if role in _UNSCHEDULABLE_ROLES:
             raise item.fail(f"gene '{name}' cannot have a schedule ({_why_unschedulable(role)})")
-        kind, item = _kind_node(item, ("kind", "horizon", "start", "power", "offset"))
-        item.child("kind").choice(GENE_SCHEDULE_KINDS)
-        own = {"linear_warmup": ("horizon", "offset"), "halflife_warmup": ("horizon", "start"),
-               "power": ("power", "offset")}[kind]
-        for key in ("horizon", "start", "power", "offset"):
-            if item.has(key) and key not in own:
-                raise item.child(key).fail(f"schedule '{kind}' takes no '{key}' (it takes: {', '.join(own)})")
-            if key in own and key != "offset" and not item.has(key):
-                raise item.fail(f"schedule '{kind}' needs '{key}'")
+        part = PARTS["gene_schedule"]
+        kind, item = _kind_node(item, part.keys())
+        item.child("kind").choice(part.kinds)
+        own = part.fields_of(kind)
+        for key in part.keys()[1:]:
+            if item.has(key) and key not in [f.name for f in own]:
+                raise item.child(key).fail(f"schedule '{kind}' takes no '{key}' (it takes: "
+                                           f"{', '.join(f.name for f in own)})")
+        for f in own:
+            if f.required and not item.has(f.name):
+                raise item.fail(f"schedule '{kind}' needs '{f.name}'")
         is_rate = gene_spec(name).scale == "beta"
         if kind == "halflife_warmup" and not is_rate:
             raise item.fail(f"schedule 'halflife_warmup' is for a rate (beta1..beta3), not '{name}'")
@@ -731,6 +734,18 @@ def parse_genome(data: Any, source: str = "genome", allow_unused_genes: bool = F
     return genome
 
 
+def term_genes(term: Term) -> list[str]:
+    """The genes a term's parts refer to (not its weight), as registry.PARTS declares their fields."""
+    signal, pre = PARTS["signal"], PARTS["precondition"]
+    refs = signal.genes(term.signal.kind, term.signal)
+    if term.momentum is not None:
+        refs += PARTS["momentum"].genes(term.momentum.kind, term.momentum)
+    if term.precondition is not None:
+        p = term.precondition
+        refs += (pre.genes(p.kind, p) + PARTS["eps_mode"].genes(p.eps_mode, p) + signal.genes(p.signal.kind, p.signal))
+    return refs
+
+
 def referenced_genes(genome: Genome) -> set[str]:
     """Every gene name the structure refers to (``lr`` always)."""
     refs: list[str | None] = ["lr"]
@@ -740,12 +755,7 @@ def referenced_genes(genome: Genome) -> set[str]:
         refs.append(genome.fallback.lr_ratio)
     for terms, loci in rules:
         for term in terms:
-            refs += [term.weight, term.signal.beta, term.signal.gamma, term.signal.clip]
-            if term.momentum is not None:
-                refs += [term.momentum.beta, term.momentum.mix, term.momentum.decay]
-            if term.precondition is not None:
-                pre = term.precondition
-                refs += [pre.eps, pre.beta, pre.signal.beta, pre.signal.gamma, pre.signal.clip, pre.a, pre.b, pre.clip]
+            refs += [term.weight, *term_genes(term)]
         for key, value in loci.items():
             refs += locus_genes(LOCI[key], value)
     for schedule in genome.gene_schedules.values():
@@ -785,21 +795,25 @@ def fallback_to_dict(fb: Fallback) -> dict[str, Any]:
 def schema_version_of(genome: Genome) -> int:
     """The lowest schema version that expresses ``genome`` (so v1 rules keep their files and hashes)."""
     terms = [*genome.terms, *(genome.fallback.terms if genome.fallback else ())]
-    v2_terms = any(_term_is_v2(t) for t in terms) or bool(genome.gene_schedules)
+    v2_terms = max([1, *map(_term_since, terms)]) >= 2 or bool(genome.gene_schedules)  # gene_schedules: a v2 key
     every_loci = [*genome.loci.items(), *(genome.fallback.loci.items() if genome.fallback else ())]
     loci = [max(LOCI[key].since_schema, LOCI[key].variant(LOCI[key].kind_of(value)).since_schema)
             for key, value in every_loci]
     return max([1, 2 if v2_terms else 1, *loci, *([FALLBACK_SINCE_SCHEMA] if genome.fallback else [])])
 
 
-def _term_is_v2(term: Term) -> bool:
+def _term_since(term: Term) -> int:
+    """The schema version a term needs: the newest of its parts' kinds and the fields it sets (PARTS)."""
     pre = term.precondition
-    if term.weight is not None and gene_spec(term.weight).role == "coefficient":  # AdEMAMix's α
-        return True
-    if "corrected_grad" in (term.signal.kind, pre.signal.kind if pre is not None else None):  # MARS
-        return True
-    return term.order != "momentum_first" or (pre is not None and (
-        pre.eps_mode in ("clamp", "atan2") or pre.stale or pre.clip is not None or pre.kind == "factored"))
+    versions = [PARTS["signal"].since(term.signal.kind, term.signal), PARTS["order"].variant(term.order).since_schema]
+    if term.weight is not None and gene_spec(term.weight).role == "coefficient":  # AdEMAMix's α (a v2 role)
+        versions.append(2)
+    if term.momentum is not None:
+        versions.append(PARTS["momentum"].since(term.momentum.kind, term.momentum))
+    if pre is not None:
+        versions += [PARTS["precondition"].since(pre.kind, pre), PARTS["eps_mode"].since(pre.eps_mode, pre),
+                     PARTS["signal"].since(pre.signal.kind, pre.signal)]
+    return max(versions)
 
 
 def locus_to_data(locus: Locus, value: Any) -> Any:

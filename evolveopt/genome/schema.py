@@ -352,53 +352,55 @@ def _parse_genes(node: _Node) -> dict[str, float]:
     return genes
 
 
+def _part_values(node: _Node, genes: dict[str, float], part: Any, kind: str, version: int, takes_no,
+                 needs=None, keys: tuple[str, ...] | None = None, tag: str = "kind") -> dict[str, Any]:
+    """The field values of a term-level part of ``kind`` from its mapping node, checked against its
+    registry.PARTS row: the schema version of the kind and of each field set, keys the kind does not
+    take (``takes_no(key, own names, kinds taking it)`` words the error), required fields (``needs(name)``)."""
+    variant = part.variant(kind)
+    if variant.since_schema > version:
+        _needs_version(node.child(tag), version, variant.since_schema)
+    own = part.fields_of(kind)
+    names = [f.name for f in own]
+    for key in keys if keys is not None else part.keys()[1:]:
+        if node.has(key) and key not in names:
+            takers = [v.kind for v in part.variants if key in [f.name for f in part.fields_of(v.kind)]]
+            raise node.child(key).fail(takes_no(key, names, takers))
+    values: dict[str, Any] = {}
+    for f in own:
+        child = node.child(f.name)
+        if f.since_schema > version and node.has(f.name):
+            _needs_version(child, version, f.since_schema)
+        if f.required and not node.has(f.name):
+            raise node.fail(needs(f.name) if needs else f"{part.key} '{kind}' needs '{f.name}'")
+        if f.is_gene:
+            values[f.name] = child.gene_ref(genes, f.roles, optional=not f.required)
+        elif f.flag:
+            values[f.name] = child.boolean(f.default)
+    return values
+
+
 def _parse_signal(node: _Node, genes: dict[str, float], allowed: tuple[str, ...], version: int = SCHEMA_VERSION
                   ) -> Signal:
     if node.value is None:
         return Signal()
-    kind, node = _kind_node(node, ("kind", "beta", "gamma", "clip"))
+    part = PARTS["signal"]
+    kind, node = _kind_node(node, part.keys())
     node.child("kind").choice(allowed)
-    if kind != "corrected_grad":
-        for key in ("gamma", "clip"):
-            if node.has(key):
-                raise node.child(key).fail(f"signal '{kind}' takes no {key} (corrected_grad does)")
-    if kind == "corrected_grad":
-        _needs_v2(node.child("kind"), version)
-        for key in ("beta", "gamma"):
-            if not node.has(key):
-                raise node.fail(f"signal 'corrected_grad' needs '{key}'")
-        return Signal(kind, node.child("beta").gene_ref(genes, "rate"), node.child("gamma").gene_ref(genes, "correction"),
-                      node.child("clip").gene_ref(genes, "threshold", optional=True))
-    if kind == "nesterov_grad":
-        return Signal(kind, node.child("beta").gene_ref(genes, "rate"))
-    if node.has("beta"):
-        raise node.child("beta").fail(f"signal '{kind}' takes no beta")
-    return Signal(kind)
+    values = _part_values(node, genes, part, kind, version, lambda key, own, takers: f"signal '{kind}' takes no {key}"
+                          + (f" ({takers[0]} does)" if len(takers) == 1 else ""))
+    return Signal(kind, **values)
 
 
-def _parse_momentum(node: _Node, genes: dict[str, float]) -> Momentum | None:
+def _parse_momentum(node: _Node, genes: dict[str, float], version: int = SCHEMA_VERSION) -> Momentum | None:
     if node.is_none():
         return None
-    keys = ("kind", "beta", "dampening", "bias_correction", "mix", "decay")
-    node.mapping(keys, required=("kind", "beta"))
-    kind = node.child("kind").choice(MOMENTUM_KINDS)
-    allowed = {
-        "ema": ("dampening", "bias_correction"),
-        "nesterov": ("dampening", "bias_correction"),
-        "interp": ("mix",),
-        "nadam": ("decay",),
-    }[kind]
-    for key in ("dampening", "bias_correction", "mix", "decay"):
-        if node.has(key) and key not in allowed:
-            raise node.child(key).fail(f"momentum '{kind}' takes no '{key}' (it takes: beta, {', '.join(allowed)})")
-    momentum = Momentum(
-        kind=kind,
-        beta=node.child("beta").gene_ref(genes, "rate"),
-        dampening=node.child("dampening").boolean(True),
-        bias_correction=node.child("bias_correction").boolean(False),
-        mix=node.child("mix").gene_ref(genes, "rate", optional=kind != "interp"),
-        decay=node.child("decay").gene_ref(genes, "momentum_decay", optional=kind != "nadam"),
-    )
+    part = PARTS["momentum"]
+    node.mapping(part.keys(), required=("kind", "beta"))
+    kind = node.child("kind").choice(part.kinds)
+    values = _part_values(node, genes, part, kind, version, lambda key, own, takers:
+                          f"momentum '{kind}' takes no '{key}' (it takes: {', '.join(own)})")
+    momentum = Momentum(kind=kind, **values)
     if momentum.bias_correction and not momentum.dampening:
         raise node.child("bias_correction").fail("bias correction needs dampening: true")
     return momentum
@@ -408,71 +410,51 @@ def _parse_precondition(node: _Node, genes: dict[str, float], has_momentum: bool
                         ) -> Precondition | None:
     if node.is_none():
         return None
-    keys = ("kind", "beta", "eps", "signal", "eps_mode", "bias_correction", "rectify", "a", "b", "stale", "clip")
+    part, modes = PARTS["precondition"], PARTS["eps_mode"]
+    keys = (*part.keys(), *modes.keys()[1:], "signal", "eps_mode")
     node.mapping(keys, required=("kind",))
-    kind = node.child("kind").choice(PRECONDITION_KINDS)
-    if kind == "sum":
-        for key in ("beta", "bias_correction", "rectify"):
-            if node.has(key):
-                raise node.child(key).fail(f"precondition 'sum' takes no '{key}'")
-    elif not node.has("beta"):
-        raise node.fail(f"precondition '{kind}' needs a beta")
-    eps_mode = node.child("eps_mode").choice(EPS_MODES) if node.has("eps_mode") else "outside"
-    for key, used in (("eps_mode", eps_mode in ("clamp", "atan2")), ("stale", node.has("stale")),
-                      ("clip", node.has("clip"))):
-        if used:
-            _needs_v2(node.child(key), version)
-    if kind == "factored":
-        _needs_v2(node.child("kind"), version)
-        if eps_mode == "atan2":
-            raise node.child("eps_mode").fail("precondition 'factored' needs eps (the floor of mean(R)); "
-                                              "eps_mode 'atan2' takes none")
-    if eps_mode == "atan2":
-        if kind == "belief":
-            raise node.child("eps_mode").fail("precondition 'belief' adds ε to its state; eps_mode 'atan2' takes no ε "
-                                              "(use ema, max or sum)")
-        if node.has("eps"):
-            raise node.child("eps").fail("eps_mode 'atan2' takes no eps (it takes a and b)")
-        for key in ("a", "b"):
-            if not node.has(key):
-                raise node.fail(f"eps_mode 'atan2' needs '{key}'")
-    else:
-        for key in ("a", "b"):
-            if node.has(key):
-                raise node.child(key).fail(f"'{key}' is a gene of eps_mode 'atan2' only (this eps_mode is '{eps_mode}')")
-        if not node.has("eps"):
-            raise node.fail("missing required key 'eps'")
+    kind = node.child("kind").choice(part.kinds)
+    eps_mode = node.child("eps_mode").choice(modes.kinds) if node.has("eps_mode") else modes.default
+    values = _part_values(node, genes, part, kind, version, lambda key, own, takers:
+                          f"precondition '{kind}' takes no '{key}'", lambda name: f"precondition '{kind}' needs a {name}",
+                          keys=part.keys()[1:])
+    # Combinations the parts' rows do not express on their own:
+    if kind == "factored" and eps_mode == "atan2":
+        raise node.child("eps_mode").fail("precondition 'factored' needs eps (the floor of mean(R)); "
+                                          "eps_mode 'atan2' takes none")
+    if kind == "belief" and eps_mode == "atan2":
+        raise node.child("eps_mode").fail("precondition 'belief' adds ε to its state; eps_mode 'atan2' takes no ε "
+                                          "(use ema, max or sum)")
+    values |= _part_values(
+        node, genes, modes, eps_mode, version,
+        lambda key, own, takers: (f"'{key}' is a gene of eps_mode '{takers[0]}' only (this eps_mode is '{eps_mode}')"
+                                  if len(takers) == 1 else
+                                  f"eps_mode '{eps_mode}' takes no {key} (it takes {' and '.join(own)})"),
+        lambda name: f"eps_mode '{eps_mode}' needs '{name}'" if node.has("eps_mode") else
+        f"missing required key '{name}'", keys=modes.keys()[1:], tag="eps_mode")
     signal = _parse_signal(node.child("signal"), genes, SIGNALS, version)
     if signal.kind == "residual" and not has_momentum:
         raise node.child("signal").fail("signal 'residual' needs the term to have a momentum")
-    stale = node.child("stale").boolean(False)
-    if stale:
+    if values.get("stale"):
         for key in ("bias_correction", "rectify"):
-            if node.child(key).boolean(False):
+            if values.get(key):
                 raise node.child(key).fail(f"a stale precondition takes no {key} (v_0 = x_1² is unbiased)")
-    return Precondition(
-        kind=kind,
-        eps=node.child("eps").gene_ref(genes, "eps", optional=eps_mode == "atan2"),
-        beta=node.child("beta").gene_ref(genes, "rate", optional=kind == "sum"),
-        signal=signal,
-        eps_mode=eps_mode,
-        bias_correction=node.child("bias_correction").boolean(False),
-        rectify=node.child("rectify").boolean(False),
-        a=node.child("a").gene_ref(genes, "atan2_scale", optional=True),
-        b=node.child("b").gene_ref(genes, "atan2_scale", optional=True),
-        stale=stale,
-        clip=node.child("clip").gene_ref(genes, "threshold", optional=True),
-    )
+    return Precondition(kind=kind, eps=values.pop("eps", None), signal=signal, eps_mode=eps_mode, **values)
+
+
+def _needs_version(node: _Node, version: int, since: int) -> None:
+    if version < since:
+        raise node.fail(f"'{node.path.rsplit('.', 1)[-1]}: {node.value}' needs schema_version {since} "
+                        f"(this file says {version})")
 
 
 def _needs_v2(node: _Node, version: int) -> None:
-    if version < 2:
-        raise node.fail(f"'{node.path.rsplit('.', 1)[-1]}: {node.value}' needs schema_version 2 (this file says {version})")
+    _needs_version(node, version, 2)
 
 
 def _parse_term(node: _Node, genes: dict[str, float], version: int) -> Term:
     node.mapping(("weight", "signal", "momentum", "precondition", "sign", "order"))
-    momentum = _parse_momentum(node.child("momentum"), genes)
+    momentum = _parse_momentum(node.child("momentum"), genes, version)
     precondition = _parse_precondition(node.child("precondition"), genes, momentum is not None, version)
     order = node.child("order").choice(TERM_ORDERS) if node.has("order") else "momentum_first"
     if node.has("order"):

@@ -93,6 +93,7 @@ class Variant:
     draw: dict[str, str] = field(default_factory=dict)  # field -> gene name when the search draws it
     since_schema: int = 1  # a variant newer than its locus (the file needs this schema version)
     tags: tuple[str, ...] = ()  # term-level parts: where a kind may stand (e.g. "precondition_only")
+    slot_keys: tuple[str, ...] | None = None  # term-level parts: the values naming its buffers (default: its genes)
 
 
 @dataclass(frozen=True)
@@ -647,6 +648,14 @@ class Part:
         names = [getattr(value, f.name) for f in self.fields_of(kind) if f.is_gene]
         return [name for name in names if name is not None]
 
+    def slot_names(self, kind: str, value: Any, of: str) -> list[tuple[str, str]]:
+        """(name, kind) of the buffers of a value of ``kind`` holding a statistic of ``of``: each named
+        ``<slot>.<of>.<value of each slot key>`` (buffers with one name are one buffer, shared)."""
+        variant = self.variant(kind)
+        keys = variant.slot_keys if variant.slot_keys is not None else [f.name for f in variant.fields if f.is_gene]
+        suffix = "".join(f".{getattr(value, key)}" for key in keys)
+        return [(f"{slot}.{of}{suffix}", variant.slot_kinds.get(slot, "param_shaped")) for slot in variant.slots]
+
     def since(self, kind: str, value: Any) -> int:
         """The schema version a value of ``kind`` needs: its kind's, or a newer field's that it sets."""
         used = [f.since_schema for f in self.fields_of(kind)
@@ -683,24 +692,27 @@ _EPS = (_gene("eps", "eps"),)
 PARTS: dict[str, Part] = {part.key: part for part in (
     Part("signal", "the quantity a statistic averages (schema.Signal)", default="grad", variants=(
         Variant("grad"),
-        Variant("grad_diff"),
-        Variant("nesterov_grad", (_gene("beta", "rate"),)),
+        Variant("grad_diff", slots=("prev_grad",)),
+        Variant("nesterov_grad", (_gene("beta", "rate"),), slots=("prev_grad",)),
         Variant("residual", tags=("precondition_only",)),
         Variant("corrected_grad", (_gene("beta", "rate"), _gene("gamma", "correction"),
-                                   _gene("clip", "threshold", required=False)), since_schema=2),
+                                   _gene("clip", "threshold", required=False)), slots=("prev_grad",), since_schema=2),
     )),
     Part("momentum", "a term's first-moment statistic (schema.Momentum)", variants=(
-        Variant("ema", _DAMPED),
-        Variant("nesterov", _DAMPED),
-        Variant("interp", (_MOMENTUM_BETA, _gene("mix", "rate"))),
-        Variant("nadam", (_MOMENTUM_BETA, _gene("decay", "momentum_decay"))),
+        Variant("ema", _DAMPED, slots=("momentum",)),
+        Variant("nesterov", _DAMPED, slots=("momentum",)),  # shares the buffer of an ema of the same signal and β
+        Variant("interp", (_MOMENTUM_BETA, _gene("mix", "rate")), slots=("lion_momentum",)),  # reads m_{t−1} first
+        Variant("nadam", (_MOMENTUM_BETA, _gene("decay", "momentum_decay")), slots=("nadam_momentum", "nadam_mu_product"),
+                slot_kinds={"nadam_mu_product": "per_member"}),
     )),
     Part("precondition", "a term's second-moment statistic (schema.Precondition)", variants=(
-        Variant("ema", _PRE_BETA),
-        Variant("max", _PRE_BETA),
-        Variant("sum"),
-        Variant("belief", _PRE_BETA),
-        Variant("factored", _PRE_BETA, since_schema=2),
+        Variant("ema", _PRE_BETA, slots=("second_moment",)),
+        Variant("max", _PRE_BETA, slots=("second_moment", "second_moment_max")),
+        Variant("sum", slots=("sum_of_squares",)),
+        Variant("belief", _PRE_BETA, slots=("belief",), slot_keys=("beta", "eps")),  # its state holds ε
+        # rows R and columns C (a full v for tensors of < 2 dims); v̂ is rebuilt each step
+        Variant("factored", _PRE_BETA, slots=("factored_rows", "factored_columns"),
+                slot_kinds={"factored_rows": "factored_rows", "factored_columns": "factored_columns"}, since_schema=2),
     ), common=(Field("stale", flag=True, required=False, default=False, since_schema=2),
                Field("clip", roles=("threshold",), required=False, since_schema=2))),
     Part("eps_mode", "where a precondition's floor ε goes (schema.Precondition.eps_mode)", default="outside",

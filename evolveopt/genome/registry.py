@@ -597,10 +597,7 @@ def pipeline(loci: dict[str, Any], *stages: str) -> list[tuple[Variant, Any]]:
     return sorted(steps, key=lambda item: item[0].order)
 
 
-def primitive_modules() -> tuple[str, ...]:
-    """The torch-side modules that implement some locus (the export bundler ships them)."""
-    names = {v.function.split(":")[0] for locus in LOCI.values() for v in locus.variants if v.function}
-    return tuple(sorted(names))
+
 
 
 # ---------------------------------------------------------------------------- term-level parts
@@ -680,6 +677,7 @@ def _power_lines(s: Any, sym, gene: str) -> list[str]:
     return [f"{x}_t = 1 − (1 − {x})·{power}" if gene in ("beta1", "beta2", "beta3") else f"{x}_t = {x}·{power}"]
 
 
+_MOMENTS = "evolveopt.primitives.moments"
 _HORIZON = Field("horizon", integer=True, minimum=1)
 _OFFSET = Field("offset", integer=True, required=False, default=0)
 _MOMENTUM_BETA = _gene("beta", "rate")
@@ -699,11 +697,13 @@ PARTS: dict[str, Part] = {part.key: part for part in (
                                    _gene("clip", "threshold", required=False)), slots=("prev_grad",), since_schema=2),
     )),
     Part("momentum", "a term's first-moment statistic (schema.Momentum)", variants=(
-        Variant("ema", _DAMPED, slots=("momentum",)),
-        Variant("nesterov", _DAMPED, slots=("momentum",)),  # shares the buffer of an ema of the same signal and β
-        Variant("interp", (_MOMENTUM_BETA, _gene("mix", "rate")), slots=("lion_momentum",)),  # reads m_{t−1} first
+        Variant("ema", _DAMPED, slots=("momentum",), function=f"{_MOMENTS}:ema"),
+        # shares the buffer of an ema of the same signal and β
+        Variant("nesterov", _DAMPED, slots=("momentum",), function=f"{_MOMENTS}:nesterov"),
+        Variant("interp", (_MOMENTUM_BETA, _gene("mix", "rate")), slots=("lion_momentum",),  # reads m_{t−1} first
+                function=f"{_MOMENTS}:interp"),
         Variant("nadam", (_MOMENTUM_BETA, _gene("decay", "momentum_decay")), slots=("nadam_momentum", "nadam_mu_product"),
-                slot_kinds={"nadam_mu_product": "per_member"}),
+                slot_kinds={"nadam_mu_product": "per_member"}, function=f"{_MOMENTS}:nadam"),
     )),
     Part("precondition", "a term's second-moment statistic (schema.Precondition)", variants=(
         Variant("ema", _PRE_BETA, slots=("second_moment",)),
@@ -733,3 +733,10 @@ PARTS: dict[str, Part] = {part.key: part for part in (
         Variant("power", (Field("power"), _OFFSET), equation=_power_lines),
     )),
 )}
+
+
+def primitive_modules() -> tuple[str, ...]:
+    """The torch-side modules that implement some locus or term-level part (the export bundler ships them)."""
+    rows = [*LOCI.values(), *PARTS.values()]
+    names = {v.function.split(":")[0] for row in rows for v in row.variants if v.function}
+    return tuple(sorted(names))

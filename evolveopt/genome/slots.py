@@ -44,8 +44,9 @@ def momentum_slot(term: Term) -> str:
     return _momentum_slots(term)[0][0]
 
 
-def nadam_slot(term: Term) -> str:
-    return _momentum_slots(term)[1][0]
+def momentum_slots(term: Term) -> list[str]:
+    """Buffer names of a term's momentum, in its registry row's order (what its function receives)."""
+    return [name for name, _ in _momentum_slots(term)]
 
 
 def _precondition_slots(term: Term) -> list[tuple[str, str]]:

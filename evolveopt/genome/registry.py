@@ -717,11 +717,12 @@ PARTS: dict[str, Part] = {part.key: part for part in (
                Field("clip", roles=("threshold",), required=False, since_schema=2))),
     Part("eps_mode", "where a precondition's floor ε goes (schema.Precondition.eps_mode)", default="outside",
          variants=(
-             Variant("outside", _EPS),
-             Variant("raw", _EPS),
-             Variant("inside", _EPS),
-             Variant("clamp", _EPS, since_schema=2),
-             Variant("atan2", (_gene("a", "atan2_scale"), _gene("b", "atan2_scale")), since_schema=2),
+             Variant("outside", _EPS, draw={"eps": "eps"}),
+             Variant("raw", _EPS, draw={"eps": "eps"}),
+             Variant("inside", _EPS, draw={"eps": "eps"}),
+             Variant("clamp", _EPS, draw={"eps": "eps"}, since_schema=2),
+             Variant("atan2", (_gene("a", "atan2_scale"), _gene("b", "atan2_scale")), draw={"a": "a", "b": "b"},
+                     since_schema=2),
          )),
     Part("order", "the order of a term's statistics (schema.Term.order)", default="momentum_first", variants=(
         Variant("momentum_first"),

@@ -98,23 +98,9 @@ class _Renderer:
     def _momentum(self, term: Term, x: str) -> tuple[str, str]:
         mom: Momentum = term.momentum
         m, new = self.buffer(momentum_slot(term), "m")
-        b = sym(mom.beta)
-        update = f"{m} ← {b}·{m} + (1 − {b})·{x}" if mom.dampening else f"{m} ← {b}·{m} + {x}"
-        if mom.kind == "interp":
-            if new:
-                self.lines.append(f"c = {sym(mom.mix)}·{m} + (1 − {sym(mom.mix)})·{x};  then {update}")
-            return "c", m
-        if new:
-            self.lines.append(update)
-        if mom.kind == "nadam":
-            mu = f"μ_t = {b}·(1 − ½·0.96^(t·{sym(mom.decay)}))"
-            self.lines.append(f"{mu}")
-            return f"[(1 − μ_t)/(1 − Πμ)·{x} + μ_(t+1)/(1 − Πμ·μ_(t+1))·{m}]", m
-        bias = f"/(1 − {b}^t)" if mom.bias_correction else ""
-        if mom.kind == "nesterov":
-            lead = f"(1 − {b})·{x}" if mom.dampening else x
-            return f"({lead} + {b}·{m}){bias}", m
-        return f"{m}{bias}", m
+        first, every, out = PARTS["momentum"].variant(mom.kind).equation(mom, sym, m, x)
+        self.lines += (first if new else []) + every
+        return out, m
 
     def _precondition(self, term: Term, numerator: str, m: str) -> str:
         pre: Precondition = term.precondition

@@ -677,6 +677,35 @@ def _power_lines(s: Any, sym, gene: str) -> list[str]:
     return [f"{x}_t = 1 − (1 − {x})·{power}" if gene in ("beta1", "beta2", "beta3") else f"{x}_t = {x}·{power}"]
 
 
+def _averaged(mom: Any, sym, m: str, x: str) -> str:
+    b = sym(mom.beta)
+    return f"{m} ← {b}·{m} + (1 − {b})·{x}" if mom.dampening else f"{m} ← {b}·{m} + {x}"
+
+
+# A momentum row's equation is (momentum, sym, m, x) -> (lines shown where the buffer m first appears,
+# lines shown at every use, the term's numerator).
+def _ema_lines(mom: Any, sym, m: str, x: str) -> tuple[list[str], list[str], str]:
+    bias = f"/(1 − {sym(mom.beta)}^t)" if mom.bias_correction else ""
+    return [_averaged(mom, sym, m, x)], [], f"{m}{bias}"
+
+
+def _nesterov_lines(mom: Any, sym, m: str, x: str) -> tuple[list[str], list[str], str]:
+    b, bias = sym(mom.beta), f"/(1 − {sym(mom.beta)}^t)" if mom.bias_correction else ""
+    lead = f"(1 − {b})·{x}" if mom.dampening else x
+    return [_averaged(mom, sym, m, x)], [], f"({lead} + {b}·{m}){bias}"
+
+
+def _interp_lines(mom: Any, sym, m: str, x: str) -> tuple[list[str], list[str], str]:
+    mix = sym(mom.mix)
+    return [f"c = {mix}·{m} + (1 − {mix})·{x};  then {_averaged(mom, sym, m, x)}"], [], "c"
+
+
+def _nadam_lines(mom: Any, sym, m: str, x: str) -> tuple[list[str], list[str], str]:
+    b = sym(mom.beta)
+    return ([_averaged(mom, sym, m, x)], [f"μ_t = {b}·(1 − ½·0.96^(t·{sym(mom.decay)}))"],
+            f"[(1 − μ_t)/(1 − Πμ)·{x} + μ_(t+1)/(1 − Πμ·μ_(t+1))·{m}]")
+
+
 _MOMENTS = "evolveopt.primitives.moments"
 _HORIZON = Field("horizon", integer=True, minimum=1)
 _OFFSET = Field("offset", integer=True, required=False, default=0)
@@ -697,13 +726,13 @@ PARTS: dict[str, Part] = {part.key: part for part in (
                                    _gene("clip", "threshold", required=False)), slots=("prev_grad",), since_schema=2),
     )),
     Part("momentum", "a term's first-moment statistic (schema.Momentum)", variants=(
-        Variant("ema", _DAMPED, slots=("momentum",), function=f"{_MOMENTS}:ema"),
+        Variant("ema", _DAMPED, slots=("momentum",), function=f"{_MOMENTS}:ema", equation=_ema_lines),
         # shares the buffer of an ema of the same signal and β
-        Variant("nesterov", _DAMPED, slots=("momentum",), function=f"{_MOMENTS}:nesterov"),
+        Variant("nesterov", _DAMPED, slots=("momentum",), function=f"{_MOMENTS}:nesterov", equation=_nesterov_lines),
         Variant("interp", (_MOMENTUM_BETA, _gene("mix", "rate")), slots=("lion_momentum",),  # reads m_{t−1} first
-                function=f"{_MOMENTS}:interp"),
+                function=f"{_MOMENTS}:interp", equation=_interp_lines),
         Variant("nadam", (_MOMENTUM_BETA, _gene("decay", "momentum_decay")), slots=("nadam_momentum", "nadam_mu_product"),
-                slot_kinds={"nadam_mu_product": "per_member"}, function=f"{_MOMENTS}:nadam"),
+                slot_kinds={"nadam_mu_product": "per_member"}, function=f"{_MOMENTS}:nadam", equation=_nadam_lines),
     )),
     Part("precondition", "a term's second-moment statistic (schema.Precondition)", variants=(
         Variant("ema", _PRE_BETA, slots=("second_moment",)),

@@ -37,18 +37,7 @@ class _Renderer:
         return self.buffers[slot], True
 
     def signal(self, signal: Signal, momentum: str = "m") -> str:
-        g = self.g
-        if signal.kind == "grad":
-            return g
-        if signal.kind == "grad_diff":
-            return f"({g} − {g}_prev)"
-        if signal.kind == "nesterov_grad":
-            return f"({g} + {sym(signal.beta)}·({g} − {g}_prev))"
-        if signal.kind == "corrected_grad":
-            b = sym(signal.beta)
-            c = f"({g} + {sym(signal.gamma)}·{b}/(1 − {b})·({g} − {g}_prev))"
-            return f"clip_{sym(signal.clip)}{c}" if signal.clip else c
-        return f"({g} − {momentum})"
+        return PARTS["signal"].variant(signal.kind).equation(signal, sym, self.g, momentum)
 
     def render(self) -> list[str]:
         self._preprocess()
@@ -128,21 +117,9 @@ class _Renderer:
             if new_max:
                 self.lines.append(f"{vmax} ← max({vmax}, {v})")
             v = vmax
-        e = sym(pre.eps) if pre.eps else ""
         bc = f"(1 − {sym(pre.beta)}^t)" if pre.bias_correction else ""
         d = "d_t·" if self.genome.loss_feedback is not None else ""
-        root = f"√({v}/{bc})" if bc else f"√{v}"
-        if pre.eps_mode == "atan2":
-            out = f"{sym(pre.a)}·atan2({numerator}, {sym(pre.b)}·{d}{root})"
-        elif pre.eps_mode == "clamp":
-            out = f"{numerator}/max({d}{root}, {e})"
-        elif pre.eps_mode == "raw":
-            scaled = f"√{bc}·" if bc else ""
-            out = f"{scaled}{numerator}/({d}√{v} + {e})"
-        elif pre.eps_mode == "inside":
-            out = f"{numerator}/({d}√({v}/{bc} + {e}))" if bc else f"{numerator}/({d}√({v} + {e}))"
-        else:
-            out = f"{numerator}/({d}√({v}/{bc}) + {e})" if bc else f"{numerator}/({d}√{v} + {e})"
+        out = PARTS["eps_mode"].variant(pre.eps_mode).equation(pre, sym, numerator, v, bc, d)
         if pre.rectify:
             rho = f"ρ_t = ρ∞ − 2t·{sym(pre.beta)}^t/(1 − {sym(pre.beta)}^t), ρ∞ = 2/(1 − {sym(pre.beta)}) − 1"
             if rho not in self.lines:

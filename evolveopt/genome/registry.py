@@ -677,6 +677,39 @@ def _power_lines(s: Any, sym, gene: str) -> list[str]:
     return [f"{x}_t = 1 − (1 − {x})·{power}" if gene in ("beta1", "beta2", "beta3") else f"{x}_t = {x}·{power}"]
 
 
+# A signal row's equation is (signal, sym, g, m) -> the signal's expression (m: the term's momentum buffer).
+def _corrected_lines(signal: Any, sym, g: str, m: str) -> str:
+    b = sym(signal.beta)
+    c = f"({g} + {sym(signal.gamma)}·{b}/(1 − {b})·({g} − {g}_prev))"
+    return f"clip_{sym(signal.clip)}{c}" if signal.clip else c
+
+
+# An eps_mode row's equation is (precondition, sym, y, v, bc, d) -> y divided by the root of v (bc: the
+# bias correction's expression or "", d: "d_t·" with loss feedback or "").
+def _root(v: str, bc: str) -> str:
+    return f"√({v}/{bc})" if bc else f"√{v}"
+
+
+def _outside(pre: Any, sym, y: str, v: str, bc: str, d: str) -> str:
+    return f"{y}/({d}{_root(v, bc)} + {sym(pre.eps)})"
+
+
+def _raw(pre: Any, sym, y: str, v: str, bc: str, d: str) -> str:
+    return f"{f'√{bc}·' if bc else ''}{y}/({d}√{v} + {sym(pre.eps)})"
+
+
+def _inside(pre: Any, sym, y: str, v: str, bc: str, d: str) -> str:
+    return f"{y}/({d}√({v}/{bc} + {sym(pre.eps)}))" if bc else f"{y}/({d}√({v} + {sym(pre.eps)}))"
+
+
+def _clamp(pre: Any, sym, y: str, v: str, bc: str, d: str) -> str:
+    return f"{y}/max({d}{_root(v, bc)}, {sym(pre.eps)})"
+
+
+def _atan2(pre: Any, sym, y: str, v: str, bc: str, d: str) -> str:
+    return f"{sym(pre.a)}·atan2({y}, {sym(pre.b)}·{d}{_root(v, bc)})"
+
+
 def _averaged(mom: Any, sym, m: str, x: str) -> str:
     b = sym(mom.beta)
     return f"{m} ← {b}·{m} + (1 − {b})·{x}" if mom.dampening else f"{m} ← {b}·{m} + {x}"
@@ -718,12 +751,14 @@ _EPS = (_gene("eps", "eps"),)
 
 PARTS: dict[str, Part] = {part.key: part for part in (
     Part("signal", "the quantity a statistic averages (schema.Signal)", default="grad", variants=(
-        Variant("grad"),
-        Variant("grad_diff", slots=("prev_grad",)),
-        Variant("nesterov_grad", (_gene("beta", "rate"),), slots=("prev_grad",)),
-        Variant("residual", tags=("precondition_only",)),
+        Variant("grad", equation=lambda signal, sym, g, m: g),
+        Variant("grad_diff", slots=("prev_grad",), equation=lambda signal, sym, g, m: f"({g} − {g}_prev)"),
+        Variant("nesterov_grad", (_gene("beta", "rate"),), slots=("prev_grad",),
+                equation=lambda signal, sym, g, m: f"({g} + {sym(signal.beta)}·({g} − {g}_prev))"),
+        Variant("residual", tags=("precondition_only",), equation=lambda signal, sym, g, m: f"({g} − {m})"),
         Variant("corrected_grad", (_gene("beta", "rate"), _gene("gamma", "correction"),
-                                   _gene("clip", "threshold", required=False)), slots=("prev_grad",), since_schema=2),
+                                   _gene("clip", "threshold", required=False)), slots=("prev_grad",),
+                equation=_corrected_lines, since_schema=2),
     )),
     Part("momentum", "a term's first-moment statistic (schema.Momentum)", variants=(
         Variant("ema", _DAMPED, slots=("momentum",), function=f"{_MOMENTS}:ema", equation=_ema_lines),
@@ -746,12 +781,12 @@ PARTS: dict[str, Part] = {part.key: part for part in (
                Field("clip", roles=("threshold",), required=False, since_schema=2))),
     Part("eps_mode", "where a precondition's floor ε goes (schema.Precondition.eps_mode)", default="outside",
          variants=(
-             Variant("outside", _EPS, draw={"eps": "eps"}),
-             Variant("raw", _EPS, draw={"eps": "eps"}),
-             Variant("inside", _EPS, draw={"eps": "eps"}),
-             Variant("clamp", _EPS, draw={"eps": "eps"}, since_schema=2),
+             Variant("outside", _EPS, draw={"eps": "eps"}, equation=_outside),
+             Variant("raw", _EPS, draw={"eps": "eps"}, equation=_raw),
+             Variant("inside", _EPS, draw={"eps": "eps"}, equation=_inside),
+             Variant("clamp", _EPS, draw={"eps": "eps"}, equation=_clamp, since_schema=2),
              Variant("atan2", (_gene("a", "atan2_scale"), _gene("b", "atan2_scale")), draw={"a": "a", "b": "b"},
-                     since_schema=2),
+                     equation=_atan2, since_schema=2),
          )),
     Part("order", "the order of a term's statistics (schema.Term.order)", default="momentum_first", variants=(
         Variant("momentum_first"),

@@ -97,21 +97,7 @@ class _Renderer:
         v, new = self.buffer(slots[0], "v")
         x = self.signal(pre.signal, momentum=m)
         if new:
-            b = sym(pre.beta) if pre.beta else ""
-            if pre.kind == "factored":
-                self.lines.append(f"R ← {b}·R + (1 − {b})·mean_cols({x}²);  C ← {b}·C + (1 − {b})·mean_rows({x}²);  "
-                                  f"{v} = R·C/max(mean(R), {sym(pre.eps)})   (over the last two dims; a tensor of "
-                                  f"< 2 dims keeps {v} ← {b}·{v} + (1 − {b})·{x}²)")
-            update = {
-                "sum": f"{v} ← {v} + {x}²",
-                "belief": f"{v} ← {b}·{v} + (1 − {b})·{x}² + {sym(pre.eps)}",
-            }.get(pre.kind, f"{v} ← {b}·{v} + (1 − {b})·{x}²")
-            if pre.kind == "factored":
-                update = None
-            elif pre.stale:
-                update += f"   (after use: the division reads {v} of step t − 1; {v}_0 = {x}² at t = 1, when the term is 0)"
-            if update is not None:
-                self.lines.append(update)
+            self.lines += PARTS["precondition"].variant(pre.kind).equation(pre, sym, v, x)
         if pre.kind == "max":
             vmax, new_max = self.buffer(slots[1], "v̄")
             if new_max:

@@ -710,6 +710,30 @@ def _atan2(pre: Any, sym, y: str, v: str, bc: str, d: str) -> str:
     return f"{sym(pre.a)}·atan2({y}, {sym(pre.b)}·{d}{_root(v, bc)})"
 
 
+# A precondition row's equation is (precondition, sym, v, x) -> the lines advancing its statistic v of x
+# (shown where v first appears).
+def _stale(pre: Any, v: str, x: str) -> str:
+    return f"   (after use: the division reads {v} of step t − 1; {v}_0 = {x}² at t = 1, when the term is 0)" \
+        if pre.stale else ""
+
+
+def _second_moment_lines(pre: Any, sym, v: str, x: str) -> list[str]:
+    b = sym(pre.beta)
+    return [f"{v} ← {b}·{v} + (1 − {b})·{x}²" + _stale(pre, v, x)]
+
+
+def _belief_lines(pre: Any, sym, v: str, x: str) -> list[str]:
+    b = sym(pre.beta)
+    return [f"{v} ← {b}·{v} + (1 − {b})·{x}² + {sym(pre.eps)}" + _stale(pre, v, x)]
+
+
+def _factored_lines(pre: Any, sym, v: str, x: str) -> list[str]:
+    b = sym(pre.beta)
+    return [f"R ← {b}·R + (1 − {b})·mean_cols({x}²);  C ← {b}·C + (1 − {b})·mean_rows({x}²);  "
+            f"{v} = R·C/max(mean(R), {sym(pre.eps)})   (over the last two dims; a tensor of "
+            f"< 2 dims keeps {v} ← {b}·{v} + (1 − {b})·{x}²)"]
+
+
 def _averaged(mom: Any, sym, m: str, x: str) -> str:
     b = sym(mom.beta)
     return f"{m} ← {b}·{m} + (1 − {b})·{x}" if mom.dampening else f"{m} ← {b}·{m} + {x}"
@@ -770,13 +794,17 @@ PARTS: dict[str, Part] = {part.key: part for part in (
                 slot_kinds={"nadam_mu_product": "per_member"}, function=f"{_MOMENTS}:nadam", equation=_nadam_lines),
     )),
     Part("precondition", "a term's second-moment statistic (schema.Precondition)", variants=(
-        Variant("ema", _PRE_BETA, slots=("second_moment",)),
-        Variant("max", _PRE_BETA, slots=("second_moment", "second_moment_max")),
-        Variant("sum", slots=("sum_of_squares",)),
-        Variant("belief", _PRE_BETA, slots=("belief",), slot_keys=("beta", "eps")),  # its state holds ε
+        Variant("ema", _PRE_BETA, slots=("second_moment",), equation=_second_moment_lines),
+        # v̄ ← max(v̄, v): the root is taken of its last slot (equations.py shows the running max)
+        Variant("max", _PRE_BETA, slots=("second_moment", "second_moment_max"), equation=_second_moment_lines),
+        Variant("sum", slots=("sum_of_squares",),
+                equation=lambda pre, sym, v, x: [f"{v} ← {v} + {x}²" + _stale(pre, v, x)]),
+        Variant("belief", _PRE_BETA, slots=("belief",), slot_keys=("beta", "eps"),  # its state holds ε
+                equation=_belief_lines),
         # rows R and columns C (a full v for tensors of < 2 dims); v̂ is rebuilt each step
         Variant("factored", _PRE_BETA, slots=("factored_rows", "factored_columns"),
-                slot_kinds={"factored_rows": "factored_rows", "factored_columns": "factored_columns"}, since_schema=2),
+                slot_kinds={"factored_rows": "factored_rows", "factored_columns": "factored_columns"},
+                equation=_factored_lines, since_schema=2),
     ), common=(Field("stale", flag=True, required=False, default=False, since_schema=2),
                Field("clip", roles=("threshold",), required=False, since_schema=2))),
     Part("eps_mode", "where a precondition's floor ε goes (schema.Precondition.eps_mode)", default="outside",

@@ -26,10 +26,10 @@ from torch import Tensor
 
 from evolveopt.errors import OptimizerUsageError
 from evolveopt.genome.genes import gene_spec
-from evolveopt.genome.registry import global_stages, pipeline
+from evolveopt.genome.registry import PARTS, global_stages, pipeline
 from evolveopt.genome.schema import Genome, Momentum, Signal, Term, fallback_genome
 from evolveopt.genome.slots import (FACTORED_COLUMNS, FACTORED_ROWS, PARAM_COPY, PARAM_KINDS, PARAM_SHAPED,
-                                    PER_MEMBER_ZERO, momentum_slot, nadam_slot, precondition_slots, signal_name,
+                                    PER_MEMBER_ZERO, momentum_slot, momentum_slots, precondition_slots, signal_name,
                                     state_slots)
 from evolveopt.primitives import gradient, moments, preconditioners, schedules
 from evolveopt.primitives import tensorlist as tl
@@ -267,14 +267,9 @@ class Rule:
         m, beta = state[slot], genes[mom.beta]
         if slot in cache.updated:  # an EMA/Nesterov term sharing this buffer already advanced it
             parts = _momentum_readout(mom, m, x, beta, t)
-        elif mom.kind == "interp":
-            parts = moments.interp(m, x, beta, genes[mom.mix])
-        elif mom.kind == "nadam":
-            parts = moments.nadam(m, x, state[nadam_slot(term)], beta, genes[mom.decay], t)
-        elif mom.kind == "ema":
-            parts = moments.ema(m, x, beta, t, mom.dampening, mom.bias_correction)
-        else:
-            parts = moments.nesterov(m, x, beta, t, mom.dampening, mom.bias_correction)
+        else:  # the row's function (registry.PARTS) with the row's buffers
+            function = _function(PARTS["momentum"].variant(mom.kind).function)
+            parts = function(mom, [state[name] for name in momentum_slots(term)], x, ctx)
         cache.updated[slot] = m
         cache.momentum_parts[key] = parts
         return parts

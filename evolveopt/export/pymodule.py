@@ -16,7 +16,7 @@ from dataclasses import fields
 from typing import Any
 
 from evolveopt.genome.equations import render_equations, sym
-from evolveopt.genome.registry import LOCI, STAGES, pipeline
+from evolveopt.genome.registry import LOCI, PARTS, STAGES, pipeline
 from evolveopt.genome.schema import Genome, schema_version_of
 
 STRUCTURE_CLASSES = ("Genome", "Term", "Signal", "Momentum", "Precondition", "Fallback",
@@ -24,9 +24,12 @@ STRUCTURE_CLASSES = ("Genome", "Term", "Signal", "Momentum", "Precondition", "Fa
 
 
 def stage_functions(genome: Genome) -> list[str]:
-    """Names of the tensor functions the genome's loci run (registry rows name them)."""
+    """Names of the tensor functions the genome's loci and term parts run (registry rows name them)."""
     loci = [genome.loci] + ([genome.fallback.loci] if genome.fallback is not None else [])
-    return [v.function.split(":")[1] for each in loci for v, _ in pipeline(each, *STAGES) if v.function]
+    terms = [*genome.terms, *(genome.fallback.terms if genome.fallback is not None else ())]
+    momenta = [PARTS["momentum"].variant(t.momentum.kind).function for t in terms if t.momentum is not None]
+    return ([v.function.split(":")[1] for each in loci for v, _ in pipeline(each, *STAGES) if v.function]
+            + [function.split(":")[1] for function in dict.fromkeys(momenta)])
 
 INIT_TEMPLATE = '''
 def __init__(self, params, *, total_steps=None, maximize=False, foreach=None, capturable=False,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from evolveopt.genome.registry import pipeline
+from evolveopt.genome.registry import PARTS, pipeline
 from evolveopt.genome.schema import Genome, Momentum, Precondition, Signal, Term, fallback_genome
 from evolveopt.genome.slots import buffers_per_param, momentum_slot, precondition_slots, rule_buffers
 
@@ -37,18 +37,7 @@ class _Renderer:
         return self.buffers[slot], True
 
     def signal(self, signal: Signal, momentum: str = "m") -> str:
-        g = self.g
-        if signal.kind == "grad":
-            return g
-        if signal.kind == "grad_diff":
-            return f"({g} − {g}_prev)"
-        if signal.kind == "nesterov_grad":
-            return f"({g} + {sym(signal.beta)}·({g} − {g}_prev))"
-        if signal.kind == "corrected_grad":
-            b = sym(signal.beta)
-            c = f"({g} + {sym(signal.gamma)}·{b}/(1 − {b})·({g} − {g}_prev))"
-            return f"clip_{sym(signal.clip)}{c}" if signal.clip else c
-        return f"({g} − {momentum})"
+        return PARTS["signal"].variant(signal.kind).equation(signal, sym, self.g, momentum)
 
     def render(self) -> list[str]:
         self._preprocess()
@@ -98,23 +87,9 @@ class _Renderer:
     def _momentum(self, term: Term, x: str) -> tuple[str, str]:
         mom: Momentum = term.momentum
         m, new = self.buffer(momentum_slot(term), "m")
-        b = sym(mom.beta)
-        update = f"{m} ← {b}·{m} + (1 − {b})·{x}" if mom.dampening else f"{m} ← {b}·{m} + {x}"
-        if mom.kind == "interp":
-            if new:
-                self.lines.append(f"c = {sym(mom.mix)}·{m} + (1 − {sym(mom.mix)})·{x};  then {update}")
-            return "c", m
-        if new:
-            self.lines.append(update)
-        if mom.kind == "nadam":
-            mu = f"μ_t = {b}·(1 − ½·0.96^(t·{sym(mom.decay)}))"
-            self.lines.append(f"{mu}")
-            return f"[(1 − μ_t)/(1 − Πμ)·{x} + μ_(t+1)/(1 − Πμ·μ_(t+1))·{m}]", m
-        bias = f"/(1 − {b}^t)" if mom.bias_correction else ""
-        if mom.kind == "nesterov":
-            lead = f"(1 − {b})·{x}" if mom.dampening else x
-            return f"({lead} + {b}·{m}){bias}", m
-        return f"{m}{bias}", m
+        first, every, out = PARTS["momentum"].variant(mom.kind).equation(mom, sym, m, x)
+        self.lines += (first if new else []) + every
+        return out, m
 
     def _precondition(self, term: Term, numerator: str, m: str) -> str:
         pre: Precondition = term.precondition
@@ -122,41 +97,15 @@ class _Renderer:
         v, new = self.buffer(slots[0], "v")
         x = self.signal(pre.signal, momentum=m)
         if new:
-            b = sym(pre.beta) if pre.beta else ""
-            if pre.kind == "factored":
-                self.lines.append(f"R ← {b}·R + (1 − {b})·mean_cols({x}²);  C ← {b}·C + (1 − {b})·mean_rows({x}²);  "
-                                  f"{v} = R·C/max(mean(R), {sym(pre.eps)})   (over the last two dims; a tensor of "
-                                  f"< 2 dims keeps {v} ← {b}·{v} + (1 − {b})·{x}²)")
-            update = {
-                "sum": f"{v} ← {v} + {x}²",
-                "belief": f"{v} ← {b}·{v} + (1 − {b})·{x}² + {sym(pre.eps)}",
-            }.get(pre.kind, f"{v} ← {b}·{v} + (1 − {b})·{x}²")
-            if pre.kind == "factored":
-                update = None
-            elif pre.stale:
-                update += f"   (after use: the division reads {v} of step t − 1; {v}_0 = {x}² at t = 1, when the term is 0)"
-            if update is not None:
-                self.lines.append(update)
+            self.lines += PARTS["precondition"].variant(pre.kind).equation(pre, sym, v, x)
         if pre.kind == "max":
             vmax, new_max = self.buffer(slots[1], "v̄")
             if new_max:
                 self.lines.append(f"{vmax} ← max({vmax}, {v})")
             v = vmax
-        e = sym(pre.eps) if pre.eps else ""
         bc = f"(1 − {sym(pre.beta)}^t)" if pre.bias_correction else ""
         d = "d_t·" if self.genome.loss_feedback is not None else ""
-        root = f"√({v}/{bc})" if bc else f"√{v}"
-        if pre.eps_mode == "atan2":
-            out = f"{sym(pre.a)}·atan2({numerator}, {sym(pre.b)}·{d}{root})"
-        elif pre.eps_mode == "clamp":
-            out = f"{numerator}/max({d}{root}, {e})"
-        elif pre.eps_mode == "raw":
-            scaled = f"√{bc}·" if bc else ""
-            out = f"{scaled}{numerator}/({d}√{v} + {e})"
-        elif pre.eps_mode == "inside":
-            out = f"{numerator}/({d}√({v}/{bc} + {e}))" if bc else f"{numerator}/({d}√({v} + {e}))"
-        else:
-            out = f"{numerator}/({d}√({v}/{bc}) + {e})" if bc else f"{numerator}/({d}√{v} + {e})"
+        out = PARTS["eps_mode"].variant(pre.eps_mode).equation(pre, sym, numerator, v, bc, d)
         if pre.rectify:
             rho = f"ρ_t = ρ∞ − 2t·{sym(pre.beta)}^t/(1 − {sym(pre.beta)}^t), ρ∞ = 2/(1 − {sym(pre.beta)}) − 1"
             if rho not in self.lines:
@@ -168,19 +117,8 @@ class _Renderer:
 
     def _gene_schedules(self) -> None:
         for name, s in self.genome.gene_schedules.items():
-            x = sym(name)
-            if s.kind == "linear_warmup":
-                steps = f"max(t − {s.offset}, 0)" if s.offset else "t"
-                line = f"{x}_t = {x}·min(1, {steps}/{s.horizon})"
-            elif s.kind == "halflife_warmup":
-                b0 = sym(s.start)
-                line = (f"{x}_t = min(exp(ln {b0}·ln {x}/((1 − s)·ln {x} + s·ln {b0})), {x}),  s = min(1, t/{s.horizon})"
-                        f":  1/ln {x}_t moves linearly from 1/ln {b0} to 1/ln {x}")
-            else:
-                power = f"max(t − {s.offset}, 0)^{s.power:g}" if s.offset else f"t^{s.power:g}"
-                line = (f"{x}_t = 1 − (1 − {x})·{power}" if name in ("beta1", "beta2", "beta3")
-                        else f"{x}_t = {x}·{power}")
-            self.lines.append(line + f"   (the rule reads {x}_t for {x})")
+            for line in PARTS["gene_schedule"].variant(s.kind).equation(s, sym, name):
+                self.lines.append(line + f"   (the rule reads {sym(name)}_t for {sym(name)})")
 
     def _postprocess(self) -> None:
         self._stage("direction", g=self.g)

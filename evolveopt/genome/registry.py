@@ -71,6 +71,7 @@ class Field:
     default: Any = None
     integer: bool = False
     minimum: int = 0
+    since_schema: int = 1  # a field newer than its variant: set (not at its default), the file needs this version
 
     @property
     def is_gene(self) -> bool:
@@ -91,6 +92,8 @@ class Variant:
     equation: Callable[[Any, Callable[[str], str], str], list[str]] = lambda value, sym, g: []  # (value, symbol of a gene, symbol of g)
     draw: dict[str, str] = field(default_factory=dict)  # field -> gene name when the search draws it
     since_schema: int = 1  # a variant newer than its locus (the file needs this schema version)
+    tags: tuple[str, ...] = ()  # term-level parts: where a kind may stand (e.g. "precondition_only")
+    slot_keys: tuple[str, ...] | None = None  # term-level parts: the values naming its buffers (default: its genes)
 
 
 @dataclass(frozen=True)
@@ -594,7 +597,239 @@ def pipeline(loci: dict[str, Any], *stages: str) -> list[tuple[Variant, Any]]:
     return sorted(steps, key=lambda item: item[0].order)
 
 
+
+
+
+# ---------------------------------------------------------------------------- term-level parts
+#
+# The parts a term is made of (its signal, momentum, precondition with its eps placement, its order) and
+# the kinds of gene schedule, declared as the loci are: each kind is a :class:`Variant` row with its
+# fields (gene references with roles, flags, options; ``since_schema`` on a field that is newer than its
+# kind), the schema version that first has it, and, where the renderer reads it per kind, its equation.
+# Parsing and its errors, the referenced genes, ``schema_version_of``, the search space's choices and
+# ``evolveopt show`` read this table (schema.py, equations.py, search/space.py). The term's tensor code
+# dispatches on the kind in compile/rule.py and the primitives modules moments, preconditioners,
+# gradient and schedules (all four always ship with an export: export/bundle.py CORE_RUNTIME).
+
+
+@dataclass(frozen=True)
+class Part:
+    """A term-level primitive: a field of a term (or a gene schedule) whose value is one of its kinds."""
+
+    key: str
+    doc: str
+    variants: tuple[Variant, ...]
+    common: tuple[Field, ...] = ()  # fields every kind takes (besides its own)
+    default: str | None = None  # the kind when the field is left out
+
+    def variant(self, kind: str) -> Variant:
+        return next(v for v in self.variants if v.kind == kind)
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(v.kind for v in self.variants)
+
+    def kinds_without(self, tag: str) -> tuple[str, ...]:
+        return tuple(v.kind for v in self.variants if tag not in v.tags)
+
+    def fields_of(self, kind: str) -> tuple[Field, ...]:
+        return (*self.variant(kind).fields, *self.common)
+
+    def keys(self) -> tuple[str, ...]:
+        """Every key a mapping of this part may have, the tag first, in declaration order."""
+        names = [f.name for v in self.variants for f in v.fields] + [f.name for f in self.common]
+        return ("kind", *dict.fromkeys(names))
+
+    def genes(self, kind: str, value: Any) -> list[str]:
+        """The genes a value of this part (of ``kind``) refers to, in field order."""
+        names = [getattr(value, f.name) for f in self.fields_of(kind) if f.is_gene]
+        return [name for name in names if name is not None]
+
+    def slot_names(self, kind: str, value: Any, of: str) -> list[tuple[str, str]]:
+        """(name, kind) of the buffers of a value of ``kind`` holding a statistic of ``of``: each named
+        ``<slot>.<of>.<value of each slot key>`` (buffers with one name are one buffer, shared)."""
+        variant = self.variant(kind)
+        keys = variant.slot_keys if variant.slot_keys is not None else [f.name for f in variant.fields if f.is_gene]
+        suffix = "".join(f".{getattr(value, key)}" for key in keys)
+        return [(f"{slot}.{of}{suffix}", variant.slot_kinds.get(slot, "param_shaped")) for slot in variant.slots]
+
+    def since(self, kind: str, value: Any) -> int:
+        """The schema version a value of ``kind`` needs: its kind's, or a newer field's that it sets."""
+        used = [f.since_schema for f in self.fields_of(kind)
+                if getattr(value, f.name, None) not in (None, f.default, False)]
+        return max([self.variant(kind).since_schema, *used])
+
+
+def _linear_warmup_lines(s: Any, sym, gene: str) -> list[str]:
+    x, steps = sym(gene), f"max(t − {s.offset}, 0)" if s.offset else "t"
+    return [f"{x}_t = {x}·min(1, {steps}/{s.horizon})"]
+
+
+def _halflife_lines(s: Any, sym, gene: str) -> list[str]:
+    x, b0 = sym(gene), sym(s.start)
+    return [f"{x}_t = min(exp(ln {b0}·ln {x}/((1 − s)·ln {x} + s·ln {b0})), {x}),  s = min(1, t/{s.horizon})"
+            f":  1/ln {x}_t moves linearly from 1/ln {b0} to 1/ln {x}"]
+
+
+def _power_lines(s: Any, sym, gene: str) -> list[str]:
+    x = sym(gene)
+    power = f"max(t − {s.offset}, 0)^{s.power:g}" if s.offset else f"t^{s.power:g}"
+    return [f"{x}_t = 1 − (1 − {x})·{power}" if gene in ("beta1", "beta2", "beta3") else f"{x}_t = {x}·{power}"]
+
+
+# A signal row's equation is (signal, sym, g, m) -> the signal's expression (m: the term's momentum buffer).
+def _corrected_lines(signal: Any, sym, g: str, m: str) -> str:
+    b = sym(signal.beta)
+    c = f"({g} + {sym(signal.gamma)}·{b}/(1 − {b})·({g} − {g}_prev))"
+    return f"clip_{sym(signal.clip)}{c}" if signal.clip else c
+
+
+# An eps_mode row's equation is (precondition, sym, y, v, bc, d) -> y divided by the root of v (bc: the
+# bias correction's expression or "", d: "d_t·" with loss feedback or "").
+def _root(v: str, bc: str) -> str:
+    return f"√({v}/{bc})" if bc else f"√{v}"
+
+
+def _outside(pre: Any, sym, y: str, v: str, bc: str, d: str) -> str:
+    return f"{y}/({d}{_root(v, bc)} + {sym(pre.eps)})"
+
+
+def _raw(pre: Any, sym, y: str, v: str, bc: str, d: str) -> str:
+    return f"{f'√{bc}·' if bc else ''}{y}/({d}√{v} + {sym(pre.eps)})"
+
+
+def _inside(pre: Any, sym, y: str, v: str, bc: str, d: str) -> str:
+    return f"{y}/({d}√({v}/{bc} + {sym(pre.eps)}))" if bc else f"{y}/({d}√({v} + {sym(pre.eps)}))"
+
+
+def _clamp(pre: Any, sym, y: str, v: str, bc: str, d: str) -> str:
+    return f"{y}/max({d}{_root(v, bc)}, {sym(pre.eps)})"
+
+
+def _atan2(pre: Any, sym, y: str, v: str, bc: str, d: str) -> str:
+    return f"{sym(pre.a)}·atan2({y}, {sym(pre.b)}·{d}{_root(v, bc)})"
+
+
+# A precondition row's equation is (precondition, sym, v, x) -> the lines advancing its statistic v of x
+# (shown where v first appears).
+def _stale(pre: Any, v: str, x: str) -> str:
+    return f"   (after use: the division reads {v} of step t − 1; {v}_0 = {x}² at t = 1, when the term is 0)" \
+        if pre.stale else ""
+
+
+def _second_moment_lines(pre: Any, sym, v: str, x: str) -> list[str]:
+    b = sym(pre.beta)
+    return [f"{v} ← {b}·{v} + (1 − {b})·{x}²" + _stale(pre, v, x)]
+
+
+def _belief_lines(pre: Any, sym, v: str, x: str) -> list[str]:
+    b = sym(pre.beta)
+    return [f"{v} ← {b}·{v} + (1 − {b})·{x}² + {sym(pre.eps)}" + _stale(pre, v, x)]
+
+
+def _factored_lines(pre: Any, sym, v: str, x: str) -> list[str]:
+    b = sym(pre.beta)
+    return [f"R ← {b}·R + (1 − {b})·mean_cols({x}²);  C ← {b}·C + (1 − {b})·mean_rows({x}²);  "
+            f"{v} = R·C/max(mean(R), {sym(pre.eps)})   (over the last two dims; a tensor of "
+            f"< 2 dims keeps {v} ← {b}·{v} + (1 − {b})·{x}²)"]
+
+
+def _averaged(mom: Any, sym, m: str, x: str) -> str:
+    b = sym(mom.beta)
+    return f"{m} ← {b}·{m} + (1 − {b})·{x}" if mom.dampening else f"{m} ← {b}·{m} + {x}"
+
+
+# A momentum row's equation is (momentum, sym, m, x) -> (lines shown where the buffer m first appears,
+# lines shown at every use, the term's numerator).
+def _ema_lines(mom: Any, sym, m: str, x: str) -> tuple[list[str], list[str], str]:
+    bias = f"/(1 − {sym(mom.beta)}^t)" if mom.bias_correction else ""
+    return [_averaged(mom, sym, m, x)], [], f"{m}{bias}"
+
+
+def _nesterov_lines(mom: Any, sym, m: str, x: str) -> tuple[list[str], list[str], str]:
+    b, bias = sym(mom.beta), f"/(1 − {sym(mom.beta)}^t)" if mom.bias_correction else ""
+    lead = f"(1 − {b})·{x}" if mom.dampening else x
+    return [_averaged(mom, sym, m, x)], [], f"({lead} + {b}·{m}){bias}"
+
+
+def _interp_lines(mom: Any, sym, m: str, x: str) -> tuple[list[str], list[str], str]:
+    mix = sym(mom.mix)
+    return [f"c = {mix}·{m} + (1 − {mix})·{x};  then {_averaged(mom, sym, m, x)}"], [], "c"
+
+
+def _nadam_lines(mom: Any, sym, m: str, x: str) -> tuple[list[str], list[str], str]:
+    b = sym(mom.beta)
+    return ([_averaged(mom, sym, m, x)], [f"μ_t = {b}·(1 − ½·0.96^(t·{sym(mom.decay)}))"],
+            f"[(1 − μ_t)/(1 − Πμ)·{x} + μ_(t+1)/(1 − Πμ·μ_(t+1))·{m}]")
+
+
+_MOMENTS = "evolveopt.primitives.moments"
+_HORIZON = Field("horizon", integer=True, minimum=1)
+_OFFSET = Field("offset", integer=True, required=False, default=0)
+_MOMENTUM_BETA = _gene("beta", "rate")
+_DAMPED = (_MOMENTUM_BETA, Field("dampening", flag=True, required=False, default=True),
+           Field("bias_correction", flag=True, required=False, default=False))
+_PRE_BETA = (_gene("beta", "rate"), Field("bias_correction", flag=True, required=False, default=False),
+             Field("rectify", flag=True, required=False, default=False))
+_EPS = (_gene("eps", "eps"),)
+
+PARTS: dict[str, Part] = {part.key: part for part in (
+    Part("signal", "the quantity a statistic averages (schema.Signal)", default="grad", variants=(
+        Variant("grad", equation=lambda signal, sym, g, m: g),
+        Variant("grad_diff", slots=("prev_grad",), equation=lambda signal, sym, g, m: f"({g} − {g}_prev)"),
+        Variant("nesterov_grad", (_gene("beta", "rate"),), slots=("prev_grad",),
+                equation=lambda signal, sym, g, m: f"({g} + {sym(signal.beta)}·({g} − {g}_prev))"),
+        Variant("residual", tags=("precondition_only",), equation=lambda signal, sym, g, m: f"({g} − {m})"),
+        Variant("corrected_grad", (_gene("beta", "rate"), _gene("gamma", "correction"),
+                                   _gene("clip", "threshold", required=False)), slots=("prev_grad",),
+                equation=_corrected_lines, since_schema=2),
+    )),
+    Part("momentum", "a term's first-moment statistic (schema.Momentum)", variants=(
+        Variant("ema", _DAMPED, slots=("momentum",), function=f"{_MOMENTS}:ema", equation=_ema_lines),
+        # shares the buffer of an ema of the same signal and β
+        Variant("nesterov", _DAMPED, slots=("momentum",), function=f"{_MOMENTS}:nesterov", equation=_nesterov_lines),
+        Variant("interp", (_MOMENTUM_BETA, _gene("mix", "rate")), slots=("lion_momentum",),  # reads m_{t−1} first
+                function=f"{_MOMENTS}:interp", equation=_interp_lines),
+        Variant("nadam", (_MOMENTUM_BETA, _gene("decay", "momentum_decay")), slots=("nadam_momentum", "nadam_mu_product"),
+                slot_kinds={"nadam_mu_product": "per_member"}, function=f"{_MOMENTS}:nadam", equation=_nadam_lines),
+    )),
+    Part("precondition", "a term's second-moment statistic (schema.Precondition)", variants=(
+        Variant("ema", _PRE_BETA, slots=("second_moment",), equation=_second_moment_lines),
+        # v̄ ← max(v̄, v): the root is taken of its last slot (equations.py shows the running max)
+        Variant("max", _PRE_BETA, slots=("second_moment", "second_moment_max"), equation=_second_moment_lines),
+        Variant("sum", slots=("sum_of_squares",),
+                equation=lambda pre, sym, v, x: [f"{v} ← {v} + {x}²" + _stale(pre, v, x)]),
+        Variant("belief", _PRE_BETA, slots=("belief",), slot_keys=("beta", "eps"),  # its state holds ε
+                equation=_belief_lines),
+        # rows R and columns C (a full v for tensors of < 2 dims); v̂ is rebuilt each step
+        Variant("factored", _PRE_BETA, slots=("factored_rows", "factored_columns"),
+                slot_kinds={"factored_rows": "factored_rows", "factored_columns": "factored_columns"},
+                equation=_factored_lines, since_schema=2),
+    ), common=(Field("stale", flag=True, required=False, default=False, since_schema=2),
+               Field("clip", roles=("threshold",), required=False, since_schema=2))),
+    Part("eps_mode", "where a precondition's floor ε goes (schema.Precondition.eps_mode)", default="outside",
+         variants=(
+             Variant("outside", _EPS, draw={"eps": "eps"}, equation=_outside),
+             Variant("raw", _EPS, draw={"eps": "eps"}, equation=_raw),
+             Variant("inside", _EPS, draw={"eps": "eps"}, equation=_inside),
+             Variant("clamp", _EPS, draw={"eps": "eps"}, equation=_clamp, since_schema=2),
+             Variant("atan2", (_gene("a", "atan2_scale"), _gene("b", "atan2_scale")), draw={"a": "a", "b": "b"},
+                     equation=_atan2, since_schema=2),
+         )),
+    Part("order", "the order of a term's statistics (schema.Term.order)", default="momentum_first", variants=(
+        Variant("momentum_first"),
+        Variant("normalize_first", since_schema=2),
+    )),
+    Part("gene_schedule", "a gene that varies with the step (schema.GeneSchedule)", variants=(
+        Variant("linear_warmup", (_HORIZON, _OFFSET), equation=_linear_warmup_lines),
+        Variant("halflife_warmup", (_HORIZON, _gene("start", "rate")), equation=_halflife_lines),
+        Variant("power", (Field("power"), _OFFSET), equation=_power_lines),
+    )),
+)}
+
+
 def primitive_modules() -> tuple[str, ...]:
-    """The torch-side modules that implement some locus (the export bundler ships them)."""
-    names = {v.function.split(":")[0] for locus in LOCI.values() for v in locus.variants if v.function}
+    """The torch-side modules that implement some locus or term-level part (the export bundler ships them)."""
+    rows = [*LOCI.values(), *PARTS.values()]
+    names = {v.function.split(":")[0] for row in rows for v in row.variants if v.function}
     return tuple(sorted(names))

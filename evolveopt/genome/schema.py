@@ -38,18 +38,19 @@ from typing import Any
 from evolveopt.errors import GenomeError
 from evolveopt.genome.genes import as_written_number, gene_spec, known_gene_names, range_problem, role_problem
 from evolveopt.genome.registry import (HORIZON_SCHEDULES, LOCI, Adaptor, Cautious, Clip, Layerwise, Locus,
-                                       LossFeedback, Schedule, WeightDecay, locus_genes)
+                                       LossFeedback, PARTS, Schedule, WeightDecay, locus_genes)
 
 SCHEMA_VERSION = 2  # files say the lowest version that expresses them (1 unless a v2 locus is used)
 READABLE_VERSIONS = (1, 2)
 
-SIGNALS = ("grad", "grad_diff", "nesterov_grad", "residual", "corrected_grad")  # corrected_grad: schema 2
-TERM_SIGNALS = ("grad", "grad_diff", "nesterov_grad", "corrected_grad")
-MOMENTUM_KINDS = ("ema", "nesterov", "interp", "nadam")
-PRECONDITION_KINDS = ("ema", "max", "sum", "belief", "factored")  # factored: schema 2
-EPS_MODES = ("outside", "raw", "inside", "clamp", "atan2")  # clamp and atan2: schema 2
-TERM_ORDERS = ("momentum_first", "normalize_first")  # normalize_first: schema 2
-GENE_SCHEDULE_KINDS = ("linear_warmup", "halflife_warmup", "power")
+# The term-level parts and gene schedules, declared in registry.PARTS (kinds, fields, schema versions).
+SIGNALS = PARTS["signal"].kinds
+TERM_SIGNALS = PARTS["signal"].kinds_without("precondition_only")
+MOMENTUM_KINDS = PARTS["momentum"].kinds
+PRECONDITION_KINDS = PARTS["precondition"].kinds
+EPS_MODES = PARTS["eps_mode"].kinds
+TERM_ORDERS = PARTS["order"].kinds
+GENE_SCHEDULE_KINDS = PARTS["gene_schedule"].kinds
 # The whole-genome loci around the terms, in registry order (diff and crossover use it): registry.py.
 CLIP_MODES = LOCI["clip"].kinds
 LAYERWISE_KINDS = LOCI["layerwise"].kinds
@@ -351,53 +352,55 @@ def _parse_genes(node: _Node) -> dict[str, float]:
     return genes
 
 
+def _part_values(node: _Node, genes: dict[str, float], part: Any, kind: str, version: int, takes_no,
+                 needs=None, keys: tuple[str, ...] | None = None, tag: str = "kind") -> dict[str, Any]:
+    """The field values of a term-level part of ``kind`` from its mapping node, checked against its
+    registry.PARTS row: the schema version of the kind and of each field set, keys the kind does not
+    take (``takes_no(key, own names, kinds taking it)`` words the error), required fields (``needs(name)``)."""
+    variant = part.variant(kind)
+    if variant.since_schema > version:
+        _needs_version(node.child(tag), version, variant.since_schema)
+    own = part.fields_of(kind)
+    names = [f.name for f in own]
+    for key in keys if keys is not None else part.keys()[1:]:
+        if node.has(key) and key not in names:
+            takers = [v.kind for v in part.variants if key in [f.name for f in part.fields_of(v.kind)]]
+            raise node.child(key).fail(takes_no(key, names, takers))
+    values: dict[str, Any] = {}
+    for f in own:
+        child = node.child(f.name)
+        if f.since_schema > version and node.has(f.name):
+            _needs_version(child, version, f.since_schema)
+        if f.required and not node.has(f.name):
+            raise node.fail(needs(f.name) if needs else f"{part.key} '{kind}' needs '{f.name}'")
+        if f.is_gene:
+            values[f.name] = child.gene_ref(genes, f.roles, optional=not f.required)
+        elif f.flag:
+            values[f.name] = child.boolean(f.default)
+    return values
+
+
 def _parse_signal(node: _Node, genes: dict[str, float], allowed: tuple[str, ...], version: int = SCHEMA_VERSION
                   ) -> Signal:
     if node.value is None:
         return Signal()
-    kind, node = _kind_node(node, ("kind", "beta", "gamma", "clip"))
+    part = PARTS["signal"]
+    kind, node = _kind_node(node, part.keys())
     node.child("kind").choice(allowed)
-    if kind != "corrected_grad":
-        for key in ("gamma", "clip"):
-            if node.has(key):
-                raise node.child(key).fail(f"signal '{kind}' takes no {key} (corrected_grad does)")
-    if kind == "corrected_grad":
-        _needs_v2(node.child("kind"), version)
-        for key in ("beta", "gamma"):
-            if not node.has(key):
-                raise node.fail(f"signal 'corrected_grad' needs '{key}'")
-        return Signal(kind, node.child("beta").gene_ref(genes, "rate"), node.child("gamma").gene_ref(genes, "correction"),
-                      node.child("clip").gene_ref(genes, "threshold", optional=True))
-    if kind == "nesterov_grad":
-        return Signal(kind, node.child("beta").gene_ref(genes, "rate"))
-    if node.has("beta"):
-        raise node.child("beta").fail(f"signal '{kind}' takes no beta")
-    return Signal(kind)
+    values = _part_values(node, genes, part, kind, version, lambda key, own, takers: f"signal '{kind}' takes no {key}"
+                          + (f" ({takers[0]} does)" if len(takers) == 1 else ""))
+    return Signal(kind, **values)
 
 
-def _parse_momentum(node: _Node, genes: dict[str, float]) -> Momentum | None:
+def _parse_momentum(node: _Node, genes: dict[str, float], version: int = SCHEMA_VERSION) -> Momentum | None:
     if node.is_none():
         return None
-    keys = ("kind", "beta", "dampening", "bias_correction", "mix", "decay")
-    node.mapping(keys, required=("kind", "beta"))
-    kind = node.child("kind").choice(MOMENTUM_KINDS)
-    allowed = {
-        "ema": ("dampening", "bias_correction"),
-        "nesterov": ("dampening", "bias_correction"),
-        "interp": ("mix",),
-        "nadam": ("decay",),
-    }[kind]
-    for key in ("dampening", "bias_correction", "mix", "decay"):
-        if node.has(key) and key not in allowed:
-            raise node.child(key).fail(f"momentum '{kind}' takes no '{key}' (it takes: beta, {', '.join(allowed)})")
-    momentum = Momentum(
-        kind=kind,
-        beta=node.child("beta").gene_ref(genes, "rate"),
-        dampening=node.child("dampening").boolean(True),
-        bias_correction=node.child("bias_correction").boolean(False),
-        mix=node.child("mix").gene_ref(genes, "rate", optional=kind != "interp"),
-        decay=node.child("decay").gene_ref(genes, "momentum_decay", optional=kind != "nadam"),
-    )
+    part = PARTS["momentum"]
+    node.mapping(part.keys(), required=("kind", "beta"))
+    kind = node.child("kind").choice(part.kinds)
+    values = _part_values(node, genes, part, kind, version, lambda key, own, takers:
+                          f"momentum '{kind}' takes no '{key}' (it takes: {', '.join(own)})")
+    momentum = Momentum(kind=kind, **values)
     if momentum.bias_correction and not momentum.dampening:
         raise node.child("bias_correction").fail("bias correction needs dampening: true")
     return momentum
@@ -407,71 +410,51 @@ def _parse_precondition(node: _Node, genes: dict[str, float], has_momentum: bool
                         ) -> Precondition | None:
     if node.is_none():
         return None
-    keys = ("kind", "beta", "eps", "signal", "eps_mode", "bias_correction", "rectify", "a", "b", "stale", "clip")
+    part, modes = PARTS["precondition"], PARTS["eps_mode"]
+    keys = (*part.keys(), *modes.keys()[1:], "signal", "eps_mode")
     node.mapping(keys, required=("kind",))
-    kind = node.child("kind").choice(PRECONDITION_KINDS)
-    if kind == "sum":
-        for key in ("beta", "bias_correction", "rectify"):
-            if node.has(key):
-                raise node.child(key).fail(f"precondition 'sum' takes no '{key}'")
-    elif not node.has("beta"):
-        raise node.fail(f"precondition '{kind}' needs a beta")
-    eps_mode = node.child("eps_mode").choice(EPS_MODES) if node.has("eps_mode") else "outside"
-    for key, used in (("eps_mode", eps_mode in ("clamp", "atan2")), ("stale", node.has("stale")),
-                      ("clip", node.has("clip"))):
-        if used:
-            _needs_v2(node.child(key), version)
-    if kind == "factored":
-        _needs_v2(node.child("kind"), version)
-        if eps_mode == "atan2":
-            raise node.child("eps_mode").fail("precondition 'factored' needs eps (the floor of mean(R)); "
-                                              "eps_mode 'atan2' takes none")
-    if eps_mode == "atan2":
-        if kind == "belief":
-            raise node.child("eps_mode").fail("precondition 'belief' adds ε to its state; eps_mode 'atan2' takes no ε "
-                                              "(use ema, max or sum)")
-        if node.has("eps"):
-            raise node.child("eps").fail("eps_mode 'atan2' takes no eps (it takes a and b)")
-        for key in ("a", "b"):
-            if not node.has(key):
-                raise node.fail(f"eps_mode 'atan2' needs '{key}'")
-    else:
-        for key in ("a", "b"):
-            if node.has(key):
-                raise node.child(key).fail(f"'{key}' is a gene of eps_mode 'atan2' only (this eps_mode is '{eps_mode}')")
-        if not node.has("eps"):
-            raise node.fail("missing required key 'eps'")
+    kind = node.child("kind").choice(part.kinds)
+    eps_mode = node.child("eps_mode").choice(modes.kinds) if node.has("eps_mode") else modes.default
+    values = _part_values(node, genes, part, kind, version, lambda key, own, takers:
+                          f"precondition '{kind}' takes no '{key}'", lambda name: f"precondition '{kind}' needs a {name}",
+                          keys=part.keys()[1:])
+    # Combinations the parts' rows do not express on their own:
+    if kind == "factored" and eps_mode == "atan2":
+        raise node.child("eps_mode").fail("precondition 'factored' needs eps (the floor of mean(R)); "
+                                          "eps_mode 'atan2' takes none")
+    if kind == "belief" and eps_mode == "atan2":
+        raise node.child("eps_mode").fail("precondition 'belief' adds ε to its state; eps_mode 'atan2' takes no ε "
+                                          "(use ema, max or sum)")
+    values |= _part_values(
+        node, genes, modes, eps_mode, version,
+        lambda key, own, takers: (f"'{key}' is a gene of eps_mode '{takers[0]}' only (this eps_mode is '{eps_mode}')"
+                                  if len(takers) == 1 else
+                                  f"eps_mode '{eps_mode}' takes no {key} (it takes {' and '.join(own)})"),
+        lambda name: f"eps_mode '{eps_mode}' needs '{name}'" if node.has("eps_mode") else
+        f"missing required key '{name}'", keys=modes.keys()[1:], tag="eps_mode")
     signal = _parse_signal(node.child("signal"), genes, SIGNALS, version)
     if signal.kind == "residual" and not has_momentum:
         raise node.child("signal").fail("signal 'residual' needs the term to have a momentum")
-    stale = node.child("stale").boolean(False)
-    if stale:
+    if values.get("stale"):
         for key in ("bias_correction", "rectify"):
-            if node.child(key).boolean(False):
+            if values.get(key):
                 raise node.child(key).fail(f"a stale precondition takes no {key} (v_0 = x_1² is unbiased)")
-    return Precondition(
-        kind=kind,
-        eps=node.child("eps").gene_ref(genes, "eps", optional=eps_mode == "atan2"),
-        beta=node.child("beta").gene_ref(genes, "rate", optional=kind == "sum"),
-        signal=signal,
-        eps_mode=eps_mode,
-        bias_correction=node.child("bias_correction").boolean(False),
-        rectify=node.child("rectify").boolean(False),
-        a=node.child("a").gene_ref(genes, "atan2_scale", optional=True),
-        b=node.child("b").gene_ref(genes, "atan2_scale", optional=True),
-        stale=stale,
-        clip=node.child("clip").gene_ref(genes, "threshold", optional=True),
-    )
+    return Precondition(kind=kind, eps=values.pop("eps", None), signal=signal, eps_mode=eps_mode, **values)
+
+
+def _needs_version(node: _Node, version: int, since: int) -> None:
+    if version < since:
+        raise node.fail(f"'{node.path.rsplit('.', 1)[-1]}: {node.value}' needs schema_version {since} "
+                        f"(this file says {version})")
 
 
 def _needs_v2(node: _Node, version: int) -> None:
-    if version < 2:
-        raise node.fail(f"'{node.path.rsplit('.', 1)[-1]}: {node.value}' needs schema_version 2 (this file says {version})")
+    _needs_version(node, version, 2)
 
 
 def _parse_term(node: _Node, genes: dict[str, float], version: int) -> Term:
     node.mapping(("weight", "signal", "momentum", "precondition", "sign", "order"))
-    momentum = _parse_momentum(node.child("momentum"), genes)
+    momentum = _parse_momentum(node.child("momentum"), genes, version)
     precondition = _parse_precondition(node.child("precondition"), genes, momentum is not None, version)
     order = node.child("order").choice(TERM_ORDERS) if node.has("order") else "momentum_first"
     if node.has("order"):
@@ -534,15 +517,17 @@ def _parse_gene_schedules(node: _Node, genes: dict[str, float], version: int) ->
         role = gene_spec(name).role
         if role in _UNSCHEDULABLE_ROLES:
             raise item.fail(f"gene '{name}' cannot have a schedule ({_why_unschedulable(role)})")
-        kind, item = _kind_node(item, ("kind", "horizon", "start", "power", "offset"))
-        item.child("kind").choice(GENE_SCHEDULE_KINDS)
-        own = {"linear_warmup": ("horizon", "offset"), "halflife_warmup": ("horizon", "start"),
-               "power": ("power", "offset")}[kind]
-        for key in ("horizon", "start", "power", "offset"):
-            if item.has(key) and key not in own:
-                raise item.child(key).fail(f"schedule '{kind}' takes no '{key}' (it takes: {', '.join(own)})")
-            if key in own and key != "offset" and not item.has(key):
-                raise item.fail(f"schedule '{kind}' needs '{key}'")
+        part = PARTS["gene_schedule"]
+        kind, item = _kind_node(item, part.keys())
+        item.child("kind").choice(part.kinds)
+        own = part.fields_of(kind)
+        for key in part.keys()[1:]:
+            if item.has(key) and key not in [f.name for f in own]:
+                raise item.child(key).fail(f"schedule '{kind}' takes no '{key}' (it takes: "
+                                           f"{', '.join(f.name for f in own)})")
+        for f in own:
+            if f.required and not item.has(f.name):
+                raise item.fail(f"schedule '{kind}' needs '{f.name}'")
         is_rate = gene_spec(name).scale == "beta"
         if kind == "halflife_warmup" and not is_rate:
             raise item.fail(f"schedule 'halflife_warmup' is for a rate (beta1..beta3), not '{name}'")
@@ -731,6 +716,18 @@ def parse_genome(data: Any, source: str = "genome", allow_unused_genes: bool = F
     return genome
 
 
+def term_genes(term: Term) -> list[str]:
+    """The genes a term's parts refer to (not its weight), as registry.PARTS declares their fields."""
+    signal, pre = PARTS["signal"], PARTS["precondition"]
+    refs = signal.genes(term.signal.kind, term.signal)
+    if term.momentum is not None:
+        refs += PARTS["momentum"].genes(term.momentum.kind, term.momentum)
+    if term.precondition is not None:
+        p = term.precondition
+        refs += (pre.genes(p.kind, p) + PARTS["eps_mode"].genes(p.eps_mode, p) + signal.genes(p.signal.kind, p.signal))
+    return refs
+
+
 def referenced_genes(genome: Genome) -> set[str]:
     """Every gene name the structure refers to (``lr`` always)."""
     refs: list[str | None] = ["lr"]
@@ -740,12 +737,7 @@ def referenced_genes(genome: Genome) -> set[str]:
         refs.append(genome.fallback.lr_ratio)
     for terms, loci in rules:
         for term in terms:
-            refs += [term.weight, term.signal.beta, term.signal.gamma, term.signal.clip]
-            if term.momentum is not None:
-                refs += [term.momentum.beta, term.momentum.mix, term.momentum.decay]
-            if term.precondition is not None:
-                pre = term.precondition
-                refs += [pre.eps, pre.beta, pre.signal.beta, pre.signal.gamma, pre.signal.clip, pre.a, pre.b, pre.clip]
+            refs += [term.weight, *term_genes(term)]
         for key, value in loci.items():
             refs += locus_genes(LOCI[key], value)
     for schedule in genome.gene_schedules.values():
@@ -785,21 +777,25 @@ def fallback_to_dict(fb: Fallback) -> dict[str, Any]:
 def schema_version_of(genome: Genome) -> int:
     """The lowest schema version that expresses ``genome`` (so v1 rules keep their files and hashes)."""
     terms = [*genome.terms, *(genome.fallback.terms if genome.fallback else ())]
-    v2_terms = any(_term_is_v2(t) for t in terms) or bool(genome.gene_schedules)
+    v2_terms = max([1, *map(_term_since, terms)]) >= 2 or bool(genome.gene_schedules)  # gene_schedules: a v2 key
     every_loci = [*genome.loci.items(), *(genome.fallback.loci.items() if genome.fallback else ())]
     loci = [max(LOCI[key].since_schema, LOCI[key].variant(LOCI[key].kind_of(value)).since_schema)
             for key, value in every_loci]
     return max([1, 2 if v2_terms else 1, *loci, *([FALLBACK_SINCE_SCHEMA] if genome.fallback else [])])
 
 
-def _term_is_v2(term: Term) -> bool:
+def _term_since(term: Term) -> int:
+    """The schema version a term needs: the newest of its parts' kinds and the fields it sets (PARTS)."""
     pre = term.precondition
-    if term.weight is not None and gene_spec(term.weight).role == "coefficient":  # AdEMAMix's α
-        return True
-    if "corrected_grad" in (term.signal.kind, pre.signal.kind if pre is not None else None):  # MARS
-        return True
-    return term.order != "momentum_first" or (pre is not None and (
-        pre.eps_mode in ("clamp", "atan2") or pre.stale or pre.clip is not None or pre.kind == "factored"))
+    versions = [PARTS["signal"].since(term.signal.kind, term.signal), PARTS["order"].variant(term.order).since_schema]
+    if term.weight is not None and gene_spec(term.weight).role == "coefficient":  # AdEMAMix's α (a v2 role)
+        versions.append(2)
+    if term.momentum is not None:
+        versions.append(PARTS["momentum"].since(term.momentum.kind, term.momentum))
+    if pre is not None:
+        versions += [PARTS["precondition"].since(pre.kind, pre), PARTS["eps_mode"].since(pre.eps_mode, pre),
+                     PARTS["signal"].since(pre.signal.kind, pre.signal)]
+    return max(versions)
 
 
 def locus_to_data(locus: Locus, value: Any) -> Any:

@@ -6,7 +6,7 @@ checkpoint reads like the rule: ``momentum.grad.beta1``, ``second_moment.grad.be
 
 from __future__ import annotations
 
-from evolveopt.genome.registry import LOCI, locus_slot_kinds
+from evolveopt.genome.registry import LOCI, PARTS, locus_slot_kinds
 from evolveopt.genome.schema import Genome, Signal, Term, fallback_genome
 
 
@@ -32,35 +32,37 @@ def _averaged(term: Term) -> str:
     return signal_name(term.signal)
 
 
-def momentum_slot(term: Term) -> str:
+def _momentum_slots(term: Term) -> list[tuple[str, str]]:
     mom = term.momentum
-    name = f"momentum.{_averaged(term)}.{mom.beta}"
-    if mom.kind == "interp":  # Lion reads m_{t-1} before updating: a buffer of its own
-        return f"lion_{name}.{mom.mix}"
-    if mom.kind == "nadam":  # the NAdam readout depends on its own μ product
-        return f"nadam_{name}.{mom.decay}"
-    return name if mom.dampening else f"{name}.sum"
+    slots = PARTS["momentum"].slot_names(mom.kind, mom, _averaged(term))
+    if not mom.dampening:  # Σ βᵏx, not an average: a buffer of its own
+        slots[0] = (f"{slots[0][0]}.sum", slots[0][1])
+    return slots
 
 
-def nadam_slot(term: Term) -> str:
-    return f"nadam_mu_product.{_averaged(term)}.{term.momentum.beta}.{term.momentum.decay}"
+def momentum_slot(term: Term) -> str:
+    return _momentum_slots(term)[0][0]
 
 
-def precondition_slots(term: Term) -> list[str]:
-    """Buffer names of a term's second-moment statistic; the last is what the root is taken of."""
+def momentum_slots(term: Term) -> list[str]:
+    """Buffer names of a term's momentum, in its registry row's order (what its function receives)."""
+    return [name for name, _ in _momentum_slots(term)]
+
+
+def _precondition_slots(term: Term) -> list[tuple[str, str]]:
     pre = term.precondition
     signal = signal_name(pre.signal)
     if pre.signal.kind == "residual":
         signal = f"residual({momentum_slot(term)})"
-    stale = ".stale" if pre.stale else ""  # advanced after use, from v_0 = x_1²: not shareable with a fresh one
-    if pre.kind == "sum":
-        return [f"sum_of_squares.{signal}{stale}"]
-    if pre.kind == "belief":
-        return [f"belief.{signal}.{pre.beta}.{pre.eps}{stale}"]
-    if pre.kind == "factored":  # rows and columns (a full v for tensors of < 2 dims); v̂ is rebuilt each step
-        return [f"factored_rows.{signal}.{pre.beta}{stale}", f"factored_columns.{signal}.{pre.beta}{stale}"]
-    base = f"second_moment.{signal}.{pre.beta}{stale}"
-    return [base, f"second_moment_max.{signal}.{pre.beta}{stale}"] if pre.kind == "max" else [base]
+    slots = PARTS["precondition"].slot_names(pre.kind, pre, signal)
+    if pre.stale:  # advanced after use, from v_0 = x_1²: not shareable with a fresh one
+        slots = [(f"{name}.stale", kind) for name, kind in slots]
+    return slots
+
+
+def precondition_slots(term: Term) -> list[str]:
+    """Buffer names of a term's second-moment statistic; the last is what the root is taken of."""
+    return [name for name, _ in _precondition_slots(term)]
 
 
 PARAM_SHAPED = "param_shaped"  # a buffer shaped like its parameter, starting at 0
@@ -81,16 +83,12 @@ def state_slots(genome: Genome) -> dict[str, str]:
     slots: dict[str, str] = {}
     for term in genome.terms:
         signals = [term.signal] + ([term.precondition.signal] if term.precondition else [])
-        if any(s.kind in ("grad_diff", "nesterov_grad", "corrected_grad") for s in signals):
-            slots["prev_grad"] = PARAM_SHAPED
+        for signal in signals:  # the previous gradient, shared by every signal reading it
+            slots.update(dict.fromkeys(PARTS["signal"].variant(signal.kind).slots, PARAM_SHAPED))
         if term.momentum is not None:
-            slots[momentum_slot(term)] = PARAM_SHAPED
-            if term.momentum.kind == "nadam":
-                slots[nadam_slot(term)] = PER_MEMBER
+            slots.update(_momentum_slots(term))
         if term.precondition is not None:
-            names = precondition_slots(term)
-            kinds = [FACTORED_ROWS, FACTORED_COLUMNS] if term.precondition.kind == "factored" else [PARAM_SHAPED] * len(names)
-            slots.update(zip(names, kinds))
+            slots.update(_precondition_slots(term))
     for key, value in genome.loci.items():
         slots.update(locus_slot_kinds(LOCI[key], value))
     return slots

@@ -27,7 +27,7 @@ from evolveopt.genome.genes import WEIGHT_GENE, gene_spec
 from evolveopt.genome.registry import LOCI
 from evolveopt.genome.schema import EPS_MODES, SCHEMA_VERSION, Genome, to_dict
 from evolveopt.search.space import (SearchSpace, _random_term, draw_gene, draw_gene_schedule, prune_gene_schedules,
-                                    random_genome, structure_genes, with_fallback)
+                                    random_genome, set_eps_mode, structure_genes, with_fallback)
 
 Change = tuple[Genome, dict[str, Any]]
 
@@ -172,14 +172,7 @@ def _change_eps_mode(rng, data, space):
     options = [m for m in EPS_MODES if m != pre.get("eps_mode", "outside") and m in space.eps_modes]
     if not options:
         return None
-    pre["eps_mode"] = options[int(rng.integers(len(options)))]
-    if pre["eps_mode"] == "atan2":  # no ε; the atan2 scales instead
-        pre.pop("eps", None)
-        pre.update(a="a", b="b")
-    elif "eps" not in pre:
-        pre.pop("a", None)
-        pre.pop("b", None)
-        pre["eps"] = "eps"
+    set_eps_mode(pre, options[int(rng.integers(len(options)))])
     return {"term": k, "eps_mode": pre["eps_mode"]}
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from evolveopt.genome.genes import GENES, gene_spec
 from evolveopt.genome.canonical import canonical_form
-from evolveopt.genome.registry import LOCI, Locus
+from evolveopt.genome.registry import LOCI, PARTS, Locus
 from evolveopt.genome.schema import (EPS_MODES, GENE_SCHEDULE_KINDS, SCHEMA_VERSION, Genome, outside_step_genes,
                                      parse_genome, referenced_genes)
 from evolveopt.genome.slots import buffers_per_param
@@ -159,15 +159,25 @@ def _random_term(rng: np.random.Generator, space: SearchSpace, index: int) -> di
             pre["signal"] = "residual"
         no_atan2 = precondition in ("belief", "factored")  # ε in belief's state; factored floors mean(R) by ε
         modes = tuple(m for m in space.eps_modes if m != "atan2") if no_atan2 else space.eps_modes
-        pre["eps_mode"] = _pick(rng, modes or ("outside",))
-        if pre["eps_mode"] == "atan2":
-            del pre["eps"]
-            pre.update(a="a", b="b")
+        set_eps_mode(pre, _pick(rng, modes or ("outside",)))
         _draw_v2_precondition(rng, space, term, pre)
         term["precondition"] = pre
     if rng.random() < space.sign_probability:
         term["sign"] = True
     return term
+
+
+def set_eps_mode(pre: dict[str, Any], mode: str) -> None:
+    """Give a drawn precondition eps_mode ``mode`` and the genes its registry row draws (ε, or atan2's a
+    and b), dropping those of the other modes; a gene the precondition names already stays."""
+    modes = PARTS["eps_mode"]
+    pre["eps_mode"] = mode
+    draw = modes.variant(mode).draw
+    for key in modes.keys()[1:]:
+        if key not in draw:
+            pre.pop(key, None)
+    for key, gene in draw.items():
+        pre.setdefault(key, gene)
 
 
 def _draw_v2_precondition(rng: np.random.Generator, space: SearchSpace, term: dict[str, Any], pre: dict[str, Any]) -> None:

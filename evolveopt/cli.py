@@ -419,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seeds", type=at_least(0), nargs="+", default=[0, 1, 2])
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--objective", choices=list(RULES["fitness.objective"]), default=FitnessConfig.objective,
-                    help="the loss compared with tuned Adam's (default: train_loss)")
+                    help="the loss compared with tuned Adam's (default: heldout_loss, the task's own held-out split)")
     ev.add_argument("--cache", default=default_cache_path(), help="SQLite result cache")
     ev.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
     ev.add_argument("--json", action="store_true")

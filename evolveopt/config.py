@@ -34,7 +34,7 @@ class FitnessConfig:
     eta: int = 3
     rungs: int = 3
     max_members: int | None = None  # None: 256 on CPU, what fits in half the free memory on CUDA
-    objective: str = "train_loss"  # train_loss | heldout_loss | combined (evaluation/fitness.py)
+    objective: str = "heldout_loss"  # train_loss | heldout_loss | combined (evaluation/fitness.py; docs/fitness.md)
 
 
 @dataclass(frozen=True)
@@ -119,8 +119,14 @@ def parse_config(data: Any, source: str = "config") -> RunConfig:
     return config
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Read a YAML run config and apply ``key.sub=value`` overrides."""
+# Fields added after runs were first recorded, with the value every run recorded before them ran with:
+# a run's resolved config.yaml that lacks one is read with that value, never with today's default.
+RECORDED_BEFORE: dict[str, Any] = {"fitness.objective": "train_loss"}
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), recorded: bool = False) -> RunConfig:
+    """Read a YAML run config and apply ``key.sub=value`` overrides. ``recorded``: the file is a run's
+    resolved config.yaml, so a field it lacks is one it predates (:data:`RECORDED_BEFORE`)."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -133,6 +139,11 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         where = f"line {mark.line + 1}: " if mark else ""
         raise ConfigError(f"{path}: {where}not valid YAML ({getattr(exc, 'problem', exc)})") from None
     data = {} if data is None else data
+    if recorded and isinstance(data, dict):
+        for key, value in RECORDED_BEFORE.items():
+            section, name = key.split(".")
+            if isinstance(data.get(section), dict) and name not in data[section]:
+                data = {**data, section: {**data[section], name: value}}
     for item in overrides:
         data = apply_override(data, item, str(path))
     return parse_config(data, str(path))

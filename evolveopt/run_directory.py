@@ -210,7 +210,7 @@ class RunDir:
         path = self.file("config.yaml")
         if not path.read_text(encoding="utf-8", errors="replace").strip():
             raise RunDirError(f"{path}: empty (a run's config.yaml holds the config it ran with; damaged run)")
-        return load_config(path)
+        return load_config(path, recorded=True)
 
     def append_lines(self, name: str, records: list[dict[str, Any]]) -> None:
         with open(self.file(name), "a", encoding="utf-8") as f:

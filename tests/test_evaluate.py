@@ -485,7 +485,7 @@ def test_the_train_loss_objective_keeps_the_baseline_records_of_older_runs():
     adam, task = baseline_genome(), {"name": "nqm"}
     before = digest_key({"baseline": genome_hash(adam), **task_identity(make_task(task)), "budget": 10,
                          "seeds": [0], "grid": list(ADAM_LR_GRID)})  # the key as it was before objectives
-    assert baseline_key(task, 10, [0], ADAM_LR_GRID, adam) == before
+    assert baseline_key(task, 10, [0], ADAM_LR_GRID, adam, "train_loss") == before
     assert baseline_key(task, 10, [0], ADAM_LR_GRID, adam, "heldout_loss") != before
 
 
@@ -493,7 +493,22 @@ def test_a_heldout_objective_on_a_task_without_heldout_data_is_one_clear_error()
     from evolveopt.errors import EvaluationError
     from evolveopt.evaluation.fitness import objective_value
 
-    with pytest.raises(EvaluationError, match="needs a held-out loss, but a task measures none"):
+    with pytest.raises(EvaluationError, match="needs a held-out loss, but this task measures none"):
         objective_value(MemberResult(final_loss=0.5, ema_loss=0.5, heldout={}), "heldout_loss")
     with pytest.raises(EvaluationError, match="fitness objective 'val' is not one of"):
         FitnessScorer(FitnessSettings(tasks=["nqm"], budget=5, seeds=[0], objective="val"))
+
+
+def test_a_run_recorded_before_objectives_resumes_with_the_training_loss_it_ran_with(tmp_path):
+    import yaml
+
+    from evolveopt.config import parse_config, to_plain
+    from evolveopt.run_directory import RunDir
+
+    recorded = to_plain(parse_config({}))
+    assert recorded["fitness"].pop("objective") == "heldout_loss"  # today's default
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(recorded))
+    assert RunDir(tmp_path).read_config().fitness.objective == "train_loss"
+    recorded["fitness"]["objective"] = "combined"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(recorded))
+    assert RunDir(tmp_path).read_config().fitness.objective == "combined"

@@ -10,9 +10,12 @@ budget (tuned once on a grid and cached):
 
 The objective (``fitness.objective``) says which loss L is:
 
-* ``train_loss``: the bias-corrected EMA of the training loss at the last step (the default);
-* ``heldout_loss``: the loss on the task's own held-out split after training, at the rule's
-  evaluation point (x for schedule-free averaging); it rewards what generalizes, not memorizing;
+* ``heldout_loss`` (the default): the loss on the task's own held-out split after training, at the
+  rule's evaluation point (x for schedule-free averaging); it rewards what generalizes, not
+  memorizing, and ranks genomes as the held-out suite does a little better than the training loss
+  (``evolveopt bench transfer``, docs/fitness.md);
+* ``train_loss``: the bias-corrected EMA of the training loss at the last step (runs recorded
+  before objectives existed used it, and resume with it);
 * ``combined``: the mean of the two log ratios, log(L*/L) averaged over the two losses.
 
 r = 0 is "as good as tuned Adam", r = log 2 "half Adam's loss". The signed log keeps every
@@ -77,8 +80,9 @@ class GenomeFitness:
 def heldout_loss(result: MemberResult) -> float:
     """The held-out loss of a member; a task that measures none cannot be scored by it."""
     if "loss" not in result.heldout:
-        raise EvaluationError("fitness.objective needs a held-out loss, but a task measures none (its held-out "
-                              f"metrics: {sorted(result.heldout) or 'none'}); use objective train_loss for it")
+        raise EvaluationError("the fitness objective needs a held-out loss, but this task measures none (its held-out "
+                              f"metrics: {', '.join(sorted(result.heldout)) or 'none'}): give it held-out data, or "
+                              "set fitness.objective: train_loss")
     return result.heldout["loss"]
 
 
@@ -176,7 +180,10 @@ def tune_adam_tasks(tasks: Sequence[dict[str, Any]], budget: int, seeds: Sequenc
         evaluation = run(candidates, [tasks[i] for i in todo], budget, seeds, cache=cache)
         for column, i in enumerate(todo):
             per_lr = [per_genome[column] for per_genome in evaluation.results]
-            values = [[objective_value(r, objective) for r in results] for results in per_lr]
+            try:
+                values = [[objective_value(r, objective) for r in results] for results in per_lr]
+            except EvaluationError as exc:
+                raise EvaluationError(f"task {evaluation.task_labels[column]}: {exc}") from None
             medians = [math.inf if not all(map(math.isfinite, v)) else statistics.median(v) for v in values]
             best = min(range(len(grid)), key=lambda k: medians[k])
             if not math.isfinite(medians[best]):
@@ -197,9 +204,12 @@ def score_evaluation(evaluation: Evaluation, baselines: Sequence[Baseline]) -> l
     for per_genome in evaluation.results:
         task_scores, heldout, failures = {}, {}, []
         for label, per_task, baseline in zip(evaluation.task_labels, per_genome, baselines):
-            task_scores[label] = task_score(per_task, [baseline.losses[s] for s in evaluation.seeds],
-                                            [baseline.heldout_losses.get(s, math.nan) for s in evaluation.seeds],
-                                            baseline.objective)
+            try:
+                task_scores[label] = task_score(per_task, [baseline.losses[s] for s in evaluation.seeds],
+                                                [baseline.heldout_losses.get(s, math.nan) for s in evaluation.seeds],
+                                                baseline.objective)
+            except EvaluationError as exc:
+                raise EvaluationError(f"task {label}: {exc}") from None
             heldout[label] = _median_metrics(per_task)
             failures += [f"{label} seed {s}: {failure_reason(r)}" for s, r in zip(evaluation.seeds, per_task)
                          if failure_reason(r)]

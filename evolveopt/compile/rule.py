@@ -111,6 +111,9 @@ class Rule:
         self.on_direction = _stage(genome, "direction")
         self.move = _stage(genome, "move")  # replaces θ ← θ − η_t·u where a locus moves θ itself
         self.after_move = _stage(genome, "after")
+        # the momentum rows' functions, resolved once (a look-up inside step() would be traced by torch.compile)
+        self.momentum_functions = {kind: _function(PARTS["momentum"].variant(kind).function)
+                                   for kind in {t.momentum.kind for t in genome.terms if t.momentum}}
 
     def init_state(self, param: Tensor, member_dims: int = 0, capturable: bool = False) -> dict[str, Tensor]:
         """Fresh state for one parameter tensor (``[P, ...]`` when member_dims is 1); scalar slots
@@ -268,8 +271,7 @@ class Rule:
         if slot in cache.updated:  # an EMA/Nesterov term sharing this buffer already advanced it
             parts = _momentum_readout(mom, m, x, beta, t)
         else:  # the row's function (registry.PARTS) with the row's buffers
-            function = _function(PARTS["momentum"].variant(mom.kind).function)
-            parts = function(mom, [state[name] for name in momentum_slots(term)], x, ctx)
+            parts = self.momentum_functions[mom.kind](mom, [state[name] for name in momentum_slots(term)], x, ctx)
         cache.updated[slot] = m
         cache.momentum_parts[key] = parts
         return parts

@@ -34,9 +34,10 @@ from evolveopt.tasks.module import ModuleTask
 
 
 def make(hidden=8):
-    x, y, _, _ = sklearn_classification("digits")
+    x, y, x_test, y_test = sklearn_classification("digits")
     model = lambda seed: nn.Sequential(nn.Linear(64, hidden), nn.Tanh(), nn.Linear(hidden, 10))  # noqa: E731
-    return ModuleTask("shipped_mlp", model, (x, y), nn.functional.cross_entropy, batch_size=32, version="1")
+    return ModuleTask("shipped_mlp", model, (x, y), nn.functional.cross_entropy, batch_size=32,
+                      heldout=(x_test, y_test), version="1")
 """
 
 

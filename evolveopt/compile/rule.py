@@ -26,12 +26,12 @@ from torch import Tensor
 
 from evolveopt.errors import OptimizerUsageError
 from evolveopt.genome.genes import gene_spec
-from evolveopt.genome.registry import PARTS, global_stages, pipeline
+from evolveopt.genome.registry import DEFAULT_READ, PARTS, global_stages, pipeline
 from evolveopt.genome.schema import Genome, Momentum, Signal, Term, fallback_genome
 from evolveopt.genome.slots import (FACTORED_COLUMNS, FACTORED_ROWS, PARAM_COPY, PARAM_KINDS, PARAM_SHAPED,
                                     PER_MEMBER_ZERO, momentum_slot, momentum_slots, precondition_slots, signal_name,
                                     state_slots)
-from evolveopt.primitives import gradient, moments, preconditioners, schedules
+from evolveopt.primitives import moments, preconditioners, schedules
 from evolveopt.primitives import tensorlist as tl
 from evolveopt.primitives.tensorlist import Factor, Scalar, Step, TensorList
 
@@ -93,9 +93,34 @@ class _StepCache:
 
     grads: TensorList
     signals: dict[str, TensorList] = field(default_factory=dict)
-    updated: dict[str, TensorList] = field(default_factory=dict)
+    updated: dict[str, TensorList] = field(default_factory=dict)  # buffers advanced this step, by slot
+    statistics: dict[tuple, TensorList] = field(default_factory=dict)  # what a precondition's root is of, by slots
     momentum_parts: dict[tuple, moments.Parts] = field(default_factory=dict)
     stale_updates: dict[str, Callable[[], None]] = field(default_factory=dict)  # run once every term has read
+
+
+@dataclass
+class SignalSource:
+    """What a signal row's function reads (registry.PARTS["signal"], primitives/gradient.py)."""
+
+    rule: "Rule"
+    term: Term
+    state: Mapping[str, TensorList]
+    cache: _StepCache
+    ctx: StepContext
+
+    @property
+    def grads(self) -> TensorList:
+        return self.cache.grads
+
+    def signal(self, signal: Signal | str) -> TensorList:
+        """Another signal of this step (a kind, or a Signal value)."""
+        signal = Signal(signal) if isinstance(signal, str) else signal
+        return self.rule._signal(signal, self.term, self.state, self.cache, self.ctx)
+
+    def momentum(self) -> TensorList:
+        """The term's momentum buffer (as advanced so far this step)."""
+        return self.state[momentum_slot(self.term)]
 
 
 class Rule:
@@ -111,9 +136,9 @@ class Rule:
         self.on_direction = _stage(genome, "direction")
         self.move = _stage(genome, "move")  # replaces θ ← θ − η_t·u where a locus moves θ itself
         self.after_move = _stage(genome, "after")
-        # the momentum rows' functions, resolved once (a look-up inside step() would be traced by torch.compile)
-        self.momentum_functions = {kind: _function(PARTS["momentum"].variant(kind).function)
-                                   for kind in {t.momentum.kind for t in genome.terms if t.momentum}}
+        # the term parts' row functions, resolved once (a look-up inside step() would be traced by torch.compile)
+        self.functions = part_functions(genome)
+        self.per_term_signals = {kind for kind in PARTS["signal"].kinds if "per_term" in PARTS["signal"].variant(kind).tags}
 
     def init_state(self, param: Tensor, member_dims: int = 0, capturable: bool = False) -> dict[str, Tensor]:
         """Fresh state for one parameter tensor (``[P, ...]`` when member_dims is 1); scalar slots
@@ -226,7 +251,7 @@ class Rule:
     # ------------------------------------------------------------------ terms
 
     def _term(self, term: Term, state: Mapping[str, TensorList], cache: _StepCache, ctx: StepContext) -> list[Part]:
-        x = self._signal(term.signal, state, cache, ctx)
+        x = self._signal(term.signal, term, state, cache, ctx)
         if term.order == "normalize_first":  # the momentum averages the normalized signal (LaProp, ADOPT)
             normalized = materialize(self._precondition(term, [(1.0, x)], state, cache, ctx))
             parts = [Part(c, num) for c, num in self._momentum(term, state, cache, ctx, normalized)]
@@ -240,22 +265,16 @@ class Rule:
         weight = ctx.genes[term.weight] if term.weight else 1.0
         return [Part(tl.mul(weight, p.coef), p.num, p.den) for p in parts]
 
-    def _signal(self, signal: Signal, state: Mapping[str, TensorList], cache: _StepCache, ctx: StepContext) -> TensorList:
+    def _signal(self, signal: Signal, term: Term, state: Mapping[str, TensorList], cache: _StepCache,
+                ctx: StepContext) -> TensorList:
+        """The signal row's function, once per step (a "per_term" row, once per reading term)."""
+        shared = signal.kind not in self.per_term_signals
         key = signal_name(signal)
-        if key in cache.signals:
+        if shared and key in cache.signals:
             return cache.signals[key]
-        if signal.kind == "grad":
-            value = cache.grads
-        elif signal.kind == "grad_diff":
-            value = gradient.grad_diff(cache.grads, state["prev_grad"], ctx.t)
-        elif signal.kind == "corrected_grad":
-            genes = ctx.genes
-            value = gradient.corrected_grad(cache.grads, state["prev_grad"], genes[signal.beta], genes[signal.gamma],
-                                            genes[signal.clip] if signal.clip else None, ctx.member_dims)
-        else:  # nesterov_grad
-            diff = self._signal(Signal("grad_diff"), state, cache, ctx)
-            value = gradient.nesterov_grad(cache.grads, diff, ctx.genes[signal.beta])
-        cache.signals[key] = value
+        value = self.functions["signal", signal.kind](signal, SignalSource(self, term, state, cache, ctx))
+        if shared:
+            cache.signals[key] = value
         return value
 
     def _momentum(self, term: Term, state: Mapping[str, TensorList], cache: _StepCache, ctx: StepContext,
@@ -266,12 +285,12 @@ class Rule:
         key = (slot, mom)
         if key in cache.momentum_parts:  # an identical momentum was read this step
             return cache.momentum_parts[key]
-        x = self._signal(term.signal, state, cache, ctx) if x is None else x
+        x = self._signal(term.signal, term, state, cache, ctx) if x is None else x
         m, beta = state[slot], genes[mom.beta]
         if slot in cache.updated:  # an EMA/Nesterov term sharing this buffer already advanced it
             parts = _momentum_readout(mom, m, x, beta, t)
         else:  # the row's function (registry.PARTS) with the row's buffers
-            parts = self.momentum_functions[mom.kind](mom, [state[name] for name in momentum_slots(term)], x, ctx)
+            parts = self.functions["momentum", mom.kind](mom, [state[name] for name in momentum_slots(term)], x, ctx)
         cache.updated[slot] = m
         cache.momentum_parts[key] = parts
         return parts
@@ -289,16 +308,10 @@ class Rule:
             return [Part(0.0, numerators[0][1])]
         beta = genes[pre.beta] if pre.beta else None
         bias = 1.0 - tl.power(beta, t) if pre.bias_correction else 1.0
-        if pre.eps_mode == "atan2":
-            y = materialize([Part(c, num) for c, num in numerators])
-            normalized_parts = [(genes[pre.a], preconditioners.atan2_normalized(y, stat, genes[pre.b], bias,
-                                                                               ctx.feedback), None)]
-        else:
-            eps = genes[pre.eps] if ctx.eps_scale is None else tl.mul(genes[pre.eps], ctx.eps_scale)
-            den, coef = preconditioners.denominator(stat, eps, pre.eps_mode, bias, ctx.feedback)
-            if pre.stale and not tl.is_float(t):
-                tl.add_scalar_(den, 1.0 - preconditioners.after_first_step(t))  # no 0/0 at t = 1 (its part is 0)
-            normalized_parts = [(tl.mul(c, coef), num, den) for c, num in numerators]
+        normalized_parts = self.functions["eps_mode", pre.eps_mode](pre, numerators, stat, bias, ctx)
+        if pre.stale and not tl.is_float(t):  # no 0/0 at t = 1 (its part is 0)
+            for den in {id(den): den for _, _, den in normalized_parts if den is not None}.values():
+                tl.add_scalar_(den, 1.0 - preconditioners.after_first_step(t))
         normalized, plain = 1.0, 0.0
         if pre.rectify:
             normalized, plain = preconditioners.rectification(beta, t)
@@ -316,50 +329,62 @@ class Rule:
             parts = [Part(1.0, clipped)]
         return parts
 
-    def _precondition_signal(self, term: Term, state: Mapping[str, TensorList], cache: _StepCache,
-                             ctx: StepContext) -> TensorList:
-        """x, what a term's second moment is of: its precondition's signal, or the residual x − m."""
-        pre = term.precondition
-        if pre.signal.kind == "residual":
-            return tl.added(self._signal(term.signal, state, cache, ctx), state[momentum_slot(term)], -1.0)
-        return self._signal(pre.signal, state, cache, ctx)
-
     def _statistic(self, term: Term, state: Mapping[str, TensorList], cache: _StepCache, ctx: StepContext) -> TensorList:
-        """Advance the term's second-moment buffers once per step; return what the root is taken of
-        (a stale statistic advances after every term read it: its value of the previous step)."""
-        pre = term.precondition
-        slots = precondition_slots(term)
-        if pre.kind == "factored":
-            if slots[0] not in cache.updated:
-                x = self._precondition_signal(term, state, cache, ctx)
-                rows, columns, beta, dims = state[slots[0]], state[slots[1]], ctx.genes[pre.beta], ctx.member_dims
-                if pre.stale:  # v̂ of step t − 1; R and C advance after every term read it
-                    cache.updated[slots[0]] = preconditioners.factored_estimate(rows, columns, ctx.genes[pre.eps], dims)
-                    cache.stale_updates[slots[0]] = lambda x=x, beta=preconditioners.stale_beta(beta, ctx.t): \
-                        preconditioners.update_factored_(rows, columns, x, beta, dims)
-                else:
-                    preconditioners.update_factored_(rows, columns, x, beta, dims)
-                    cache.updated[slots[0]] = preconditioners.factored_estimate(rows, columns, ctx.genes[pre.eps], dims)
-            return cache.updated[slots[0]]
-        if slots[0] not in cache.updated:
-            x = self._precondition_signal(term, state, cache, ctx)
-            beta = ctx.genes[pre.beta] if pre.beta else None
-            eps = ctx.genes[pre.eps] if pre.eps else 0.0
-            v = state[slots[0]]
+        """Advance the term's second-moment buffers once per step (from the first one no term sharing
+        them advanced); return what the root is taken of. A stale statistic is read before it advances,
+        after every term read it: its value of the previous step."""
+        pre, slots = term.precondition, tuple(precondition_slots(term))
+        if slots in cache.statistics:
+            return cache.statistics[slots]
+        advance, read = self.functions["precondition", pre.kind], self.functions["read", pre.kind]
+        buffers = [state[name] for name in slots]
+        beta = ctx.genes[pre.beta] if pre.beta else None
+        eps = ctx.genes[pre.eps] if pre.eps else None
+        first = next((i for i, name in enumerate(slots) if name not in cache.updated), len(slots))
+        if first == len(slots):
+            stat = read(pre, buffers, eps, ctx.member_dims)
+        else:
+            x = self._signal(pre.signal, term, state, cache, ctx)
             if pre.stale:
-                cache.stale_updates[slots[0]] = lambda v=v, x=x, beta=preconditioners.stale_beta(beta, ctx.t): \
-                    preconditioners.update_statistic_(pre.kind, v, x, beta, eps)
+                stat = read(pre, buffers, eps, ctx.member_dims)
+                cache.stale_updates[slots[first]] = lambda x=x, beta=preconditioners.stale_beta(beta, ctx.t): \
+                    advance(pre, buffers, x, beta, eps, ctx.member_dims, first)
             else:
-                preconditioners.update_statistic_(pre.kind, v, x, beta, eps)
-            cache.updated[slots[0]] = v
-        if pre.kind == "max" and slots[1] not in cache.updated:
-            v, vmax = state[slots[0]], state[slots[1]]
-            if pre.stale:  # after v advanced (registered after it)
-                cache.stale_updates[slots[1]] = lambda v=v, vmax=vmax: torch._foreach_maximum_(vmax, v)
-            else:
-                torch._foreach_maximum_(vmax, v)
-            cache.updated[slots[1]] = vmax
-        return state[slots[-1]]
+                advance(pre, buffers, x, beta, eps, ctx.member_dims, first)
+                stat = read(pre, buffers, eps, ctx.member_dims)
+            cache.updated.update({name: state[name] for name in slots})
+        cache.statistics[slots] = stat
+        return stat
+
+
+def part_functions(genome: Genome) -> dict[tuple[str, str], Callable]:
+    """(part, kind) -> the tensor function its registry row names, for every part the genome's terms use
+    (a signal's, a momentum's, a precondition's with its ``read`` and its eps_mode's)."""
+    out = {}
+    for key, row, attribute in part_rows(genome):
+        out[key] = _function(getattr(row, attribute) or DEFAULT_READ)
+    return out
+
+
+def part_rows(genome: Genome) -> list[tuple[tuple[str, str], Any, str]]:
+    """((part, kind), registry row, which of its functions) for every part the genome's terms use."""
+    rows = {}
+    signals = [t.signal for t in genome.terms] + [t.precondition.signal for t in genome.terms if t.precondition]
+    if any(s.kind == "nesterov_grad" for s in signals):
+        signals.append(Signal("grad_diff"))
+    if any(s.kind == "residual" for s in signals):
+        signals += [t.signal for t in genome.terms]
+    for s in signals:
+        rows["signal", s.kind] = (PARTS["signal"].variant(s.kind), "function")
+    for t in genome.terms:
+        if t.momentum is not None:
+            rows["momentum", t.momentum.kind] = (PARTS["momentum"].variant(t.momentum.kind), "function")
+        if t.precondition is not None:
+            pre = t.precondition
+            rows["precondition", pre.kind] = (PARTS["precondition"].variant(pre.kind), "function")
+            rows["read", pre.kind] = (PARTS["precondition"].variant(pre.kind), "read")
+            rows["eps_mode", pre.eps_mode] = (PARTS["eps_mode"].variant(pre.eps_mode), "function")
+    return [(key, row, attribute) for key, (row, attribute) in rows.items()]
 
 
 def _factored_zeros(param: Tensor, kind: str, member_dims: int) -> Tensor:

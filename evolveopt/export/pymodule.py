@@ -16,8 +16,9 @@ from dataclasses import fields
 from typing import Any
 
 from evolveopt.genome.equations import render_equations, sym
-from evolveopt.genome.registry import LOCI, PARTS, STAGES, pipeline
-from evolveopt.genome.schema import Genome, schema_version_of
+from evolveopt.compile.rule import part_rows
+from evolveopt.genome.registry import DEFAULT_READ, LOCI, STAGES, pipeline
+from evolveopt.genome.schema import Genome, fallback_genome, schema_version_of
 
 STRUCTURE_CLASSES = ("Genome", "Term", "Signal", "Momentum", "Precondition", "Fallback",
                      *(locus.value_type.__name__ for locus in LOCI.values() if locus.value_type))
@@ -25,11 +26,10 @@ STRUCTURE_CLASSES = ("Genome", "Term", "Signal", "Momentum", "Precondition", "Fa
 
 def stage_functions(genome: Genome) -> list[str]:
     """Names of the tensor functions the genome's loci and term parts run (registry rows name them)."""
-    loci = [genome.loci] + ([genome.fallback.loci] if genome.fallback is not None else [])
-    terms = [*genome.terms, *(genome.fallback.terms if genome.fallback is not None else ())]
-    momenta = [PARTS["momentum"].variant(t.momentum.kind).function for t in terms if t.momentum is not None]
-    return ([v.function.split(":")[1] for each in loci for v, _ in pipeline(each, *STAGES) if v.function]
-            + [function.split(":")[1] for function in dict.fromkeys(momenta)])
+    genomes = [genome] + ([fallback_genome(genome)] if genome.fallback is not None else [])
+    loci = [v.function for each in genomes for v, _ in pipeline(each.loci, *STAGES) if v.function]
+    parts = [getattr(row, attribute) or DEFAULT_READ for each in genomes for _, row, attribute in part_rows(each)]
+    return [function.split(":")[1] for function in dict.fromkeys([*loci, *parts])]
 
 INIT_TEMPLATE = '''
 def __init__(self, params, *, total_steps=None, maximize=False, foreach=None, capturable=False,

@@ -94,6 +94,8 @@ class Variant:
     since_schema: int = 1  # a variant newer than its locus (the file needs this schema version)
     tags: tuple[str, ...] = ()  # term-level parts: where a kind may stand (e.g. "precondition_only")
     slot_keys: tuple[str, ...] | None = None  # term-level parts: the values naming its buffers (default: its genes)
+    read: str | None = None  # precondition rows: "module:function" giving the statistic (default: its last buffer)
+    excludes: dict[str, tuple[str, str]] = field(default_factory=dict)  # part -> (kind it cannot stand with, why)
 
 
 @dataclass(frozen=True)
@@ -607,9 +609,9 @@ def pipeline(loci: dict[str, Any], *stages: str) -> list[tuple[Variant, Any]]:
 # fields (gene references with roles, flags, options; ``since_schema`` on a field that is newer than its
 # kind), the schema version that first has it, and, where the renderer reads it per kind, its equation.
 # Parsing and its errors, the referenced genes, ``schema_version_of``, the search space's choices and
-# ``evolveopt show`` read this table (schema.py, equations.py, search/space.py). The term's tensor code
-# dispatches on the kind in compile/rule.py and the primitives modules moments, preconditioners,
-# gradient and schedules (all four always ship with an export: export/bundle.py CORE_RUNTIME).
+# ``evolveopt show`` read this table (schema.py, equations.py, search/space.py). Each signal, momentum,
+# precondition and eps-mode kind names its tensor function (primitives gradient, moments,
+# preconditioners; compile/rule.py resolves them once per rule and an export ships those it uses).
 
 
 @dataclass(frozen=True)
@@ -764,6 +766,8 @@ def _nadam_lines(mom: Any, sym, m: str, x: str) -> tuple[list[str], list[str], s
 
 
 _MOMENTS = "evolveopt.primitives.moments"
+_GRADIENT = "evolveopt.primitives.gradient"
+_PRE = "evolveopt.primitives.preconditioners"
 _HORIZON = Field("horizon", integer=True, minimum=1)
 _OFFSET = Field("offset", integer=True, required=False, default=0)
 _MOMENTUM_BETA = _gene("beta", "rate")
@@ -772,17 +776,21 @@ _DAMPED = (_MOMENTUM_BETA, Field("dampening", flag=True, required=False, default
 _PRE_BETA = (_gene("beta", "rate"), Field("bias_correction", flag=True, required=False, default=False),
              Field("rectify", flag=True, required=False, default=False))
 _EPS = (_gene("eps", "eps"),)
+DEFAULT_READ = f"{_PRE}:last_buffer"  # a precondition row's statistic when it names no ``read``
 
 PARTS: dict[str, Part] = {part.key: part for part in (
     Part("signal", "the quantity a statistic averages (schema.Signal)", default="grad", variants=(
-        Variant("grad", equation=lambda signal, sym, g, m: g),
-        Variant("grad_diff", slots=("prev_grad",), equation=lambda signal, sym, g, m: f"({g} − {g}_prev)"),
-        Variant("nesterov_grad", (_gene("beta", "rate"),), slots=("prev_grad",),
+        Variant("grad", function=f"{_GRADIENT}:grad_signal", equation=lambda signal, sym, g, m: g),
+        Variant("grad_diff", slots=("prev_grad",), function=f"{_GRADIENT}:grad_diff_signal",
+                equation=lambda signal, sym, g, m: f"({g} − {g}_prev)"),
+        Variant("nesterov_grad", (_gene("beta", "rate"),), slots=("prev_grad",), function=f"{_GRADIENT}:nesterov_grad_signal",
                 equation=lambda signal, sym, g, m: f"({g} + {sym(signal.beta)}·({g} − {g}_prev))"),
-        Variant("residual", tags=("precondition_only",), equation=lambda signal, sym, g, m: f"({g} − {m})"),
+        # "per_term": its value depends on the term reading it (not shared between terms)
+        Variant("residual", tags=("precondition_only", "per_term"), function=f"{_GRADIENT}:residual_signal",
+                equation=lambda signal, sym, g, m: f"({g} − {m})"),
         Variant("corrected_grad", (_gene("beta", "rate"), _gene("gamma", "correction"),
                                    _gene("clip", "threshold", required=False)), slots=("prev_grad",),
-                equation=_corrected_lines, since_schema=2),
+                function=f"{_GRADIENT}:corrected_grad_signal", equation=_corrected_lines, since_schema=2),
     )),
     Part("momentum", "a term's first-moment statistic (schema.Momentum)", variants=(
         Variant("ema", _DAMPED, slots=("momentum",), function=f"{_MOMENTS}:ema", equation=_ema_lines),
@@ -794,27 +802,32 @@ PARTS: dict[str, Part] = {part.key: part for part in (
                 slot_kinds={"nadam_mu_product": "per_member"}, function=f"{_MOMENTS}:nadam", equation=_nadam_lines),
     )),
     Part("precondition", "a term's second-moment statistic (schema.Precondition)", variants=(
-        Variant("ema", _PRE_BETA, slots=("second_moment",), equation=_second_moment_lines),
+        Variant("ema", _PRE_BETA, slots=("second_moment",), function=f"{_PRE}:ema_statistic_",
+                equation=_second_moment_lines),
         # v̄ ← max(v̄, v): the root is taken of its last slot (equations.py shows the running max)
-        Variant("max", _PRE_BETA, slots=("second_moment", "second_moment_max"), equation=_second_moment_lines),
-        Variant("sum", slots=("sum_of_squares",),
+        Variant("max", _PRE_BETA, slots=("second_moment", "second_moment_max"), function=f"{_PRE}:max_statistic_",
+                equation=_second_moment_lines),
+        Variant("sum", slots=("sum_of_squares",), function=f"{_PRE}:sum_statistic_",
                 equation=lambda pre, sym, v, x: [f"{v} ← {v} + {x}²" + _stale(pre, v, x)]),
         Variant("belief", _PRE_BETA, slots=("belief",), slot_keys=("beta", "eps"),  # its state holds ε
-                equation=_belief_lines),
+                function=f"{_PRE}:belief_statistic_", equation=_belief_lines,
+                excludes={"eps_mode": ("atan2", "adds ε to its state; eps_mode 'atan2' takes no ε (use ema, max or sum)")}),
         # rows R and columns C (a full v for tensors of < 2 dims); v̂ is rebuilt each step
         Variant("factored", _PRE_BETA, slots=("factored_rows", "factored_columns"),
                 slot_kinds={"factored_rows": "factored_rows", "factored_columns": "factored_columns"},
-                equation=_factored_lines, since_schema=2),
+                function=f"{_PRE}:factored_statistic_", read=f"{_PRE}:factored_read", equation=_factored_lines,
+                since_schema=2,
+                excludes={"eps_mode": ("atan2", "needs eps (the floor of mean(R)); eps_mode 'atan2' takes none")}),
     ), common=(Field("stale", flag=True, required=False, default=False, since_schema=2),
                Field("clip", roles=("threshold",), required=False, since_schema=2))),
     Part("eps_mode", "where a precondition's floor ε goes (schema.Precondition.eps_mode)", default="outside",
          variants=(
-             Variant("outside", _EPS, draw={"eps": "eps"}, equation=_outside),
-             Variant("raw", _EPS, draw={"eps": "eps"}, equation=_raw),
-             Variant("inside", _EPS, draw={"eps": "eps"}, equation=_inside),
-             Variant("clamp", _EPS, draw={"eps": "eps"}, equation=_clamp, since_schema=2),
+             Variant("outside", _EPS, draw={"eps": "eps"}, function=f"{_PRE}:outside_eps", equation=_outside),
+             Variant("raw", _EPS, draw={"eps": "eps"}, function=f"{_PRE}:raw_eps", equation=_raw),
+             Variant("inside", _EPS, draw={"eps": "eps"}, function=f"{_PRE}:inside_eps", equation=_inside),
+             Variant("clamp", _EPS, draw={"eps": "eps"}, function=f"{_PRE}:clamp_eps", equation=_clamp, since_schema=2),
              Variant("atan2", (_gene("a", "atan2_scale"), _gene("b", "atan2_scale")), draw={"a": "a", "b": "b"},
-                     equation=_atan2, since_schema=2),
+                     function=f"{_PRE}:atan2_eps", equation=_atan2, since_schema=2),
          )),
     Part("order", "the order of a term's statistics (schema.Term.order)", default="momentum_first", variants=(
         Variant("momentum_first"),

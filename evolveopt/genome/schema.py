@@ -418,13 +418,9 @@ def _parse_precondition(node: _Node, genes: dict[str, float], has_momentum: bool
     values = _part_values(node, genes, part, kind, version, lambda key, own, takers:
                           f"precondition '{kind}' takes no '{key}'", lambda name: f"precondition '{kind}' needs a {name}",
                           keys=part.keys()[1:])
-    # Combinations the parts' rows do not express on their own:
-    if kind == "factored" and eps_mode == "atan2":
-        raise node.child("eps_mode").fail("precondition 'factored' needs eps (the floor of mean(R)); "
-                                          "eps_mode 'atan2' takes none")
-    if kind == "belief" and eps_mode == "atan2":
-        raise node.child("eps_mode").fail("precondition 'belief' adds ε to its state; eps_mode 'atan2' takes no ε "
-                                          "(use ema, max or sum)")
+    excluded, why = part.variant(kind).excludes.get("eps_mode", (None, ""))
+    if eps_mode == excluded:
+        raise node.child("eps_mode").fail(f"precondition '{kind}' {why}")
     values |= _part_values(
         node, genes, modes, eps_mode, version,
         lambda key, own, takers: (f"'{key}' is a gene of eps_mode '{takers[0]}' only (this eps_mode is '{eps_mode}')"

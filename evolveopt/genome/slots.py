@@ -11,9 +11,9 @@ from evolveopt.genome.schema import Genome, Signal, Term, fallback_genome
 
 
 def signal_name(signal: Signal) -> str:
-    if signal.kind == "corrected_grad":
-        return f"{signal.kind}({','.join(g for g in (signal.beta, signal.gamma, signal.clip) if g)})"
-    return f"{signal.kind}({signal.beta})" if signal.beta else signal.kind
+    """A signal by its kind and the genes it reads: ``grad``, ``nesterov_grad(beta2)``, ``corrected_grad(beta1,gamma)``."""
+    genes = PARTS["signal"].genes(signal.kind, signal)
+    return f"{signal.kind}({','.join(genes)})" if genes else signal.kind
 
 
 def normalized_name(term: Term) -> str:

@@ -95,3 +95,36 @@ def clip_stage(clip, flow, ctx) -> None:
 def adaptor_stage(a, flow, ctx) -> None:
     flow.grads = adaptor(flow.grads, flow.state["adaptor.prev_grad"], flow.state["adaptor.diff_ema"],
                          ctx.genes[a.beta], ctx.genes[a.alpha])
+
+
+# ----------------------------------------------------------------------------- signal rows
+# A signal row's function (registry.PARTS["signal"]): ``(signal, source) -> x``, with ``source`` what a
+# term reads (compile/rule.py SignalSource: grads, state, ctx, signal(kind), momentum()). None writes
+# into what it reads.
+
+
+def grad_signal(signal, source) -> TensorList:
+    """x = g."""
+    return source.grads
+
+
+def grad_diff_signal(signal, source) -> TensorList:
+    """x = g_t − g_{t−1} (0 at t = 1)."""
+    return grad_diff(source.grads, source.state["prev_grad"], source.ctx.t)
+
+
+def nesterov_grad_signal(signal, source) -> TensorList:
+    """x = g_t + β·(g_t − g_{t−1}) (Adan)."""
+    return nesterov_grad(source.grads, source.signal("grad_diff"), source.ctx.genes[signal.beta])
+
+
+def corrected_grad_signal(signal, source) -> TensorList:
+    """x = MARS's corrected gradient (:func:`corrected_grad`)."""
+    genes = source.ctx.genes
+    return corrected_grad(source.grads, source.state["prev_grad"], genes[signal.beta], genes[signal.gamma],
+                          genes[signal.clip] if signal.clip else None, source.ctx.member_dims)
+
+
+def residual_signal(signal, source) -> TensorList:
+    """x = s − m: the term's own signal minus its momentum (AdaBelief's g − m), new tensors."""
+    return tl.added(source.signal(source.term.signal), source.momentum(), -1.0)

@@ -26,51 +26,122 @@ from evolveopt.primitives import tensorlist as tl
 from evolveopt.primitives.tensorlist import Scalar, Step, TensorList
 
 
-def update_statistic_(kind: str, v: TensorList, x: TensorList, beta: Scalar | None, eps: Scalar) -> None:
-    """Advance v in place: x² summed (``sum``) or averaged (``ema``, ``max``), + ε for ``belief``.
+# ---------------------------------------------------------------------------- precondition rows
+# A precondition row's function (registry.PARTS["precondition"]) advances its buffers (its slots, in
+# order) in place: ``(pre, buffers, x, beta, eps, member_dims, first=0)``; ``first`` > 0 when another
+# term sharing the leading buffers already advanced them this step. Its ``read`` function (default
+# :func:`last_buffer`) gives what the root is taken of: ``(pre, buffers, eps, member_dims)``.
 
-    For ``max`` the caller then takes v̄ ← max(v̄, v).
-    """
-    if kind == "sum":
-        torch._foreach_addcmul_(v, x, x)
-        return
+
+def ema_statistic_(pre, buffers: list[TensorList], x: TensorList, beta: Scalar, eps: Scalar | None,
+                   member_dims: int, first: int = 0) -> None:
+    """v ← βv + (1−β)x²."""
+    (v,) = buffers
     tl.scale_(v, beta)
     tl.addcmul_(v, x, x, 1.0 - beta)
-    if kind == "belief":
-        tl.add_scalar_(v, eps)
 
 
-def denominator(stat: TensorList, eps: Scalar, eps_mode: str, bias: Scalar, feedback: Scalar | None
-                ) -> tuple[TensorList, Scalar]:
-    """The denominator list and the scalar factor the numerator takes (√bc in ``raw`` mode).
+def max_statistic_(pre, buffers: list[TensorList], x: TensorList, beta: Scalar, eps: Scalar | None,
+                   member_dims: int, first: int = 0) -> None:
+    """v ← βv + (1−β)x² (unless a term sharing v advanced it), then v̄ ← max(v̄, v)."""
+    v, vmax = buffers
+    if first == 0:
+        ema_statistic_(pre, [v], x, beta, eps, member_dims)
+    torch._foreach_maximum_(vmax, v)
 
-    ``bias`` is bc = 1 − β^t (1.0 without bias correction).
-    """
-    if eps_mode == "clamp":
-        den = list(torch._foreach_sqrt(stat))
-        if not tl.is_one(bias):
-            tl.divide_(den, tl.sqrt(bias))
-        if feedback is not None:
-            tl.scale_(den, feedback)
-        clamp_min_(den, eps)
-        return den, 1.0
-    if eps_mode == "inside":
-        den = tl.scaled(stat, 1.0 / bias) if not tl.is_one(bias) else tl.clone(stat)
-        tl.add_scalar_(den, eps)
-        torch._foreach_sqrt_(den)
-        if feedback is not None:
-            tl.scale_(den, feedback)
-        return den, 1.0
+
+def sum_statistic_(pre, buffers: list[TensorList], x: TensorList, beta: Scalar | None, eps: Scalar | None,
+                   member_dims: int, first: int = 0) -> None:
+    """v ← v + x²."""
+    torch._foreach_addcmul_(buffers[0], x, x)
+
+
+def belief_statistic_(pre, buffers: list[TensorList], x: TensorList, beta: Scalar, eps: Scalar,
+                      member_dims: int, first: int = 0) -> None:
+    """v ← βv + (1−β)x² + ε (ε enters the state)."""
+    ema_statistic_(pre, buffers, x, beta, eps, member_dims)
+    tl.add_scalar_(buffers[0], eps)
+
+
+def factored_statistic_(pre, buffers: list[TensorList], x: TensorList, beta: Scalar, eps: Scalar,
+                        member_dims: int, first: int = 0) -> None:
+    """R and C of :func:`update_factored_`."""
+    update_factored_(buffers[0], buffers[1], x, beta, member_dims)
+
+
+def last_buffer(pre, buffers: list[TensorList], eps: Scalar | None, member_dims: int) -> TensorList:
+    """The statistic is the row's last buffer (v, or v̄ of ``max``)."""
+    return buffers[-1]
+
+
+def factored_read(pre, buffers: list[TensorList], eps: Scalar, member_dims: int) -> TensorList:
+    """v̂ = R·C/max(mean(R), ε) (:func:`factored_estimate`)."""
+    return factored_estimate(buffers[0], buffers[1], eps, member_dims)
+
+
+# ---------------------------------------------------------------------------- eps_mode rows
+# An eps_mode row's function (registry.PARTS["eps_mode"]): ``(pre, numerators, stat, bias, ctx)`` ->
+# [(coefficient, numerator, denominator or None)], the term's numerator parts y divided by the root of
+# the statistic v; bias is bc = 1 − β^t (1.0 without bias correction), d = ctx.feedback (Eve) or none.
+
+
+def _eps(pre, ctx) -> Scalar:
+    """ε, times the global floor scale where a global stage sets one (ctx.eps_scale)."""
+    eps = ctx.genes[pre.eps]
+    return eps if ctx.eps_scale is None else tl.mul(eps, ctx.eps_scale)
+
+
+def _root(stat: TensorList, bias: Scalar, feedback: Scalar | None) -> TensorList:
+    """d·√(v/bc) as new tensors."""
     den = list(torch._foreach_sqrt(stat))
-    coef: Scalar = 1.0
-    if eps_mode == "outside" and not tl.is_one(bias):
+    if not tl.is_one(bias):
         tl.divide_(den, tl.sqrt(bias))
-    elif eps_mode == "raw":
-        coef = tl.sqrt(bias)
     if feedback is not None:
         tl.scale_(den, feedback)
-    tl.add_scalar_(den, eps)
-    return den, coef
+    return den
+
+
+def outside_eps(pre, numerators, stat: TensorList, bias: Scalar, ctx) -> list:
+    """y/(d·√(v/bc) + ε) (Adam)."""
+    den = _root(stat, bias, ctx.feedback)
+    tl.add_scalar_(den, _eps(pre, ctx))
+    return [(c, num, den) for c, num in numerators]
+
+
+def raw_eps(pre, numerators, stat: TensorList, bias: Scalar, ctx) -> list:
+    """√bc·y/(d·√v + ε) (torch RAdam, rectified AdaBelief)."""
+    den = _root(stat, 1.0, ctx.feedback)
+    tl.add_scalar_(den, _eps(pre, ctx))
+    coef = tl.sqrt(bias)
+    return [(tl.mul(c, coef), num, den) for c, num in numerators]
+
+
+def inside_eps(pre, numerators, stat: TensorList, bias: Scalar, ctx) -> list:
+    """y/(d·√(v/bc + ε))."""
+    den = tl.scaled(stat, 1.0 / bias) if not tl.is_one(bias) else tl.clone(stat)
+    tl.add_scalar_(den, _eps(pre, ctx))
+    torch._foreach_sqrt_(den)
+    if ctx.feedback is not None:
+        tl.scale_(den, ctx.feedback)
+    return [(c, num, den) for c, num in numerators]
+
+
+def clamp_eps(pre, numerators, stat: TensorList, bias: Scalar, ctx) -> list:
+    """y/max(d·√(v/bc), ε) (ADOPT)."""
+    den = _root(stat, bias, ctx.feedback)
+    clamp_min_(den, _eps(pre, ctx))
+    return [(c, num, den) for c, num in numerators]
+
+
+def atan2_eps(pre, numerators, stat: TensorList, bias: Scalar, ctx) -> list:
+    """a·atan2(y, b·d·√(v/bc)), no ε (Adam-atan2)."""
+    (c0, first), rest = numerators[0], numerators[1:]
+    y = tl.clone(first)
+    tl.scale_(y, c0)
+    for c, num in rest:
+        tl.add_scaled_(y, num, c)
+    genes = ctx.genes
+    return [(genes[pre.a], atan2_normalized(y, stat, genes[pre.b], bias, ctx.feedback), None)]
 
 
 def clamp_min_(xs: TensorList, low: Scalar) -> None:

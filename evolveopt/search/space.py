@@ -157,8 +157,8 @@ def _random_term(rng: np.random.Generator, space: SearchSpace, index: int) -> di
                 pre["rectify"] = True
         if precondition == "belief" and "momentum" in term:
             pre["signal"] = "residual"
-        no_atan2 = precondition in ("belief", "factored")  # ε in belief's state; factored floors mean(R) by ε
-        modes = tuple(m for m in space.eps_modes if m != "atan2") if no_atan2 else space.eps_modes
+        excluded = PARTS["precondition"].variant(pre["kind"]).excludes.get("eps_mode", (None,))[0]
+        modes = tuple(m for m in space.eps_modes if m != excluded)
         set_eps_mode(pre, _pick(rng, modes or ("outside",)))
         _draw_v2_precondition(rng, space, term, pre)
         term["precondition"] = pre

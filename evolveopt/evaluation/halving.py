@@ -39,13 +39,18 @@ def successive_halving(candidates: Sequence, score: Callable[[list, int], list[S
     alive = list(range(len(candidates)))
     for rung, rung_budget in enumerate(budgets):
         scores = score([candidates[i] for i in alive], rung_budget)
-        for i, s in zip(alive, scores):
-            history = (outcomes[i].scores_by_rung if outcomes[i] else []) + [s]
-            outcomes[i] = RungOutcome(rung, rung_budget, s, history)
+        record_rung(outcomes, alive, scores, rung, rung_budget)
         if rung == len(budgets) - 1:
             break
         alive = promote(alive, scores, key, eta)
     return outcomes  # type: ignore[return-value]
+
+
+def record_rung(outcomes: list, alive: Sequence[int], scores: Sequence, rung: int, budget: int) -> None:
+    """Each of ``alive`` now stops at ``rung`` (until promoted) with its score there."""
+    for i, s in zip(alive, scores):
+        history = (outcomes[i].scores_by_rung if outcomes[i] else []) + [s]
+        outcomes[i] = RungOutcome(rung, budget, s, history)
 
 
 def promoted_count(alive: int, eta: int) -> int:

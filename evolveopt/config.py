@@ -48,6 +48,7 @@ class BackendConfig:
     object_store_mb: int = 128
     threads: int | None = None  # CPU threads per unit; None: the CPUs free to it (evolveopt/evaluation/threads.py)
     runtime_env: dict[str, Any] = field(default_factory=dict)  # Ray's runtime_env for the workers (working_dir, ...)
+    speculate: bool = True  # generational, several workers: start likely promotions' next rung early (same results)
 
 
 @dataclass(frozen=True)

@@ -64,9 +64,10 @@ class Evolution:
         fit = config.fitness
         settings = FitnessSettings(tasks=list(fit.tasks), budget=fit.budget, seeds=list(fit.seeds), eta=fit.eta,
                                    rungs=fit.rungs, max_members=fit.max_members, device=config.device,
-                                   workers=self.backend.workers, objective=fit.objective)
+                                   workers=self.backend.workers, objective=fit.objective,
+                                   speculate=config.backend.speculate)
         self.scorer = FitnessScorer(settings, ResultCache(rundir.file("cache.sqlite")), self.backend.map_units,
-                                    on_progress=progress.units if progress else None)
+                                    on_progress=progress.units if progress else None, backend=self.backend)
         self.rng = np.random.default_rng(config.seed)
         _seed_torch(config.seed)
         self.search = GeneticSearch(config.search, config.space, self.rng)
@@ -108,6 +109,7 @@ class Evolution:
         try:
             for generation in range(self.generation + 1, total):
                 self._run_generation(generation)
+            self.scorer.drain()
         except KeyboardInterrupt:
             return RunSummary(self.rundir.path, self.generation + 1, self.best(), interrupted=True)
         finally:

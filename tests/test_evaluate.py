@@ -154,17 +154,17 @@ def test_the_scorer_reports_units_done_of_total_and_the_rung_in_order():
     scorer.score_with_halving([evolveopt.load_genome(n) for n in ("lion", "sgd", "nesterov", "momentum")])
     expected = []  # per rung: Adam's 9-rate grid on both tasks at once (5 units of 2 each), then the survivors
     for rung, (budget, alive) in enumerate(zip([3, 9, 27], [4, 2, 1])):  # (4, 2, 1) on both tasks
-        for step in range(11):  # in-process: nqm's grid units, then digits_mlp's
-            nqm = min(step, 5)
-            expected.append(("baseline", rung, 3, budget, ((labels[0], nqm, 5), (labels[1], step - nqm, 5))))
+        for step in range(11):  # in-process, longest first: digits_mlp's grid units (the larger model), then nqm's
+            digits = min(step, 5)
+            expected.append(("baseline", rung, 3, budget, ((labels[0], step - digits, 5), (labels[1], digits, 5))))
         per_task = math.ceil(alive / 2)
-        for step in range(2 * per_task + 1):  # in-process: nqm's units, then digits_mlp's
-            nqm = min(step, per_task)
-            expected.append(("genomes", rung, 3, budget, ((labels[0], nqm, per_task),
-                                                          (labels[1], step - nqm, per_task))))
+        for step in range(2 * per_task + 1):  # in-process: digits_mlp's units, then nqm's
+            digits = min(step, per_task)
+            expected.append(("genomes", rung, 3, budget, ((labels[0], step - digits, per_task),
+                                                          (labels[1], digits, per_task))))
     assert [(e.stage, e.rung, e.rungs, e.budget, tuple(tuple(t) for t in e.tasks)) for e in events] == expected
     assert [e.done for e in events[:11]] == list(range(11)) and {e.total for e in events[:11]} == {10}
-    assert [e.finished for e in events[:11]] == [None] + [labels[0]] * 5 + [labels[1]] * 5  # the task of its unit
+    assert [e.finished for e in events[:11]] == [None] + [labels[1]] * 5 + [labels[0]] * 5  # the task of its unit
 
 
 def test_eval_command_reports_units_per_task_on_a_log(tmp_path, capsys):
@@ -175,8 +175,8 @@ def test_eval_command_reports_units_per_task_on_a_log(tmp_path, capsys):
     assert main(argv) == 0
     lines = capsys.readouterr().err.splitlines()
     progress = [line.split(" (t=")[0] for line in lines if line.startswith("[eval]")]
-    assert progress == ["[eval] nqm: Adam lr grid 1/1 units", "[eval] digits_mlp[hidden=16]: Adam lr grid 1/1 units",
-                        "[eval] nqm: genomes 1/1 units", "[eval] digits_mlp[hidden=16]: genomes 1/1 units"]
+    assert progress == ["[eval] digits_mlp[hidden=16]: Adam lr grid 1/1 units", "[eval] nqm: Adam lr grid 1/1 units",
+                        "[eval] digits_mlp[hidden=16]: genomes 1/1 units", "[eval] nqm: genomes 1/1 units"]  # LPT
     assert lines[0].startswith("evaluating 2 genome(s)") and lines[1:5] == [
         line for line in lines if line.startswith("[eval]")]  # between the first line and the table
 
@@ -432,7 +432,8 @@ def test_units_are_cut_to_keep_every_worker_busy_and_the_grain_changes_no_result
     tasks = ["digits_mlp", "nqm"]
     grains = {w: plan_units(genomes, tasks, 12, [0, 1], skip=set(), max_members=256, workers=w) for w in (1, 8)}
     assert [u.members for u in grains[1]] == [10, 10]
-    assert [u.members for u in grains[8]] == [2, 3, 2, 3] * 2
+    assert [u.members for u in grains[8]] == [3, 3, 2, 2] * 2  # longest first: digits_mlp's, then nqm's
+    assert [u.task["name"] for u in grains[8]] == ["digits_mlp"] * 4 + ["nqm"] * 4
     plain = {w: json.dumps([[[r.to_json() for r in s] for s in t] for t in evaluate(
         genomes, tasks, 12, [0, 1], cache=ResultCache(), workers=w).results], sort_keys=True) for w in (1, 8)}
     assert plain[8] == plain[1]

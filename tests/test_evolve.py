@@ -153,6 +153,40 @@ def test_same_seed_same_run(tmp_path):
     assert run_files(tmp_path / "a") == run_files(tmp_path / "b")
 
 
+def cached_results(run: Path) -> dict[str, str]:
+    """Every member result a run's cache holds, by key."""
+    import sqlite3
+
+    with sqlite3.connect(run / "cache.sqlite") as db:
+        return dict(db.execute("SELECT key, value FROM results"))
+
+
+SPECULATED = {"search.population": 9, "fitness.tasks": [{"name": "digits_mlp", "hidden": 16}, {"name": "nqm"}],
+              "fitness.seeds": [0, 1], "fitness.budget": 18}
+
+
+def test_speculative_promotion_gives_the_run_of_rungs_one_after_another(tmp_path):
+    """Issue 14: rungs overlapping (pipeline.py) on a backend of 3 slots that runs its units here, in the order
+    they were submitted, against rungs one after another: same records, and the same cache (no dropped guess in it)."""
+    from evolveopt.backends import LocalBackend
+    from evolveopt.evolution import Evolution, manifest
+    from evolveopt.config import to_plain
+
+    config = load_config(tiny_config(tmp_path, **SPECULATED))
+    start_run(config, tmp_path / "plain", progress=False)
+    backend = LocalBackend()
+    backend.workers = 3  # the scorer plans for 3 workers and keeps up to 3 units submitted
+    rundir = RunDir(tmp_path / "speculated")
+    rundir.create(yaml.safe_dump(to_plain(config), sort_keys=False), manifest(config, []))
+    evolution = Evolution(config, rundir, None, backend)
+    evolution.run()
+    stats = evolution.scorer.stats
+    assert evolution.scorer.pipeline is not None
+    assert 0 < stats.speculative_used_steps < stats.speculative_steps  # guesses both used and dropped
+    assert run_files(tmp_path / "speculated") == run_files(tmp_path / "plain")
+    assert cached_results(tmp_path / "speculated") == cached_results(tmp_path / "plain")
+
+
 @pytest.mark.slow
 def test_sigkill_mid_generation_then_resume_equals_an_uninterrupted_run(tmp_path):
     config = tiny_config(tmp_path, **{"search.generations": 4, "fitness.budget": 900})

@@ -128,6 +128,29 @@ def test_an_evolution_run_on_ray_equals_the_local_run(cluster, tmp_path):
     assert run_files(tmp_path / "ray") == run_files(tmp_path / "local")
 
 
+def test_rungs_overlapping_on_ray_by_speculative_promotion_give_the_local_run(cluster, tmp_path):
+    """Issue 14: the generational mode on 2 Ray workers starts likely promotions' next rung while a rung is
+    in flight (pipeline.py); records and cache equal the in-process run's, rungs one after another."""
+    from test_evolve import SPECULATED, cached_results, run_files, tiny_config
+
+    import yaml
+
+    from evolveopt.config import to_plain
+    from evolveopt.evolution import Evolution, manifest, start_run
+    from evolveopt.run_directory import RunDir
+
+    config = load_config(tiny_config(tmp_path, **SPECULATED))
+    start_run(config, tmp_path / "local", progress=False)
+    on_ray = load_config(tiny_config(tmp_path, **SPECULATED), ["backend.kind=ray"])
+    rundir = RunDir(tmp_path / "ray")
+    rundir.create(yaml.safe_dump(to_plain(on_ray), sort_keys=False), manifest(on_ray, []))
+    evolution = Evolution(on_ray, rundir, None, cluster)  # close() leaves the module's cluster running
+    evolution.run()
+    assert evolution.scorer.pipeline is not None and evolution.scorer.stats.speculative_steps > 0
+    assert run_files(tmp_path / "ray") == run_files(tmp_path / "local")
+    assert cached_results(tmp_path / "ray") == cached_results(tmp_path / "local")
+
+
 def test_an_evolution_run_on_a_user_module_task_on_ray_equals_the_local_run(cluster, tmp_path):
     """The installed examples' entry-point task: workers rebuild it by name; same populations and lineage."""
     from test_evolve import run_files, tiny_config

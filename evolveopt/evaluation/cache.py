@@ -114,6 +114,17 @@ class ResultCache:
         self.misses += len(keys) - len(found)
         return found
 
+    def stored(self, keys: Iterable[str]) -> set[str]:
+        """Which of ``keys`` hold a result, without counting hits or misses (a look ahead, not a use)."""
+        keys = list(keys)
+        found: set[str] = set()
+        with self._lock:
+            for chunk in range(0, len(keys), 500):
+                part = keys[chunk:chunk + 500]
+                found.update(k for (k,) in self._db.execute(
+                    f"SELECT key FROM results WHERE key IN ({','.join('?' * len(part))})", part).fetchall())
+        return found
+
     def put_many(self, items: dict[str, MemberResult]) -> None:
         with self._lock:
             self._db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?)",

@@ -14,7 +14,7 @@ shows progress: data flows out through the callback, no display code lives here.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, NamedTuple, Sequence
 
 from evolveopt.errors import EvaluationError
@@ -44,6 +44,12 @@ class WorkUnit:
     def parsed_genomes(self) -> list[Genome]:
         return [parse_genome(g, source="work unit") for g in self.genomes]
 
+    def only(self, keys: set[str]) -> "WorkUnit":
+        """This unit with the members of ``keys`` alone (their results are what they would be here)."""
+        keep = [i for i, k in enumerate(self.keys) if k in keys]
+        return replace(self, genomes=tuple(self.genomes[i] for i in keep), seeds=tuple(self.seeds[i] for i in keep),
+                       keys=tuple(self.keys[i] for i in keep))
+
 
 @dataclass(frozen=True)
 class UnitResult:
@@ -54,6 +60,13 @@ class UnitResult:
     threads: int = 0  # torch's CPU threads in the worker that ran it
     node: str = ""  # the Ray node that ran it (its node ID); "" in this process
     span: tuple[float, float] = (0.0, 0.0)  # wall-clock (time.time()) start and end in the worker: occupancy
+
+    def only(self, keys: set[str]) -> "UnitResult":
+        """The results of the members of ``keys`` alone, with their share of the member-steps."""
+        keep = [i for i, k in enumerate(self.keys) if k in keys]
+        each = self.member_steps // max(1, len(self.keys))  # every member ran the unit's steps
+        return replace(self, keys=tuple(self.keys[i] for i in keep), results=tuple(self.results[i] for i in keep),
+                       member_steps=each * len(keep))
 
 
 def execute_unit(unit: WorkUnit, device: str = "cpu", threads: int | None = None) -> UnitResult:
@@ -178,22 +191,25 @@ def plan_units(genomes: Sequence[Genome], tasks: Sequence[Any], budget: int, see
                skip: set[str], max_members: int, workers: int = 1) -> list[WorkUnit]:
     """Per task (a spec or a Task), every (genome, seed) member sorted by structure, cut into equal units of
     at most ``max_members``, and into at least ⌈workers / tasks⌉ units of two or more members each, so that
-    ``workers`` workers all have a unit; units whose members are all in ``skip`` are dropped.
+    ``workers`` workers all have a unit; units whose members are all in ``skip`` are dropped. The units come
+    longest first (:func:`unit_cost`): a backend starts them in this order.
 
     A member's result does not depend on its unit (``runner.py``), so the grain changes nothing but speed.
 
     Units are cut before cached members are left out, so the units of a call are the same however
     much was cached before (a member's result does not depend on its unit anyway: ``runner.py``).
     """
+    from evolveopt.evaluation.sizing import param_count
     from evolveopt.tasks import make_task
 
     unique: dict[str, Genome] = {}
     for genome in genomes:
         unique.setdefault(genome_hash(genome), canonical_form(genome))
     ordered = sorted(unique.items(), key=lambda item: (structure_key(item[1]), item[0]))
-    units = []
+    units, costs = [], []
     for task in tasks:
         built = make_task(task)
+        params = param_count(built)
         members = [(to_dict(g), s, result_key(h, built, budget, s)) for h, g in ordered for s in seeds]
         count = unit_count(len(members), max_members, -(-workers // len(tasks)))
         bounds = [len(members) * i // count for i in range(count + 1)]  # sizes differ by at most one
@@ -203,7 +219,15 @@ def plan_units(genomes: Sequence[Genome], tasks: Sequence[Any], budget: int, see
                 continue
             units.append(WorkUnit(task=built.spec, budget=budget, genomes=tuple(g for g, _, _ in chunk),
                                   seeds=tuple(s for _, s, _ in chunk), keys=tuple(k for _, _, k in chunk)))
-    return units
+            costs.append(unit_cost(len(chunk), budget, params))
+    order = sorted(range(len(units)), key=lambda i: -costs[i])  # longest first; stable among equals
+    return [units[i] for i in order]
+
+
+def unit_cost(members: int, budget: int, params: int) -> int:
+    """A unit's estimated cost: member-steps × the task's model size (``params``, trainable parameters
+    per member). Units are handed out longest first (LPT), so the slowest ones do not start last."""
+    return members * budget * max(1, params)
 
 
 def unit_count(members: int, max_members: int, units: int) -> int:

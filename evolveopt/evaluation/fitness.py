@@ -198,18 +198,22 @@ def tune_adam_tasks(tasks: Sequence[dict[str, Any]], budget: int, seeds: Sequenc
             for task, record in zip(tasks, records)]
 
 
+def score_against(results: Sequence[MemberResult], baseline: Baseline, seeds: Sequence[int], label: str) -> float:
+    """:func:`task_score` of one genome's results on one task (one per seed) against its tuned baseline."""
+    try:
+        return task_score(results, [baseline.losses[s] for s in seeds],
+                          [baseline.heldout_losses.get(s, math.nan) for s in seeds], baseline.objective)
+    except EvaluationError as exc:
+        raise EvaluationError(f"task {label}: {exc}") from None
+
+
 def score_evaluation(evaluation: Evaluation, baselines: Sequence[Baseline]) -> list[GenomeFitness]:
     """Fitness of every genome of ``evaluation`` against per-task baselines (same order as tasks)."""
     out = []
     for per_genome in evaluation.results:
         task_scores, heldout, failures = {}, {}, []
         for label, per_task, baseline in zip(evaluation.task_labels, per_genome, baselines):
-            try:
-                task_scores[label] = task_score(per_task, [baseline.losses[s] for s in evaluation.seeds],
-                                                [baseline.heldout_losses.get(s, math.nan) for s in evaluation.seeds],
-                                                baseline.objective)
-            except EvaluationError as exc:
-                raise EvaluationError(f"task {label}: {exc}") from None
+            task_scores[label] = score_against(per_task, baseline, evaluation.seeds, label)
             heldout[label] = _median_metrics(per_task)
             failures += [f"{label} seed {s}: {failure_reason(r)}" for s, r in zip(evaluation.seeds, per_task)
                          if failure_reason(r)]

@@ -39,15 +39,30 @@ def successive_halving(candidates: Sequence, score: Callable[[list, int], list[S
     alive = list(range(len(candidates)))
     for rung, rung_budget in enumerate(budgets):
         scores = score([candidates[i] for i in alive], rung_budget)
-        for i, s in zip(alive, scores):
-            history = (outcomes[i].scores_by_rung if outcomes[i] else []) + [s]
-            outcomes[i] = RungOutcome(rung, rung_budget, s, history)
+        record_rung(outcomes, alive, scores, rung, rung_budget)
         if rung == len(budgets) - 1:
             break
-        keep = max(1, math.ceil(len(alive) / eta))
-        ranked = sorted(zip(alive, scores), key=lambda item: (-key(item[1]), item[0]))
-        alive = sorted(i for i, _ in ranked[:keep])
+        alive = promote(alive, scores, key, eta)
     return outcomes  # type: ignore[return-value]
+
+
+def record_rung(outcomes: list, alive: Sequence[int], scores: Sequence, rung: int, budget: int) -> None:
+    """Each of ``alive`` now stops at ``rung`` (until promoted) with its score there."""
+    for i, s in zip(alive, scores):
+        history = (outcomes[i].scores_by_rung if outcomes[i] else []) + [s]
+        outcomes[i] = RungOutcome(rung, budget, s, history)
+
+
+def promoted_count(alive: int, eta: int) -> int:
+    """How many of ``alive`` candidates go on to the next rung: ⌈alive / η⌉, at least 1."""
+    return max(1, math.ceil(alive / eta))
+
+
+def promote(alive: Sequence[int], scores: Sequence, key: Callable, eta: int) -> list[int]:
+    """The candidates (indices, in order) of ``alive`` that go on: the :func:`promoted_count` best by
+    ``key(score)``, the lower index first among equals."""
+    ranked = sorted(zip(alive, scores), key=lambda item: (-key(item[1]), item[0]))
+    return sorted(i for i, _ in ranked[:promoted_count(len(alive), eta)])
 
 
 def halving_cost(candidates: int, budget: int, eta: int = 3, rungs: int = 3) -> int:
@@ -55,5 +70,5 @@ def halving_cost(candidates: int, budget: int, eta: int = 3, rungs: int = 3) -> 
     total, alive = 0, candidates
     for rung_budget in rung_budgets(budget, eta, rungs):
         total += alive * rung_budget
-        alive = max(1, math.ceil(alive / eta))
+        alive = promoted_count(alive, eta)
     return total

@@ -25,6 +25,7 @@ class FitnessSettings:
     device: str = "cpu"
     workers: int = 1  # the backend's parallel workers: units are cut so that each gets one
     objective: str = DEFAULT_OBJECTIVE  # which loss the fitness compares (fitness.OBJECTIVES)
+    speculate: bool = True  # with a backend of several workers: rungs overlap by speculative promotion (pipeline.py)
 
 
 @dataclass
@@ -36,6 +37,8 @@ class ScorerStats:
     threads: set[int] = field(default_factory=set)  # CPU thread counts units ran with
     nodes: set[str] = field(default_factory=set)  # Ray node IDs units ran on
     evaluations: list[Evaluation] = field(default_factory=list, repr=False)
+    speculative_steps: int = 0  # member-steps trained ahead of a promotion (pipeline.py), used or not
+    speculative_used_steps: int = 0  # of those, the members that were promoted: their results were used
 
 
 class FitnessScorer:
@@ -43,10 +46,13 @@ class FitnessScorer:
 
     ``on_progress`` receives every :class:`UnitProgress` of the evaluations it runs, marked with
     the stage (Adam's baseline grid or the genomes) and, under successive halving, the rung.
+    ``backend``: one with ``submit`` / ``next_result`` and several workers runs successive halving
+    with its rungs overlapping (:class:`~evolveopt.evaluation.pipeline.HalvingPipeline`) unless
+    ``settings.speculate`` is off; the results are the same either way.
     """
 
     def __init__(self, settings: FitnessSettings, cache: ResultCache | None = None,
-                 map_units: MapUnits | None = None, on_progress: OnProgress | None = None):
+                 map_units: MapUnits | None = None, on_progress: OnProgress | None = None, backend: Any = None):
         if settings.objective not in OBJECTIVES:
             raise EvaluationError(f"fitness objective {settings.objective!r} is not one of {', '.join(OBJECTIVES)}")
         self.settings = settings
@@ -56,6 +62,12 @@ class FitnessScorer:
         self.stats = ScorerStats()
         self._baselines: dict[int, list[Baseline]] = {}
         self._rung: tuple[int | None, int] = (None, 1)  # (rung, rungs) of the successive halving under way
+        self.pipeline = None
+        if backend is not None and settings.speculate and getattr(backend, "workers", 1) > 1 \
+                and hasattr(backend, "submit") and settings.rungs > 1:
+            from evolveopt.evaluation.pipeline import HalvingPipeline
+
+            self.pipeline = HalvingPipeline(self, backend)
 
     def _evaluate(self, genomes: Sequence[Genome], tasks: Sequence[Any], budget: int, seeds: Sequence[int],
                   cache: ResultCache, stage: str = "genomes") -> Evaluation:
@@ -63,13 +75,17 @@ class FitnessScorer:
                               max_members=self.settings.max_members, map_units=self.map_units,
                               workers=self.settings.workers,
                               on_progress=self._reporter(stage))
+        self.count(evaluation)
+        return evaluation
+
+    def count(self, evaluation: Evaluation) -> None:
+        """Add an evaluation's work, cache look-ups, threads and nodes to :attr:`stats`."""
         self.stats.member_steps += evaluation.member_steps
         self.stats.seconds += evaluation.seconds
         self.stats.cache_hits += evaluation.cache_hits
         self.stats.cache_misses += evaluation.cache_misses
         self.stats.threads.update(evaluation.threads)
         self.stats.nodes.update(evaluation.nodes)
-        return evaluation
 
     def _reporter(self, stage: str) -> OnProgress | None:
         if self.on_progress is None:
@@ -96,6 +112,11 @@ class FitnessScorer:
     def score_with_halving(self, genomes: Sequence[Genome]) -> list[RungOutcome]:
         """Successive halving over the settings' rungs; each outcome's ``score`` is a GenomeFitness."""
         s = self.settings
+        if self.pipeline is not None:
+            try:
+                return self.pipeline.run(genomes)
+            finally:
+                self._rung = (None, 1)
         rungs = iter(range(s.rungs))
 
         def score_rung(candidates: list[Genome], budget: int) -> list[GenomeFitness]:
@@ -107,3 +128,9 @@ class FitnessScorer:
                                       rungs=s.rungs)
         finally:
             self._rung = (None, 1)
+
+    def drain(self) -> None:
+        """Wait for speculative units still in flight and drop their results (before the backend serves
+        anything else, or closes)."""
+        if self.pipeline is not None:
+            self.pipeline.drain()

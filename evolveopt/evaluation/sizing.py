@@ -22,13 +22,13 @@ from evolveopt.tasks import Task
 def member_bytes(task: Task, genomes: Sequence[Genome]) -> int:
     """Peak bytes one member needs on ``task``, for the most state-hungry genome given."""
     buffers = max((buffers_per_param(g) for g in genomes), default=2)
-    return 4 * _param_count(task) * (3 + buffers) + task.activation_bytes()
+    return 4 * param_count(task) * (3 + buffers) + task.activation_bytes()
 
 
 _PARAM_COUNTS: dict[tuple[str, str], int] = {}  # (task class, spec) -> trainable parameters of a member
 
 
-def _param_count(task: Task) -> int:
+def param_count(task: Task) -> int:
     """``task.param_count()``, remembered for a built-in task by its class and spec (which decide its
     model): counting builds the model, and the steady-state search plans one evaluation at a time. A
     module task's model comes from the user's code, which its spec does not pin: counted every time."""

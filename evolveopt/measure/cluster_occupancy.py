@@ -38,6 +38,7 @@ from typing import Any, Sequence
 from evolveopt.errors import EvolveOptError
 
 TARGETS = {"steady_state": 0.90, "generational": 0.50}  # busy fraction after warm-up (issue 14)
+MODES = ("generational", "steady_state")
 DISPATCH_TARGET_MS = 5.0
 WORKER_GIB = 0.3  # what one worker holding torch and a task's data takes, to plan a cluster (measured: ~0.28)
 MEMORY_FLOOR_GIB = 2.0  # a cluster that would leave less available is not started; a run that does is stopped
@@ -256,6 +257,7 @@ def measure_mode(mode: str, config_path: str, overrides: list[str], backend: Any
         evolution.run()
         ended = time.time()
         blocked, cpu = backend.blocked_s - blocked, time.process_time() - cpu
+        stats = evolution.scorer.stats
         rows = rundir.read_lines("generations.jsonl")
         try:
             evolution.scorer.cache.close()
@@ -275,7 +277,11 @@ def measure_mode(mode: str, config_path: str, overrides: list[str], backend: Any
         "dispatch_ms_per_unit": round(1000 * (wall - blocked) / units, 2) if units else None,
         "dispatch_cpu_ms_per_unit": round(1000 * cpu / units, 2) if units else None,
         "memory_available_min_gib": round(probe.memory_low, 1),
+        "speculative_steps": stats.speculative_steps, "speculative_used_steps": stats.speculative_used_steps,
     }
+    dropped = stats.speculative_steps - stats.speculative_used_steps  # trained for genomes not promoted
+    trained = sum(r["member_steps"] for r in rows) + dropped
+    out["wasted"] = round(dropped / trained, 3) if trained else 0.0
     out["window_fraction"] = round(out["window_s"] / wall, 2) if wall else 0.0
     return out
 
@@ -283,14 +289,17 @@ def measure_mode(mode: str, config_path: str, overrides: list[str], backend: Any
 def run_cluster_benchmark(workers: Sequence[int] = (2, 8, 32, 64), generations: int = 4,
                           config_path: str = "experiments/paper.yaml", budget: int | None = 30,
                           population: int | None = None, in_flight_per_worker: int | None = None,
-                          modes: Sequence[str] = ("generational", "steady_state"),
+                          modes: Sequence[str] = MODES, speculate: bool = True,
                           on_row: Any = None) -> dict[str, Any]:
-    """Every N of ``workers``: a private local Ray cluster of N logical CPUs, both modes on it."""
+    """Every N of ``workers``: a private local Ray cluster of N logical CPUs, each of ``modes`` on it;
+    ``speculate`` False: the generational rungs one after another (``backend.speculate=false``)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     from evolveopt.backends import RayBackend
     from evolveopt.config import BackendConfig
 
     overrides = [f"search.generations={generations}"]
+    if not speculate:
+        overrides.append("backend.speculate=false")
     if budget is not None:
         overrides.append(f"fitness.budget={budget}")
     if population is not None:

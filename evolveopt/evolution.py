@@ -64,7 +64,8 @@ class Evolution:
         fit = config.fitness
         settings = FitnessSettings(tasks=list(fit.tasks), budget=fit.budget, seeds=list(fit.seeds), eta=fit.eta,
                                    rungs=fit.rungs, max_members=fit.max_members, device=config.device,
-                                   workers=self.backend.workers, objective=fit.objective)
+                                   workers=self.backend.workers, objective=fit.objective,
+                                   lr_sweep=fit.lr_sweep, lr_aggregate=fit.lr_aggregate)
         self.scorer = FitnessScorer(settings, ResultCache(rundir.file("cache.sqlite")), self.backend.map_units,
                                     on_progress=progress.units if progress else None)
         self.rng = np.random.default_rng(config.seed)

@@ -53,7 +53,9 @@ def _baseline_table(path: str | Path, run: RunDir, config: dict, champion: dict,
     fit = config["fitness"]
     scorer = FitnessScorer(FitnessSettings(tasks=list(fit["tasks"]), budget=fit["budget"], seeds=list(fit["seeds"]),
                                            rungs=1, device=config.get("device", "cpu"),
-                                           objective=fit.get("objective", "train_loss")),
+                                           objective=fit.get("objective", "train_loss"),
+                                           lr_sweep=tuple(fit.get("lr_sweep", [1.0])),
+                                           lr_aggregate=fit.get("lr_aggregate", "soft_min")),
                            cache=ResultCache(run.file("cache.sqlite")))
     seeds = sorted((ind for ind in read_individuals(path).values() if "seed" in ind.get("operators", [])),
                    key=lambda ind: ind["id"])

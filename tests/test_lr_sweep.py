@@ -101,3 +101,29 @@ def test_a_run_recorded_before_the_sweep_resumes_without_one(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({"fitness": {"budget": 10}}))
     assert load_config(path, recorded=True).fitness.lr_sweep == (1.0,)
+
+
+def test_bench_transfer_compares_no_sweep_with_each_aggregate_on_the_same_genomes(monkeypatch):
+    from evolveopt.measure import fitness_transfer
+
+    genomes = {name: LION.with_genes(lr=lr) for name, lr in (("slow", 1e-4), ("mid", 1e-3), ("fast", 1e-2))}
+    genomes["adam"] = evolveopt.load_genome("adam")
+    monkeypatch.setattr(fitness_transfer, "candidate_genomes", lambda random_count: genomes)
+    monkeypatch.setattr("evolveopt.tasks.SEARCH_SUITE", TASKS)
+    monkeypatch.setattr("evolveopt.tasks.HELDOUT_SUITE", [{"name": "digits_mlp", "hidden": 24}])
+    report = fitness_transfer.run_lr_sweep_transfer((0.5, 1.0, 2.0), budget=BUDGET)
+    search = report["search"]
+    assert list(search) == ["no sweep", "best ×(0.5, 1, 2)", "soft_min ×(0.5, 1, 2)"]
+    assert all(b >= own for b, own in zip(search["best ×(0.5, 1, 2)"], search["no sweep"]))
+    assert [(r["lr sweep"], r["heldout_score"]) for r in report["rows"]] == [
+        (name, target) for name in search for target in ("train_loss", "heldout_loss")]
+    assert all(r["delta"] == 0.0 for r in report["rows"] if r["lr sweep"] == "no sweep")
+    table = fitness_transfer.format_transfer_table(report)
+    assert "| search lr sweep | held-out score by |" in table and "ρ − ρ(no sweep)" in table
+
+
+def test_bench_transfer_refuses_a_bad_sweep_naming_it(capsys):
+    from evolveopt.cli import main
+
+    assert main(["bench", "transfer", "--lr-sweep", "1", "1"]) == 2
+    assert "--lr-sweep: fitness.lr_sweep: a multiplier appears twice" in capsys.readouterr().err

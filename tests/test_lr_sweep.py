@@ -116,7 +116,8 @@ def test_bench_transfer_compares_no_sweep_with_each_aggregate_on_the_same_genome
     assert list(search) == ["no sweep", "best ×(0.5, 1, 2)", "soft_min ×(0.5, 1, 2)"]
     assert all(b >= own for b, own in zip(search["best ×(0.5, 1, 2)"], search["no sweep"]))
     assert [(r["lr sweep"], r["heldout_score"]) for r in report["rows"]] == [
-        (name, target) for name in search for target in ("train_loss", "heldout_loss")]
+        (name, target) for name in search
+        for target in ("train_loss", "heldout_loss", "heldout_loss, best lr ×(0.5, 1, 2)")]
     assert all(r["delta"] == 0.0 for r in report["rows"] if r["lr sweep"] == "no sweep")
     table = fitness_transfer.format_transfer_table(report)
     assert "| search lr sweep | held-out score by |" in table and "ρ − ρ(no sweep)" in table

@@ -63,6 +63,7 @@ OBJECTIVES = RULES["fitness.objective"]
 DEFAULT_OBJECTIVE = FitnessConfig.objective
 LR_AGGREGATES = RULES["fitness.lr_aggregate"]
 NO_SWEEP = FitnessConfig.lr_sweep
+DEFAULT_LR_AGGREGATE = FitnessConfig.lr_aggregate
 SOFT_MIN_TAU = 0.2
 WORST_SCORE = -5.0
 LOSS_FLOOR = 1e-12  # losses are floored here before the log

@@ -9,9 +9,9 @@ from evolveopt.errors import EvaluationError
 from evolveopt.evaluation.cache import ResultCache
 from evolveopt.evaluation.evaluator import Evaluation, MapUnits, OnProgress, evaluate
 from evolveopt.evaluation.halving import RungOutcome, successive_halving
-from evolveopt.evaluation.fitness import (DEFAULT_OBJECTIVE, LR_AGGREGATES, NO_SWEEP, OBJECTIVES, Baseline,
-                                          GenomeFitness, combine_lr_sweep, lr_scaled, score_evaluation,
-                                          tune_adam_tasks)
+from evolveopt.evaluation.fitness import (DEFAULT_LR_AGGREGATE, DEFAULT_OBJECTIVE, LR_AGGREGATES, NO_SWEEP,
+                                          OBJECTIVES, Baseline, GenomeFitness, combine_lr_sweep, lr_scaled,
+                                          score_evaluation, tune_adam_tasks)
 from evolveopt.genome.schema import Genome
 
 
@@ -27,7 +27,7 @@ class FitnessSettings:
     workers: int = 1  # the backend's parallel workers: units are cut so that each gets one
     objective: str = DEFAULT_OBJECTIVE  # which loss the fitness compares (fitness.OBJECTIVES)
     lr_sweep: tuple[float, ...] = NO_SWEEP  # lr multipliers each genome trains at (fitness.py); (1.0,): none
-    lr_aggregate: str = "soft_min"  # how a task's scores over the sweep become one (fitness.LR_AGGREGATES)
+    lr_aggregate: str = DEFAULT_LR_AGGREGATE  # how a task's scores over the sweep become one (fitness.LR_AGGREGATES)
 
 
 @dataclass

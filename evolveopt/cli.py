@@ -468,6 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--population", type=at_least(2), help="'cluster': search.population (default: the config's)")
     bench.add_argument("--in-flight-per-worker", type=at_least(1),
                        help="'cluster': search.in_flight_per_worker of the steady-state runs (default: the config's)")
+    bench.add_argument("--lr-sweep", nargs="+", type=float, metavar="M", help="'transfer': compare the search fitness without "
+                       "and with this learning-rate sweep (fitness.lr_sweep), e.g. 0.5 1 2")
     bench.add_argument("--compile", action="store_true",
                        help="'step': eager vs torch.compile'd step of an exported Adam genome and torch Adam")
     bench.set_defaults(command_function=cmd_bench)

@@ -35,6 +35,8 @@ class FitnessConfig:
     rungs: int = 3
     max_members: int | None = None  # None: 256 on CPU, what fits in half the free memory on CUDA
     objective: str = "heldout_loss"  # train_loss | heldout_loss | combined (evaluation/fitness.py; docs/fitness.md)
+    lr_sweep: tuple[float, ...] = (1.0,)  # each genome also trains at lr·m for every m; (1.0,): its own lr only
+    lr_aggregate: str = "soft_min"  # best | soft_min: a task's score over the sweep (evaluation/fitness.py)
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,8 @@ RULES: dict[str, Any] = {
     "fitness.rungs": (1, 10),
     "fitness.max_members": (1, 1_000_000),
     "fitness.objective": ("train_loss", "heldout_loss", "combined"),  # read by evaluation/fitness.py
+    "fitness.lr_sweep": (1e-3, 1e3),  # each multiplier; 1..MAX_LR_SWEEP of them, no two equal
+    "fitness.lr_aggregate": ("best", "soft_min"),  # read by evaluation/fitness.py
     "backend.kind": ("local", "ray"),
     "backend.num_cpus": (1, 100_000),
     "backend.gpus_per_actor": (0.0, 64.0),
@@ -122,7 +126,8 @@ def parse_config(data: Any, source: str = "config") -> RunConfig:
 
 # Fields added after runs were first recorded, with the value every run recorded before them ran with:
 # a run's resolved config.yaml that lacks one is read with that value, never with today's default.
-RECORDED_BEFORE: dict[str, Any] = {"fitness.objective": "train_loss"}
+RECORDED_BEFORE: dict[str, Any] = {"fitness.objective": "train_loss", "fitness.lr_sweep": [1.0]}
+MAX_LR_SWEEP = 8  # learning-rate multipliers per genome at most (each one is a full evaluation)
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), recorded: bool = False) -> RunConfig:
@@ -267,6 +272,8 @@ def _list(key: str, value: list, source: str) -> tuple:
         if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value):
             raise ConfigError(f"{source}: {key}: expected non-negative integers, got {value!r}")
         return tuple(value)
+    if key == "fitness.lr_sweep":
+        return _lr_sweep(key, value, source)
     if key == "search.seed_genomes":
         for i, name in enumerate(value):
             try:
@@ -282,6 +289,21 @@ def _list(key: str, value: list, source: str) -> tuple:
             if v not in allowed:
                 raise ConfigError(f"{source}: {key}: '{v}' is not allowed (allowed: {', '.join(sorted(allowed))})")
     return tuple(value)
+
+
+def _lr_sweep(key: str, value: list, source: str) -> tuple[float, ...]:
+    """1..MAX_LR_SWEEP distinct multipliers, each in RULES' range."""
+    low, high = RULES[key]
+    multipliers = [as_written_number(v) for v in value]
+    for v in multipliers:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not low <= v <= high:
+            raise ConfigError(f"{source}: {key}: expected positive learning-rate multipliers in [{low}, {high}], "
+                              f"got {v!r}")
+    if len(multipliers) > MAX_LR_SWEEP:
+        raise ConfigError(f"{source}: {key}: {len(multipliers)} multipliers, at most {MAX_LR_SWEEP} allowed")
+    if len(set(map(float, multipliers))) < len(multipliers):
+        raise ConfigError(f"{source}: {key}: a multiplier appears twice in {value!r}")
+    return tuple(float(v) for v in multipliers)
 
 
 def _check_cross_fields(config: RunConfig, source: str) -> None:

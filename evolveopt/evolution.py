@@ -65,7 +65,8 @@ class Evolution:
         settings = FitnessSettings(tasks=list(fit.tasks), budget=fit.budget, seeds=list(fit.seeds), eta=fit.eta,
                                    rungs=fit.rungs, max_members=fit.max_members, device=config.device,
                                    workers=self.backend.workers, objective=fit.objective,
-                                   speculate=config.backend.speculate)
+                                   speculate=config.backend.speculate,
+                                   lr_sweep=fit.lr_sweep, lr_aggregate=fit.lr_aggregate)
         self.scorer = FitnessScorer(settings, ResultCache(rundir.file("cache.sqlite")), self.backend.map_units,
                                     on_progress=progress.units if progress else None, backend=self.backend)
         self.rng = np.random.default_rng(config.seed)

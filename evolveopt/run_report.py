@@ -15,7 +15,7 @@ import yaml
 from evolveopt.genome.equations import render_equations
 from evolveopt.genome.schema import parse_genome
 from evolveopt.lineage import Lineage, draw, lineage_summary
-from evolveopt.config import to_plain
+from evolveopt.config import FitnessConfig, to_plain
 from evolveopt.run_directory import RunDir, dumps, output_folder
 from evolveopt.finished_runs import read_individuals, run_name, select_individual
 from evolveopt.extras import optional
@@ -53,7 +53,9 @@ def _baseline_table(path: str | Path, run: RunDir, config: dict, champion: dict,
     fit = config["fitness"]
     scorer = FitnessScorer(FitnessSettings(tasks=list(fit["tasks"]), budget=fit["budget"], seeds=list(fit["seeds"]),
                                            rungs=1, device=config.get("device", "cpu"),
-                                           objective=fit.get("objective", "train_loss")),
+                                           objective=fit.get("objective", "train_loss"),
+                                           lr_sweep=tuple(fit.get("lr_sweep", [1.0])),
+                                           lr_aggregate=fit.get("lr_aggregate", FitnessConfig.lr_aggregate)),
                            cache=ResultCache(run.file("cache.sqlite")))
     seeds = sorted((ind for ind in read_individuals(path).values() if "seed" in ind.get("operators", [])),
                    key=lambda ind: ind["id"])

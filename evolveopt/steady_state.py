@@ -38,7 +38,6 @@ import time
 from typing import Any
 
 from evolveopt.evaluation.evaluator import PlannedEvaluation, finish_evaluation, plan_evaluation
-from evolveopt.evaluation.fitness import score_evaluation
 from evolveopt.evolution import Evolution, RunSummary
 from evolveopt.run_directory import RunDirError, dumps, lineage_record
 from evolveopt.search.algorithm import structures
@@ -184,7 +183,7 @@ class SteadyStateEvolution(Evolution):
 
     def _submit(self, ind: Individual) -> None:
         s = self.scorer.settings
-        planned = plan_evaluation([ind.genome], s.tasks, s.budget, s.seeds, cache=self.scorer.cache,
+        planned = plan_evaluation(self.scorer.lr_variants([ind.genome]), s.tasks, s.budget, s.seeds, cache=self.scorer.cache,
                                   device=s.device, max_members=s.max_members, workers=1)
         tickets = {self.backend.submit(unit) for unit in planned.units}
         self._planned[ind.id] = (planned, tickets)
@@ -213,7 +212,7 @@ class SteadyStateEvolution(Evolution):
         stats.cache_hits += evaluation.cache_hits
         stats.cache_misses += evaluation.cache_misses
         stats.threads.update(evaluation.threads)
-        score = score_evaluation(evaluation, self.scorer.baselines(self.config.fitness.budget))[0]
+        score = self.scorer.score_variants(evaluation, self.scorer.baselines(self.config.fitness.budget))[0]
         rung = self.config.fitness.rungs - 1  # the full budget: the last rung's
         result = {"rung": rung, "budget": self.config.fitness.budget, "fitness": score.fitness,
                   "task_scores": score.task_scores, "heldout": score.heldout, "failures": score.failures,

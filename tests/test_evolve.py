@@ -165,14 +165,17 @@ SPECULATED = {"search.population": 9, "fitness.tasks": [{"name": "digits_mlp", "
               "fitness.seeds": [0, 1], "fitness.budget": 18}
 
 
-def test_speculative_promotion_gives_the_run_of_rungs_one_after_another(tmp_path):
+@pytest.mark.parametrize("sweep", [{}, {"fitness.lr_sweep": [0.5, 2.0], "fitness.lr_aggregate": "soft_min"}],
+                         ids=["own-lr", "lr-sweep"])
+def test_speculative_promotion_gives_the_run_of_rungs_one_after_another(tmp_path, sweep):
     """Issue 14: rungs overlapping (pipeline.py) on a backend of 3 slots that runs its units here, in the order
-    they were submitted, against rungs one after another: same records, and the same cache (no dropped guess in it)."""
+    they were submitted, against rungs one after another: same records, and the same cache (no dropped guess in it);
+    with a learning-rate sweep too (each candidate speculated with all its lr variants)."""
     from evolveopt.backends import LocalBackend
     from evolveopt.evolution import Evolution, manifest
     from evolveopt.config import to_plain
 
-    config = load_config(tiny_config(tmp_path, **SPECULATED))
+    config = load_config(tiny_config(tmp_path, **SPECULATED, **sweep))
     start_run(config, tmp_path / "plain", progress=False)
     backend = LocalBackend()
     backend.workers = 3  # the scorer plans for 3 workers and keeps up to 3 units submitted

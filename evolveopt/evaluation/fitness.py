@@ -25,6 +25,19 @@ log ratios have no units, so no task dominates by the scale of its loss. A genom
 on any seed of a task, or whose parameters never moved (an all-zero update), gets the worst score,
 −5, below any finite one. Held-out metrics are reported next to the fitness; they enter it only
 through the held-out objectives. Tasks of the held-out *suite* never enter any fitness.
+
+Learning-rate sweep (``fitness.lr_sweep``: multipliers m_1..m_M, default (1,): off). Each genome
+also trains with its ``lr`` gene scaled to lr·m_j (the scaled genomes are members of the same
+stacked evaluation), each scored as above against the same tuned Adam: score_k(m_j). The task
+score is then their aggregate (``fitness.lr_aggregate``):
+
+    best:      score_k = max_j score_k(m_j)                      (as if the lr were tuned)
+    soft_min:  score_k = −τ · log( (1/M) Σ_j exp(−score_k(m_j)/τ) ),   τ = SOFT_MIN_TAU = 0.2
+
+The soft-min lies between the minimum (τ → 0) and the mean (τ → ∞) and is smooth, so, like the
+signed log, it keeps every difference in rank; τ = 0.2 is about the spread of task scores among
+reasonable rules, so a multiplier 0.2 worse weighs e times more, and a divergence at any
+multiplier (−5) pulls the task score close to −5: a rule must be good over the whole range.
 docs/fitness.md has a worked example.
 """
 
@@ -32,6 +45,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -41,11 +55,16 @@ from evolveopt.evaluation.cache import ResultCache, digest_key, task_identity
 from evolveopt.evaluation.evaluator import Evaluation, evaluate
 from evolveopt.evaluation.results import MemberResult
 from evolveopt.genome import genome_hash, load_genome
+from evolveopt.genome.genes import gene_spec
 from evolveopt.genome.schema import Genome
 
 ADAM_LR_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 OBJECTIVES = RULES["fitness.objective"]
 DEFAULT_OBJECTIVE = FitnessConfig.objective
+LR_AGGREGATES = RULES["fitness.lr_aggregate"]
+NO_SWEEP = FitnessConfig.lr_sweep
+DEFAULT_LR_AGGREGATE = FitnessConfig.lr_aggregate
+SOFT_MIN_TAU = 0.2
 WORST_SCORE = -5.0
 LOSS_FLOOR = 1e-12  # losses are floored here before the log
 
@@ -71,10 +90,12 @@ class GenomeFitness:
     task_scores: dict[str, float]
     heldout: dict[str, dict[str, float]] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+    by_lr: dict[str, dict[str, float]] = field(default_factory=dict)  # lr multiplier -> task scores (a sweep only)
 
     def to_json(self) -> dict[str, Any]:
+        sweep = {"by_lr": self.by_lr} if self.by_lr else {}
         return {"fitness": self.fitness, "task_scores": self.task_scores, "heldout": self.heldout,
-                "failures": self.failures}
+                "failures": self.failures, **sweep}
 
 
 def heldout_loss(result: MemberResult) -> float:
@@ -231,3 +252,34 @@ def _median_metrics(results: Sequence[MemberResult]) -> dict[str, float]:
         values = [r.heldout[name] for r in results if math.isfinite(r.heldout.get(name, math.nan))]
         medians[name] = statistics.median(values) if values else math.nan
     return medians
+
+
+def lr_scaled(genome: Genome, multiplier: float) -> Genome:
+    """The genome with its ``lr`` gene times ``multiplier`` (held to the gene's range). Its hash, and so
+    every result key, holds the scaled rate: a result is shared only by runs that train the same."""
+    if multiplier == 1.0:
+        return genome
+    return genome.with_genes(lr=min(genome.genes["lr"] * multiplier, gene_spec("lr").high))
+
+
+def aggregate_lr_scores(scores: Sequence[float], how: str) -> float:
+    """One task's scores over the multipliers, as one: ``best`` or ``soft_min`` (module docstring)."""
+    if how == "best":
+        return max(scores)
+    if how != "soft_min":
+        raise EvaluationError(f"fitness.lr_aggregate {how!r} is not one of {', '.join(LR_AGGREGATES)}")
+    low = min(scores)  # shifted so the exponentials stay in range
+    return low - SOFT_MIN_TAU * math.log(sum(math.exp(-(s - low) / SOFT_MIN_TAU) for s in scores) / len(scores))
+
+
+def combine_lr_sweep(by_multiplier: Mapping[float, GenomeFitness], how: str) -> GenomeFitness:
+    """A genome's fitness from its fitness at each multiplier: per task the aggregate over multipliers,
+    then the mean over tasks. Held-out medians are those at the multiplier nearest 1 (its own lr);
+    failures are named with their multiplier."""
+    labels = list(next(iter(by_multiplier.values())).task_scores)
+    task_scores = {label: aggregate_lr_scores([f.task_scores[label] for f in by_multiplier.values()], how)
+                   for label in labels}
+    own = min(by_multiplier, key=lambda m: abs(math.log(m)))
+    failures = [f"lr×{m:g} {failure}" for m, f in by_multiplier.items() for failure in f.failures]
+    return GenomeFitness(sum(task_scores.values()) / len(task_scores), task_scores, by_multiplier[own].heldout,
+                         failures, {f"{m:g}": f.task_scores for m, f in by_multiplier.items()})

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from evolveopt.evaluation.cache import result_key
 from evolveopt.evaluation.evaluator import (PlannedEvaluation, UnitResult, WorkUnit, _UnitCounter,
                                             finish_evaluation, plan_evaluation, plan_units)
-from evolveopt.evaluation.fitness import score_against, score_evaluation
+from evolveopt.evaluation.fitness import aggregate_lr_scores, score_against
 from evolveopt.evaluation.halving import RungOutcome, promote, promoted_count, record_rung, rung_budgets
 from evolveopt.genome import genome_hash
 from evolveopt.genome.schema import Genome
@@ -103,7 +103,7 @@ class HalvingPipeline:
                 self._arrive(self.flight.pop(ticket), result, rung, held)
             evaluation = finish_evaluation(rung.planned)
             self.scorer.count(evaluation)
-            scores = score_evaluation(evaluation, baselines)
+            scores = self.scorer.score_variants(evaluation, baselines)
             record_rung(outcomes, alive, scores, number, budget)
             if number < len(budgets) - 1:
                 alive = promote(alive, scores, lambda f: f.fitness, s.eta)
@@ -113,7 +113,7 @@ class HalvingPipeline:
                held: list[UnitResult]) -> _Rung:
         """Plan the rung, take what speculation brought, submit the rest (longest first)."""
         s, cache = self.scorer.settings, self.scorer.cache
-        planned = plan_evaluation(candidates, self.tasks, budget, s.seeds, cache=cache, device=s.device,
+        planned = plan_evaluation(self.scorer.lr_variants(candidates), self.tasks, budget, s.seeds, cache=cache, device=s.device,
                                   max_members=s.max_members, workers=s.workers)
         wanted = {k for per_genome in planned.keys for per_task in per_genome for k in per_task}
         taken: set[str] = set()
@@ -188,7 +188,7 @@ class HalvingPipeline:
             if digest in rung.speculated:
                 continue
             rung.speculated.add(digest)
-            units = self._units_for(genomes[i], digest, budget, rung.next_keys)
+            units = self._units_for(genomes[i], budget, rung.next_keys)
             if units:
                 return units
         return []
@@ -196,33 +196,38 @@ class HalvingPipeline:
     def _estimate(self, rung: _Rung, position: int, outcomes: list[RungOutcome | None]) -> float | None:
         """Rung-r fitness as far as it is known: each task's rung-r score once all its seeds are in,
         else its score one rung down; None if neither is there."""
-        planned, seeds = rung.planned, self.scorer.settings.seeds
+        s, planned = self.scorer.settings, rung.planned
         baselines = self.scorer.baselines(planned.budget)
         candidate = rung.alive[position]
         before = outcomes[candidate]
+        variants = range(position * len(s.lr_sweep), (position + 1) * len(s.lr_sweep))  # its lr_variants
         scores = []
         for t, label in enumerate(planned.labels):
             if (candidate, t) not in rung.task_scores:
-                keys = planned.keys[position][t]
-                if all(k in planned.known for k in keys):
-                    rung.task_scores[candidate, t] = score_against([planned.known[k] for k in keys], baselines[t],
-                                                                   seeds, label)
+                keys = [planned.keys[v][t] for v in variants]
+                if all(k in planned.known for per_variant in keys for k in per_variant):
+                    by_lr = [score_against([planned.known[k] for k in per_variant], baselines[t], s.seeds, label)
+                             for per_variant in keys]
+                    rung.task_scores[candidate, t] = aggregate_lr_scores(by_lr, s.lr_aggregate)
             if (candidate, t) in rung.task_scores:
                 scores.append(rung.task_scores[candidate, t])
             elif before is not None:
                 scores.append(before.score.task_scores[label])
         return statistics.fmean(scores) if scores else None
 
-    def _units_for(self, genome: Genome, digest: str, budget: int, speculated: set[str]) -> list[WorkUnit]:
-        """A genome's units at ``budget`` (one per task), less members cached or speculated already."""
+    def _units_for(self, genome: Genome, budget: int, speculated: set[str]) -> list[WorkUnit]:
+        """A genome's units at ``budget`` (its lr variants side by side, one unit per task), less members
+        cached or speculated already."""
         from evolveopt.evaluation.sizing import default_max_members
 
         s = self.scorer.settings
-        keys = [result_key(digest, task, budget, seed) for task in self.tasks for seed in s.seeds]
+        variants = self.scorer.lr_variants([genome])
+        keys = [result_key(genome_hash(v), task, budget, seed) for v in variants for task in self.tasks
+                for seed in s.seeds]
         skip = self.scorer.cache.stored(keys) | speculated
         speculated.update(keys)
-        max_members = s.max_members or min(default_max_members(t, [genome], s.device) for t in self.tasks)
-        return plan_units([genome], self.tasks, budget, s.seeds, skip=skip, max_members=max_members)
+        max_members = s.max_members or min(default_max_members(t, variants, s.device) for t in self.tasks)
+        return plan_units(variants, self.tasks, budget, s.seeds, skip=skip, max_members=max_members)
 
     # ------------------------------------------------------------------ the backend
     @property

@@ -9,8 +9,9 @@ from evolveopt.errors import EvaluationError
 from evolveopt.evaluation.cache import ResultCache
 from evolveopt.evaluation.evaluator import Evaluation, MapUnits, OnProgress, evaluate
 from evolveopt.evaluation.halving import RungOutcome, successive_halving
-from evolveopt.evaluation.fitness import (DEFAULT_OBJECTIVE, OBJECTIVES, Baseline, GenomeFitness, score_evaluation,
-                                          tune_adam_tasks)
+from evolveopt.evaluation.fitness import (DEFAULT_LR_AGGREGATE, DEFAULT_OBJECTIVE, LR_AGGREGATES, NO_SWEEP,
+                                          OBJECTIVES, Baseline, GenomeFitness, combine_lr_sweep, lr_scaled,
+                                          score_evaluation, tune_adam_tasks)
 from evolveopt.genome.schema import Genome
 
 
@@ -26,6 +27,8 @@ class FitnessSettings:
     workers: int = 1  # the backend's parallel workers: units are cut so that each gets one
     objective: str = DEFAULT_OBJECTIVE  # which loss the fitness compares (fitness.OBJECTIVES)
     speculate: bool = True  # with a backend of several workers: rungs overlap by speculative promotion (pipeline.py)
+    lr_sweep: tuple[float, ...] = NO_SWEEP  # lr multipliers each genome trains at (fitness.py); (1.0,): none
+    lr_aggregate: str = DEFAULT_LR_AGGREGATE  # how a task's scores over the sweep become one (fitness.LR_AGGREGATES)
 
 
 @dataclass
@@ -55,6 +58,11 @@ class FitnessScorer:
                  map_units: MapUnits | None = None, on_progress: OnProgress | None = None, backend: Any = None):
         if settings.objective not in OBJECTIVES:
             raise EvaluationError(f"fitness objective {settings.objective!r} is not one of {', '.join(OBJECTIVES)}")
+        if settings.lr_aggregate not in LR_AGGREGATES:
+            raise EvaluationError(f"fitness lr_aggregate {settings.lr_aggregate!r} is not one of "
+                                  f"{', '.join(LR_AGGREGATES)}")
+        if not settings.lr_sweep or any(not m > 0 for m in settings.lr_sweep):
+            raise EvaluationError(f"fitness lr_sweep {settings.lr_sweep!r}: expected positive multipliers")
         self.settings = settings
         self.cache = cache if cache is not None else ResultCache()
         self.map_units = map_units
@@ -106,8 +114,23 @@ class FitnessScorer:
         """Fitness of each genome at ``budget`` (default: the full budget)."""
         budget = budget or self.settings.budget
         baselines = self.baselines(budget)
-        evaluation = self._evaluate(genomes, self.settings.tasks, budget, self.settings.seeds, self.cache)
-        return score_evaluation(evaluation, baselines)
+        evaluation = self._evaluate(self.lr_variants(genomes), self.settings.tasks, budget, self.settings.seeds,
+                                    self.cache)
+        return self.score_variants(evaluation, baselines)
+
+    def lr_variants(self, genomes: Sequence[Genome]) -> list[Genome]:
+        """What an evaluation of ``genomes`` trains: each genome at every multiplier of the lr sweep, side
+        by side (the genomes themselves without a sweep)."""
+        return [lr_scaled(genome, m) for genome in genomes for m in self.settings.lr_sweep]
+
+    def score_variants(self, evaluation: Evaluation, baselines: Sequence[Baseline]) -> list[GenomeFitness]:
+        """Fitness of each genome from the evaluation of its :meth:`lr_variants`."""
+        scored = score_evaluation(evaluation, baselines)
+        sweep = tuple(self.settings.lr_sweep)
+        if sweep == NO_SWEEP:
+            return scored
+        return [combine_lr_sweep(dict(zip(sweep, scored[i:i + len(sweep)])), self.settings.lr_aggregate)
+                for i in range(0, len(scored), len(sweep))]
 
     def score_with_halving(self, genomes: Sequence[Genome]) -> list[RungOutcome]:
         """Successive halving over the settings' rungs; each outcome's ``score`` is a GenomeFitness."""

@@ -39,6 +39,13 @@ def cpu_model() -> str:
     return f"{name}, {os.cpu_count()} logical CPUs"
 
 
+def _lr_sweep(args: argparse.Namespace) -> tuple[float, ...]:
+    """``--lr-sweep``, checked as ``fitness.lr_sweep`` is in a config."""
+    from evolveopt.config import parse_config
+
+    return parse_config({"fitness": {"lr_sweep": list(args.lr_sweep)}}, source="--lr-sweep").fitness.lr_sweep
+
+
 def _eval_sizes(args: argparse.Namespace) -> tuple[int, ...]:
     if args.sizes:
         return tuple(args.sizes)
@@ -77,9 +84,11 @@ BENCHMARKS: dict[str, Benchmark] = {
                                              "new thread policy",
                            lambda m, a: m.run_neighbour_benchmark(a.neighbours, a.neighbour_threads, budget=a.budget),
                            lambda m, r: m.format_neighbour(r)),
-    "transfer": Benchmark("fitness_transfer", "rank correlation of each fitness objective's search fitness with "
-                                              "held-out-suite scores from fresh seeds",
-                          lambda m, a: m.run_transfer_benchmark(budget=a.budget or 150, device=a.device),
+    "transfer": Benchmark("fitness_transfer", "rank correlation of each fitness objective's search fitness (with "
+                                              "--lr-sweep: without and with that sweep) with held-out-suite scores "
+                                              "from fresh seeds",
+                          lambda m, a: m.run_lr_sweep_transfer(_lr_sweep(a), budget=a.budget or 150, device=a.device)
+                          if a.lr_sweep else m.run_transfer_benchmark(budget=a.budget or 150, device=a.device),
                           lambda m, r: m.format_transfer_table(r)),
     "cluster": Benchmark("cluster_occupancy", "a config's search, generational and steady state, on local Ray "
                                               "clusters of N logical workers: in flight, busy, dispatch, genomes/s",

@@ -13,6 +13,13 @@ For each (objective, held-out score) pair it prints Spearman's ρ over the genom
 bootstrap interval (genomes resampled), and its difference from the train_loss objective's ρ with
 a paired interval (the same resamples). The objective with the higher ρ is the one whose winners
 keep winning where they were not searched.
+
+With a learning-rate sweep (``lr_sweep``, :func:`run_lr_sweep_transfer`) the search fitness is the
+default objective's three ways instead, on the same genomes: without a sweep (each genome at its
+own lr), and over the sweep with ``best`` and with ``soft_min`` (``fitness.lr_sweep``); the Δ
+columns are paired against no sweep. The held-out scores are those above (each genome at its own
+lr) and one more: the held-out loss score at each task's best multiplier of the sweep, a coarse
+stand-in for a benchmark that tunes every rule's learning rate.
 """
 
 from __future__ import annotations
@@ -64,40 +71,84 @@ def spearman_with_interval(x: list[float], y: list[float], versus: list[float] |
     return out
 
 
+def _fitness_of(genomes: dict[str, Any], cache: Any, budget: int, device: str, tasks: Any, seeds: tuple[int, ...],
+                objective: str, **sweep: Any) -> list[float]:
+    """Each genome's fitness on ``tasks`` from ``seeds`` (no successive halving), in order."""
+    from evolveopt.evaluation.scorer import FitnessScorer, FitnessSettings
+
+    settings = FitnessSettings(tasks=list(tasks), budget=budget, seeds=list(seeds), rungs=1, device=device,
+                               objective=objective, **sweep)
+    return [s.fitness for s in FitnessScorer(settings, cache).score(list(genomes.values()))]
+
+
+def _heldout_scores(genomes: dict[str, Any], cache: Any, budget: int, device: str) -> dict[str, list[float]]:
+    from evolveopt.tasks import HELDOUT_SUITE
+
+    return {obj: _fitness_of(genomes, cache, budget, device, HELDOUT_SUITE, FRESH_SEEDS, obj) for obj in HELDOUT_SCORES}
+
+
+def _report(budget: int, names: list[str], search: dict[str, list[float]], heldout: dict[str, list[float]],
+            versus: str, column: str) -> dict[str, Any]:
+    from evolveopt.tasks import HELDOUT_SUITE, SEARCH_SUITE
+
+    rows = [{column: name, "heldout_score": target, "genomes": len(names),
+             **spearman_with_interval(search[name], heldout[target], versus=search[versus])}
+            for name in search for target in heldout]
+    return {"budget": budget, "genomes": names, "search": search, "heldout": heldout, "rows": rows,
+            "versus": versus, "column": column,
+            "search_tasks": [t["name"] for t in SEARCH_SUITE], "heldout_tasks": [t["name"] for t in HELDOUT_SUITE]}
+
+
 def run_transfer_benchmark(budget: int = 150, random_count: int = 24, device: str = "cpu") -> dict[str, Any]:
     """Score every candidate on both suites under every objective; correlate (module docstring)."""
     from evolveopt.config import RULES
     from evolveopt.evaluation import ResultCache
-    from evolveopt.evaluation.scorer import FitnessScorer, FitnessSettings
+    from evolveopt.tasks import SEARCH_SUITE
+
+    genomes = candidate_genomes(random_count)
+    cache = ResultCache()  # one cache: each suite trains once, scored several ways
+    search = {obj: _fitness_of(genomes, cache, budget, device, SEARCH_SUITE, SEARCH_SEEDS, obj)
+              for obj in RULES["fitness.objective"]}
+    return _report(budget, list(genomes), search, _heldout_scores(genomes, cache, budget, device), "train_loss",
+                   "objective")
+
+
+def run_lr_sweep_transfer(lr_sweep: tuple[float, ...] = (0.5, 1.0, 2.0), budget: int = 150, random_count: int = 24,
+                          device: str = "cpu") -> dict[str, Any]:
+    """Search fitness (default objective) without a sweep and over ``lr_sweep`` by each aggregate, on
+    the same genomes; correlate with the held-out scores (module docstring)."""
+    from evolveopt.config import RULES, FitnessConfig
+    from evolveopt.evaluation import ResultCache
     from evolveopt.tasks import HELDOUT_SUITE, SEARCH_SUITE
 
     genomes = candidate_genomes(random_count)
-    names, cache = list(genomes), ResultCache()  # one cache: each suite trains once, scored several ways
-
-    def scores(tasks: list[dict[str, Any]], seeds: tuple[int, ...], objective: str) -> list[float]:
-        settings = FitnessSettings(tasks=list(tasks), budget=budget, seeds=list(seeds), rungs=1, device=device,
-                                   objective=objective)
-        return [s.fitness for s in FitnessScorer(settings, cache).score(list(genomes.values()))]
-
-    search = {obj: scores(SEARCH_SUITE, SEARCH_SEEDS, obj) for obj in RULES["fitness.objective"]}
-    heldout = {obj: scores(HELDOUT_SUITE, FRESH_SEEDS, obj) for obj in HELDOUT_SCORES}
-    rows = [{"objective": obj, "heldout_score": target, "genomes": len(names),
-             **spearman_with_interval(search[obj], heldout[target], versus=search["train_loss"])}
-            for obj in search for target in heldout]
-    return {"budget": budget, "genomes": names, "search": search, "heldout": heldout, "rows": rows,
-            "search_tasks": [t["name"] for t in SEARCH_SUITE], "heldout_tasks": [t["name"] for t in HELDOUT_SUITE]}
+    cache = ResultCache()  # the sweep's multiplier 1 is the no-sweep evaluation: trained once
+    objective = FitnessConfig.objective
+    sweep_label = "×(" + ", ".join(f"{m:g}" for m in lr_sweep) + ")"
+    search = {"no sweep": _fitness_of(genomes, cache, budget, device, SEARCH_SUITE, SEARCH_SEEDS, objective)}
+    for how in RULES["fitness.lr_aggregate"]:
+        search[f"{how} {sweep_label}"] = _fitness_of(genomes, cache, budget, device, SEARCH_SUITE, SEARCH_SEEDS,
+                                                     objective, lr_sweep=tuple(lr_sweep), lr_aggregate=how)
+    heldout = _heldout_scores(genomes, cache, budget, device)
+    heldout[f"{objective}, best lr {sweep_label}"] = _fitness_of(genomes, cache, budget, device, HELDOUT_SUITE,
+                                                                FRESH_SEEDS, objective, lr_sweep=tuple(lr_sweep),
+                                                                lr_aggregate="best")  # as if tuned per task
+    report = _report(budget, list(genomes), search, heldout, "no sweep", "lr sweep")
+    return {**report, "objective": objective, "lr_sweep": list(lr_sweep)}
 
 
 def format_transfer_table(report: dict[str, Any]) -> str:
     from evolveopt.measure import cpu_model
 
-    lines = [f"{len(report['genomes'])} genomes, {report['budget']} steps; search suite "
+    column, versus = report["column"], report["versus"]
+    objective = f"fitness objective {report['objective']}; " if "objective" in report else ""
+    lines = [f"{objective}{len(report['genomes'])} genomes, {report['budget']} steps; search suite "
              f"({', '.join(report['search_tasks'])}) seeds {list(SEARCH_SEEDS)}; held-out suite "
              f"({', '.join(report['heldout_tasks'])}) fresh seeds {list(FRESH_SEEDS)}; {cpu_model()}", "",
-             "| search objective | held-out score by | Spearman ρ | 95% CI | ρ − ρ(train_loss) | 95% CI (paired) |",
+             f"| search {column} | held-out score by | Spearman ρ | 95% CI | ρ − ρ({versus}) | 95% CI (paired) |",
              "|---|---|---:|---|---:|---|"]
     for row in report["rows"]:
-        lines.append(f"| {row['objective']} | {row['heldout_score']} | {row['rho']:+.3f} | "
+        lines.append(f"| {row[column]} | {row['heldout_score']} | {row['rho']:+.3f} | "
                      f"[{row['low']:+.3f}, {row['high']:+.3f}] | {row['delta']:+.3f} | "
                      f"[{row['delta_low']:+.3f}, {row['delta_high']:+.3f}] |")
     return "\n".join(lines)

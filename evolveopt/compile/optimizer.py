@@ -40,9 +40,9 @@ from evolveopt.primitives import averaging
 from evolveopt.primitives import feedback as eve
 from evolveopt.primitives import gradient, tensorlist
 
-# Below this mean tensor size, one multi-tensor (foreach) call per op beats a Python loop on
-# CPU; above it the loop wins (temporaries stay in cache). See docs/performance.md.
-FOREACH_MAX_MEAN_NUMEL = 65_536
+# Up to this tensor size, one multi-tensor (foreach) call per op for all such tensors beats a
+# Python loop on CPU; above it the loop wins (temporaries stay in cache). See docs/performance.md.
+FOREACH_MAX_NUMEL = 65_536
 DECAYING_SCHEDULES = ("cosine", "linear_decay", "warmup_cosine")  # s(t) = 0 for t > total_steps
 
 
@@ -274,8 +274,13 @@ class RuleOptimizer(torch.optim.Optimizer):
                 lr *= genes[self.genome.fallback.lr_ratio]
             ctx = StepContext(t=t, genes=genes, lr=lr, maximize=group["maximize"], global_clip=global_clip,
                               feedback=feedback)
-            slots = {name: [_real(self.state[p][name]) for p in chunk_params] for name in rule.slots}
-            work.append((routes[chunk[0]], ([_real(p) for p in chunk_params], [grads[i] for i in chunk], slots, ctx)))
+            states = [self.state[p] for p in chunk_params]
+            if any(p.is_complex() for p in chunk_params):
+                slots = {name: [_real(state[name]) for state in states] for name in rule.slots}
+                chunk_params = [_real(p) for p in chunk_params]
+            else:
+                slots = {name: [state[name] for state in states] for name in rule.slots}
+            work.append((routes[chunk[0]], (chunk_params, [grads[i] for i in chunk], slots, ctx)))
         return work
 
     def _route(self, group: dict[str, Any], p: Tensor) -> int:
@@ -296,12 +301,18 @@ class RuleOptimizer(torch.optim.Optimizer):
 
     def _chunks(self, group: dict[str, Any], params: list[Tensor], labels: list[int] | None,
                 routes: list[int]) -> list[list[int]]:
-        """Indices of tensors sharing rule, device, dtype and step count (one at a time without foreach).
+        """Indices of tensors sharing rule, device, dtype and step count, stepped by one multi-tensor
+        call per op. ``foreach=False``: one tensor at a time; ``None``: on CUDA all together, on CPU
+        only tensors of at most FOREACH_MAX_NUMEL elements (each larger one goes alone).
         With tensor step counts, ``labels`` (:meth:`_cohorts`) stand for the counts."""
-        if not _use_foreach(group["foreach"], params):
+        choice = group["foreach"]
+        if choice is False:
             return [[i] for i in range(len(params))]
         chunks: dict[tuple, list[int]] = defaultdict(list)
         for i, p in enumerate(params):
+            if choice is None and not p.is_cuda and p.numel() > FOREACH_MAX_NUMEL:
+                chunks[("alone", i)].append(i)
+                continue
             count = labels[i] if labels is not None else _step_int(self.state[p]["step"])
             chunks[(routes[i], p.device, p.dtype, count)].append(i)
         return list(chunks.values())
@@ -436,7 +447,7 @@ class GenomeOptimizer(RuleOptimizer):
             warmup); accepted and ignored by genomes without such a schedule.
         maximize: ascend the objective instead of descending.
         foreach: use multi-tensor ops per group (True), one tensor at a time (False), or
-            choose by device and tensor size (None).
+            choose by device and tensor size (None: see ``FOREACH_MAX_NUMEL``).
         capturable, differentiable, fused: torch.optim's flags; ``differentiable=True`` and
             ``fused=True`` are not supported and raise.
         **genes: overrides of the genome's genes by name (``lr``, ``beta1``, ``weight_decay``, ...);
@@ -479,14 +490,6 @@ def _alias_items(where: str, alias: str, names: tuple[str, ...], value: Any) -> 
     if values is None or len(values) != len(names):
         raise GenomeError(f"{where}: betas: expected {len(names)} values ({', '.join(names)}), got {value!r}")
     return values
-
-
-def _use_foreach(choice: bool | None, params: list[Tensor]) -> bool:
-    if choice is not None:
-        return choice
-    if all(p.is_cuda for p in params):
-        return True
-    return sum(p.numel() for p in params) / len(params) <= FOREACH_MAX_MEAN_NUMEL
 
 
 def _step_tensor(count: int, param: Tensor, capturable: bool) -> Tensor:

@@ -253,7 +253,7 @@ class Rule:
     def _term(self, term: Term, state: Mapping[str, TensorList], cache: _StepCache, ctx: StepContext) -> list[Part]:
         x = self._signal(term.signal, term, state, cache, ctx)
         if term.order == "normalize_first":  # the momentum averages the normalized signal (LaProp, ADOPT)
-            normalized = materialize(self._precondition(term, [(1.0, x)], state, cache, ctx))
+            normalized = read_only(self._precondition(term, [(1.0, x)], state, cache, ctx))
             parts = [Part(c, num) for c, num in self._momentum(term, state, cache, ctx, normalized)]
         else:
             numerators: moments.Parts = [(1.0, x)]
@@ -454,6 +454,13 @@ def materialize(parts: list[Part]) -> TensorList:
         else:
             tl.add_scaled_(u, part.num, part.coef)
     return u
+
+
+def read_only(parts: list[Part]) -> TensorList:
+    """u = Σ coef·num/den for reading only: a lone unscaled part is its own tensors (no copy)."""
+    if len(parts) == 1 and parts[0].den is None and tl.is_float(parts[0].coef) and parts[0].coef == 1.0:
+        return parts[0].num
+    return materialize(parts)
 
 
 def apply_(params: TensorList, parts: list[Part], scale: Scalar) -> None:

@@ -43,6 +43,7 @@ class Part:
     coef: Factor
     num: TensorList
     den: TensorList | None = None
+    fresh: bool = False  # num is new memory of this step that nothing else reads: the step may overwrite it
 
 
 @dataclass
@@ -235,7 +236,7 @@ class Rule:
             flow.direction = materialize(parts)
             for run, value in self.on_direction:
                 run(value, flow, ctx)
-            parts = [Part(1.0 if flow.step_scale is None else flow.step_scale, flow.direction)]
+            parts = [Part(1.0 if flow.step_scale is None else flow.step_scale, flow.direction, fresh=True)]
         if "prev_grad" in state:
             torch._foreach_copy_(state["prev_grad"], flow.grads)
         if self.move:
@@ -261,9 +262,11 @@ class Rule:
                 numerators = self._momentum(term, state, cache, ctx)
             parts = self._precondition(term, numerators, state, cache, ctx)
         if term.sign:
-            parts = [Part(1.0, list(torch._foreach_sign(materialize(parts))))]
+            u = materialize(parts)
+            torch._foreach_sign_(u)
+            parts = [Part(1.0, u, fresh=True)]
         weight = ctx.genes[term.weight] if term.weight else 1.0
-        return [Part(tl.mul(weight, p.coef), p.num, p.den) for p in parts]
+        return [Part(tl.mul(weight, p.coef), p.num, p.den, p.fresh) for p in parts]
 
     def _signal(self, signal: Signal, term: Term, state: Mapping[str, TensorList], cache: _StepCache,
                 ctx: StepContext) -> TensorList:
@@ -326,7 +329,7 @@ class Rule:
         if pre.clip is not None:
             clipped = materialize(parts)
             preconditioners.clip_(clipped, genes[pre.clip])
-            parts = [Part(1.0, clipped)]
+            parts = [Part(1.0, clipped, fresh=True)]
         return parts
 
     def _statistic(self, term: Term, state: Mapping[str, TensorList], cache: _StepCache, ctx: StepContext) -> TensorList:
@@ -444,9 +447,15 @@ def _momentum_readout(mom: Momentum, m: TensorList, x: TensorList, beta: Scalar,
 
 
 def materialize(parts: list[Part]) -> TensorList:
-    """u = Σ coef·num/den as new tensors."""
+    """u = Σ coef·num/den as new tensors, or in the first part's own memory: its numerator where it is
+    fresh, its denominator (scratch of this step) where no other part reads it."""
     first, rest = parts[0], parts[1:]
-    u = tl.divided(first.num, first.den) if first.den is not None else tl.clone(first.num)
+    if first.den is None:
+        u = first.num if first.fresh else tl.clone(first.num)
+    elif any(part.den is first.den for part in rest):
+        u = tl.divided(first.num, first.den)
+    else:
+        u = tl.divided_over(first.num, first.den)
     tl.scale_(u, first.coef)
     for part in rest:
         if part.den is not None:

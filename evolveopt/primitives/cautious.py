@@ -23,13 +23,13 @@ MEAN_FLOOR = 1e-3
 
 def cautious_mask(direction: Tensor, grad: Tensor, kind: str, member_dims: int) -> Tensor:
     """M rescaled as ``kind`` says, shaped like ``direction``."""
-    mask = (direction * grad > 0).to(direction.dtype)
+    mask = torch.mul(direction, grad).gt_(0)  # 1.0 where they agree, in u's dtype: one new tensor
     kept = mask.flatten(member_dims).sum(-1)
     n = mask[(0,) * member_dims].numel() if member_dims else mask.numel()
     shape = kept.shape + (1,) * (mask.dim() - member_dims)
     if kind == "mean":
-        return mask / torch.clamp(kept / n, min=MEAN_FLOOR).reshape(shape)
-    return mask * (n / (kept + 1.0)).reshape(shape)
+        return mask.div_(torch.clamp(kept / n, min=MEAN_FLOOR).reshape(shape))
+    return mask.mul_((n / (kept + 1.0)).reshape(shape))
 
 
 def cautious_(direction: TensorList, grads: TensorList, kind: str, member_dims: int) -> None:

@@ -29,11 +29,13 @@ from evolveopt.primitives import tensorlist as tl
 ESTIMATE_KEYS = ("d", "d_max", "numerator", "count")
 
 
-def _inner(x: Tensor, y: Tensor, member_dims: int) -> Tensor:
-    """⟨x, y⟩ (per member when member_dims is 1) in the tensors' dtype, then float64 (a float64
-    accumulation of float32 runs tens of times slower). A product and a sum, not ``torch.dot``:
-    a member's stacked row then reduces as the same model's tensor alone (dot orders its sums apart)."""
-    return (x * y).flatten(member_dims).sum(-1).to(torch.float64) if member_dims else (x * y).sum().to(torch.float64)
+def _inner(g: Tensor, start: Tensor, x: Tensor, member_dims: int) -> Tensor:
+    """⟨g, θ0 − θ⟩ (per member when member_dims is 1) in the tensors' dtype, then float64 (a float64
+    accumulation of float32 runs tens of times slower). A product and a sum in one new tensor, not
+    ``torch.dot``: a member's stacked row then reduces as the same model's tensor alone (dot orders
+    its sums apart)."""
+    product = torch.sub(start, x).mul_(g)
+    return product.flatten(member_dims).sum(-1).to(torch.float64) if member_dims else product.sum().to(torch.float64)
 
 
 def _l1(x: Tensor, member_dims: int) -> Tensor:
@@ -105,7 +107,7 @@ def prodigy_estimate(value, flows, ctxs, store: dict[str, Tensor]) -> None:
         if tl.is_zero(ctx.lr):
             continue
         s, x0 = flow.state[PRODIGY_SLOTS[0]], flow.state[PRODIGY_SLOTS[1]]
-        inner.setdefault(key, []).extend(_inner(g, start - x, member_dims)
+        inner.setdefault(key, []).extend(_inner(g, start, x, member_dims)
                                          for g, x, start in zip(flow.grads, flow.params, x0))
         tl.scale_(s, beta_factor)
         tl.add_scaled_(s, flow.grads, factors[key][2])

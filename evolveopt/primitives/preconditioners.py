@@ -83,6 +83,7 @@ def factored_read(pre, buffers: list[TensorList], eps: Scalar, member_dims: int)
 # An eps_mode row's function (registry.PARTS["eps_mode"]): ``(pre, numerators, stat, bias, ctx)`` ->
 # [(coefficient, numerator, denominator or None)], the term's numerator parts y divided by the root of
 # the statistic v; bias is bc = 1 − β^t (1.0 without bias correction), d = ctx.feedback (Eve) or none.
+# A denominator is new memory of this step (never a state buffer): the step may overwrite it.
 
 
 def _eps(pre, ctx) -> Scalar:

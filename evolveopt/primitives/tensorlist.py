@@ -177,6 +177,21 @@ def divided(xs: TensorList, ys: TensorList) -> TensorList:
     return list(torch._foreach_div(xs, ys))
 
 
+# A CPU tensor above this many elements is divided into its scratch denominator's memory: a fresh
+# allocation that large costs more in page faults than the division itself (glibc returns it each step).
+IN_PLACE_MIN_NUMEL = 65_536
+
+
+def divided_over(xs: TensorList, ys: TensorList) -> TensorList:
+    """x/y, written over ``ys`` (scratch the caller owns) where they are large CPU tensors of x's shape,
+    as new tensors otherwise; the same values as :func:`divided` either way."""
+    if all(not y.is_cuda and y.shape == x.shape and y.numel() > IN_PLACE_MIN_NUMEL for x, y in zip(xs, ys)):
+        for x, y in zip(xs, ys):
+            torch.div(x, y, out=y)
+        return list(ys)
+    return divided(xs, ys)
+
+
 def member_norms(xs: TensorList, member_dims: int) -> list[Tensor]:
     """‖x‖₂ of each tensor, per member: 0-d tensors (member_dims 0) or ``[P]`` tensors (1)."""
     if member_dims == 0:

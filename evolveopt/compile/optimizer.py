@@ -233,15 +233,16 @@ class RuleOptimizer(torch.optim.Optimizer):
         """(parameters with a gradient, their gradients as real tensors, their indices in the group)."""
         params, grads, positions = [], [], []
         for position, p in enumerate(group["params"]):
-            if p.grad is None:
+            grad = p.grad
+            if grad is None:
                 continue
-            if p.grad.is_sparse:
+            if grad.is_sparse:
                 raise OptimizerUsageError(
                     f"{self.genome.label} does not support sparse gradients; use dense gradients "
                     "(e.g. nn.Embedding(sparse=False)) or torch.optim.SparseAdam"
                 )
             params.append(p)
-            grads.append(_real(p.grad))
+            grads.append(torch.view_as_real(grad) if grad.is_complex() else grad)
             positions.append(position)
         return params, grads, positions
 
@@ -253,8 +254,8 @@ class RuleOptimizer(torch.optim.Optimizer):
         tensor_steps = group["capturable"] or torch.compiler.is_compiling()
         labels = self._cohorts(group, positions) if tensor_steps else self._labels.pop(id(group), None)
         routes = [self._route(group, p) for p in params]
-        for p, r in zip(params, routes):
-            state = self.state[p]
+        param_states = [self.state[p] for p in params]
+        for p, r, state in zip(params, routes, param_states):
             if not state:
                 state.update(self.rules[r].init_state(p, capturable=group["capturable"]))
                 state["step"] = 0
@@ -262,10 +263,13 @@ class RuleOptimizer(torch.optim.Optimizer):
                 state["step"] = _step_tensor(state["step"], p, group["capturable"])
             state["step"] += 1
         work = []
-        for chunk in self._chunks(group, params, labels if tensor_steps else None, routes):
+        counts = labels if tensor_steps else [_step_int(state["step"]) for state in param_states]
+        complex_params = any(p.is_complex() for p in params)
+        for chunk in self._chunks(group, params, counts, routes):
             chunk_params = [params[i] for i in chunk]
+            states = [param_states[i] for i in chunk]
             rule = self.rules[routes[chunk[0]]]
-            step = self.state[chunk_params[0]]["step"]
+            step = states[0]["step"]
             t = step.to(torch.float64) if tensor_steps else _step_int(step)
             if not tensor_steps:
                 self._warn_past_horizon(t, group["total_steps"])
@@ -274,8 +278,7 @@ class RuleOptimizer(torch.optim.Optimizer):
                 lr *= genes[self.genome.fallback.lr_ratio]
             ctx = StepContext(t=t, genes=genes, lr=lr, maximize=group["maximize"], global_clip=global_clip,
                               feedback=feedback)
-            states = [self.state[p] for p in chunk_params]
-            if any(p.is_complex() for p in chunk_params):
+            if complex_params and any(p.is_complex() for p in chunk_params):
                 slots = {name: [_real(state[name]) for state in states] for name in rule.slots}
                 chunk_params = [_real(p) for p in chunk_params]
             else:
@@ -299,22 +302,22 @@ class RuleOptimizer(torch.optim.Optimizer):
                           f"'{kind}' schedule is 0 from here on, so the parameters no longer move "
                           "(pass the number of steps you train as total_steps)", stacklevel=6)
 
-    def _chunks(self, group: dict[str, Any], params: list[Tensor], labels: list[int] | None,
+    def _chunks(self, group: dict[str, Any], params: list[Tensor], counts: list[int],
                 routes: list[int]) -> list[list[int]]:
         """Indices of tensors sharing rule, device, dtype and step count, stepped by one multi-tensor
         call per op. ``foreach=False``: one tensor at a time; ``None``: on CUDA all together, on CPU
         only tensors of at most FOREACH_MAX_NUMEL elements (each larger one goes alone).
-        With tensor step counts, ``labels`` (:meth:`_cohorts`) stand for the counts."""
+        ``counts``: the step counts, or with tensor step counts labels that stand for them (:meth:`_cohorts`)."""
         choice = group["foreach"]
         if choice is False:
             return [[i] for i in range(len(params))]
         chunks: dict[tuple, list[int]] = defaultdict(list)
-        for i, p in enumerate(params):
-            if choice is None and not p.is_cuda and p.numel() > FOREACH_MAX_NUMEL:
+        by_size = choice is None
+        for i, (p, route, count) in enumerate(zip(params, routes, counts)):
+            if by_size and not p.is_cuda and p.numel() > FOREACH_MAX_NUMEL:
                 chunks[("alone", i)].append(i)
-                continue
-            count = labels[i] if labels is not None else _step_int(self.state[p]["step"])
-            chunks[(routes[i], p.device, p.dtype, count)].append(i)
+            else:
+                chunks[(route, p.device, p.dtype, count)].append(i)
         return list(chunks.values())
 
     def _cohorts(self, group: dict[str, Any], positions: list[int]) -> list[int]:

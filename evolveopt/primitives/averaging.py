@@ -34,10 +34,12 @@ def average_weight_(lr_maxes: TensorList, weight_sums: TensorList, lr: Scalar, t
                     power: Scalar) -> Scalar:
     """Advance lr_max and S in place (every tensor of the lists); return c = w/S."""
     if all(tl.is_float(s) for s in (lr, t, r, power)) and lr_maxes[0].ndim == 0:  # host scalars: no sync
-        lr_max = max(lr_maxes[0].item(), lr)
+        previous = lr_maxes[0].item()
+        lr_max = max(previous, lr)
         weight = t**r * lr_max**power
         total = weight_sums[0].item() + weight
-        torch._foreach_clamp_min_(lr_maxes, lr)
+        if lr > previous:  # else every copy stays as it is (a constant lr raises it once)
+            torch._foreach_clamp_min_(lr_maxes, lr)
         torch._foreach_add_(weight_sums, weight)
         return weight / total if total != 0 else 0.0
     first = lr_maxes[0]

@@ -8,6 +8,16 @@ Importing the package does not import torch: genomes and the search are plain da
 torch-backed names below load on first use.
 """
 
+import os as _os
+
+# MKL's strict conditional numerical reproducibility: the bits of a GEMM do not depend on the
+# thread count, nor on how a batched GEMM's matrices are shared among threads (without it, on a
+# 2-thread AMD EPYC, a held-out forward pass [P, 449, 16] @ [P, 16, 10] rounded member i
+# differently for odd P than for even P: a member's result depended on its unit). MKL reads it at
+# its first call, so it is set here, before evolveopt trains anything; a value the user set is kept.
+# Measured: no slower (docs/fitness.md, Cache).
+_os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+
 from evolveopt.errors import EvolveOptError, GenomeError, OptimizerUsageError
 from evolveopt.genome import Genome, genome_hash, load_genome, structure_key
 

@@ -470,6 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="'cluster': search.in_flight_per_worker of the steady-state runs (default: the config's)")
     bench.add_argument("--lr-sweep", nargs="+", type=float, metavar="M", help="'transfer': compare the search fitness without "
                        "and with this learning-rate sweep (fitness.lr_sweep), e.g. 0.5 1 2")
+    bench.add_argument("--funnel", action="store_true", help="'transfer': order the genomes by search fitness and "
+                       "as a funnel's hall of fame does (tasks.FUNNEL_STAGES), each against the held-out scores")
     bench.add_argument("--compile", action="store_true",
                        help="'step': eager vs torch.compile'd step of an exported Adam genome and torch Adam")
     bench.set_defaults(command_function=cmd_bench)

@@ -37,6 +37,7 @@ class FitnessConfig:
     objective: str = "heldout_loss"  # train_loss | heldout_loss | combined (evaluation/fitness.py; docs/fitness.md)
     lr_sweep: tuple[float, ...] = (1.0,)  # each genome also trains at lr·m for every m; (1.0,): its own lr only
     lr_aggregate: str = "soft_min"  # best | soft_min: a task's score over the sweep (evaluation/fitness.py)
+    funnel: tuple[dict[str, Any], ...] = ()  # stages {tasks, top, budget} of larger tasks (evaluation/funnel.py)
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ RULES: dict[str, Any] = {
     "fitness.objective": ("train_loss", "heldout_loss", "combined"),  # read by evaluation/fitness.py
     "fitness.lr_sweep": (1e-3, 1e3),  # each multiplier; 1..MAX_LR_SWEEP of them, no two equal
     "fitness.lr_aggregate": ("best", "soft_min"),  # read by evaluation/fitness.py
+    "fitness.funnel.top": (1, 100_000),  # candidates entering a stage, per generation (steady state: per epoch)
     "backend.kind": ("local", "ray"),
     "backend.num_cpus": (1, 100_000),
     "backend.gpus_per_actor": (0.0, 64.0),
@@ -224,7 +226,7 @@ def _value(default: Any, value: Any, key: str, source: str) -> Any:
                                                isinstance(rule[0], (int, float))):
         return _number(default, value, key, source, rule)
     if isinstance(default, tuple):
-        if not isinstance(value, list) or (not value and key not in ("search.seed_genomes",)):
+        if not isinstance(value, list) or (not value and key not in ("search.seed_genomes", "fitness.funnel")):
             raise ConfigError(f"{source}: {key}: expected a non-empty list, got {value!r}")
         return _list(key, value, source)
     if isinstance(default, dict):
@@ -257,17 +259,9 @@ def _number(default: Any, value: Any, key: str, source: str, rule: Any) -> Any:
 
 def _list(key: str, value: list, source: str) -> tuple:
     if key == "fitness.tasks":
-        from evolveopt.tasks import make_task  # validates names and options
-
-        specs = []
-        for i, item in enumerate(value):
-            spec = {"name": item} if isinstance(item, str) else item
-            try:
-                make_task(spec)
-            except EvolveOptError as exc:
-                raise ConfigError(f"{source}: {key}[{i}]: {exc}") from None
-            specs.append(dict(spec))
-        return tuple(specs)
+        return _tasks(key, value, source)
+    if key == "fitness.funnel":
+        return tuple(_funnel_stage(f"{key}[{i}]", stage, source) for i, stage in enumerate(value))
     if key == "fitness.seeds":
         if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value):
             raise ConfigError(f"{source}: {key}: expected non-negative integers, got {value!r}")
@@ -291,6 +285,44 @@ def _list(key: str, value: list, source: str) -> tuple:
     return tuple(value)
 
 
+def _tasks(key: str, value: list, source: str) -> tuple[dict[str, Any], ...]:
+    from evolveopt.tasks import make_task  # validates names and options
+
+    specs = []
+    for i, item in enumerate(value):
+        spec = {"name": item} if isinstance(item, str) else item
+        try:
+            make_task(spec)
+        except EvolveOptError as exc:
+            raise ConfigError(f"{source}: {key}[{i}]: {exc}") from None
+        specs.append(dict(spec))
+    return tuple(specs)
+
+
+FUNNEL_STAGE_KEYS = ("tasks", "top", "budget")
+
+
+def _funnel_stage(key: str, stage: Any, source: str) -> dict[str, Any]:
+    """A funnel stage: ``tasks`` (as fitness.tasks), ``top`` (candidates that enter it) and an optional
+    ``budget`` (default: fitness.budget)."""
+    if not isinstance(stage, dict):
+        raise ConfigError(f"{source}: {key}: expected a mapping with tasks and top, got {stage!r}")
+    for name in stage:
+        if name not in FUNNEL_STAGE_KEYS:
+            raise ConfigError(f"{source}: {key}.{name}: unknown key (allowed: {', '.join(FUNNEL_STAGE_KEYS)})")
+    for name in ("tasks", "top"):
+        if name not in stage:
+            raise ConfigError(f"{source}: {key}.{name}: missing (a stage needs tasks and top)")
+    tasks = stage["tasks"]
+    if not isinstance(tasks, list) or not tasks:
+        raise ConfigError(f"{source}: {key}.tasks: expected a non-empty list, got {tasks!r}")
+    out = {"tasks": list(_tasks(f"{key}.tasks", tasks, source)),
+           "top": _number(1, stage["top"], f"{key}.top", source, RULES["fitness.funnel.top"])}
+    if stage.get("budget") is not None:
+        out["budget"] = _number(1, stage["budget"], f"{key}.budget", source, RULES["fitness.budget"])
+    return out
+
+
 def _lr_sweep(key: str, value: list, source: str) -> tuple[float, ...]:
     """1..MAX_LR_SWEEP distinct multipliers, each in RULES' range."""
     low, high = RULES[key]
@@ -307,6 +339,11 @@ def _lr_sweep(key: str, value: list, source: str) -> tuple[float, ...]:
 
 
 def _check_cross_fields(config: RunConfig, source: str) -> None:
+    funnel = config.fitness.funnel
+    for i in range(1, len(funnel)):
+        if funnel[i]["top"] > funnel[i - 1]["top"]:
+            raise ConfigError(f"{source}: fitness.funnel[{i}].top: {funnel[i]['top']} exceeds the previous stage's "
+                              f"top ({funnel[i - 1]['top']}): only a stage's entrants can climb to the next")
     if config.search.elites >= config.search.population:
         raise ConfigError(f"{source}: search.elites: {config.search.elites} must be below search.population "
                           f"({config.search.population})")

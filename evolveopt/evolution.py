@@ -33,6 +33,7 @@ import yaml
 from evolveopt.backends import LocalBackend, RayBackend, check_resources, make_backend
 from evolveopt.config import RunConfig, backend_flags, load_config, parse_config, to_plain
 from evolveopt.evaluation.cache import ResultCache
+from evolveopt.evaluation.funnel import Funnel, FunnelStage
 from evolveopt.evaluation.scorer import FitnessScorer, FitnessSettings
 from evolveopt.evaluation.threads import OPENMP_ENV, THREADS_ENV, affinity
 from evolveopt.finished_runs import RunCheck, verify_run
@@ -69,6 +70,9 @@ class Evolution:
                                    lr_sweep=fit.lr_sweep, lr_aggregate=fit.lr_aggregate)
         self.scorer = FitnessScorer(settings, ResultCache(rundir.file("cache.sqlite")), self.backend.map_units,
                                     on_progress=progress.units if progress else None, backend=self.backend)
+        self.funnel = Funnel([FunnelStage.from_config(stage) for stage in fit.funnel], settings, self.scorer.cache,
+                             self.backend.map_units, on_progress=progress.units if progress else None,
+                             stats=self.scorer.stats) if fit.funnel else None
         self.rng = np.random.default_rng(config.seed)
         _seed_torch(config.seed)
         self.search = GeneticSearch(config.search, config.space, self.rng)
@@ -132,6 +136,7 @@ class Evolution:
         if self.progress:
             self.progress.phase(f"generation {generation + 1}: {len(new)} new genomes")
         self._evaluate(new)
+        funnel = self._climb_funnel(new)
         self.hof.update(population)
         record = {
             "generation": generation, **self.stats.compile(population),
@@ -143,6 +148,7 @@ class Evolution:
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # this process; Linux: KiB
             "threads": sorted(self.scorer.stats.threads),  # CPU threads per unit (evaluation/threads.py)
             "nodes": sorted(self.scorer.stats.nodes),  # Ray node IDs that ran its units (none in-process)
+            **funnel,
         }
         self.logbook.record(**record)  # the whole line: generations.jsonl can be rebuilt from a checkpoint
         self.population, self.generation = population, generation
@@ -162,6 +168,23 @@ class Evolution:
                 "task_scores": score.task_scores, "heldout": score.heldout, "failures": score.failures,
                 "fitness_by_rung": [s.fitness for s in outcome.scores_by_rung],
             }
+
+    def _climb_funnel(self, new: list[Individual]) -> dict[str, Any]:
+        """Funnel selection (evaluation/funnel.py) of the new individuals that reached the last rung: each
+        entrant's stage results go into its ``result["funnel"]``, which orders the hall of fame. Returns
+        the record's fields: entrants per stage (nothing without a funnel)."""
+        if self.funnel is None:
+            return {}
+        last = self.config.fitness.rungs - 1
+        candidates = [ind for ind in new if ind.rung == last]
+        if self.progress and candidates:
+            self.progress.phase(f"funnel: {min(len(candidates), self.funnel.stages[0].top)} genomes on larger tasks")
+        climbed = self.funnel.climb([ind.genome for ind in candidates], [ind.score for ind in candidates])
+        for ind, stages in zip(candidates, climbed):
+            if stages:
+                ind.result["funnel"] = [{"stage": j, "budget": scorer.settings.budget, **score.to_json()}
+                                        for j, (scorer, score) in enumerate(zip(self.funnel.scorers, stages))]
+        return {"funnel_entrants": [sum(len(stages) > j for stages in climbed) for j in range(len(self.funnel.stages))]}
 
     def _best_full_fitness(self) -> float | None:
         last = self.config.fitness.rungs - 1

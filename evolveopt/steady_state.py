@@ -275,6 +275,7 @@ class SteadyStateEvolution(Evolution):
         return union
 
     def _commit_epoch(self, epoch: int) -> None:
+        funnel = self._climb_funnel(self._epoch)
         self.hof.update(self._epoch)
         steps, hits, misses = self._counters
         stats = self.scorer.stats
@@ -285,7 +286,7 @@ class SteadyStateEvolution(Evolution):
             "member_steps": stats.member_steps - steps, "cache_hits": stats.cache_hits - hits,
             "cache_misses": stats.cache_misses - misses, "wall_time": time.monotonic() - self._started,
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "threads": sorted(stats.threads), "in_flight": self.width,
+            "threads": sorted(stats.threads), "in_flight": self.width, **funnel,
         }
         self.logbook.record(**record)
         self.generation = epoch

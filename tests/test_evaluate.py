@@ -409,6 +409,22 @@ def test_a_members_result_does_not_depend_on_the_unit_it_trains_in(two_threads, 
     assert alone == pair == five
 
 
+def test_the_last_members_of_an_odd_unit_round_as_in_an_even_one(two_threads):
+    """MKL's batched GEMM shared an odd number of matrices between 2 threads otherwise than an even
+    number, and rounded the held-out [P, 449, 16] @ [P, 16, 10] of the last member differently (seen on
+    a 2-thread AMD EPYC without MKL_CBWR); evolveopt sets MKL_CBWR=AUTO,STRICT, which makes it exact."""
+    import os
+
+    from evolveopt.evaluation.runner import run_unit
+
+    assert os.environ["MKL_CBWR"] == "AUTO,STRICT"
+    task = make_task({"name": "digits_mlp", "hidden": 16})
+    genomes = [ADAM.with_genes(lr=1e-3 * (k + 1)) for k in range(18)]
+    full = run_unit(task, genomes, list(range(18)), 3).results
+    for first in (1, 9):
+        assert run_unit(task, genomes[first:], list(range(first, 18)), 3).results == full[first:]
+
+
 def test_a_cached_result_is_the_bits_training_it_again_in_another_unit_gives(two_threads):
     task = COMPOSITION_TASKS[0]
     cache = ResultCache()

@@ -85,9 +85,10 @@ BENCHMARKS: dict[str, Benchmark] = {
                            lambda m, a: m.run_neighbour_benchmark(a.neighbours, a.neighbour_threads, budget=a.budget),
                            lambda m, r: m.format_neighbour(r)),
     "transfer": Benchmark("fitness_transfer", "rank correlation of each fitness objective's search fitness (with "
-                                              "--lr-sweep: without and with that sweep) with held-out-suite scores "
-                                              "from fresh seeds",
-                          lambda m, a: m.run_lr_sweep_transfer(_lr_sweep(a), budget=a.budget or 150, device=a.device)
+                                              "--lr-sweep: without and with that sweep; with --funnel: search order vs "
+                                              "funnel order) with held-out-suite scores from fresh seeds",
+                          lambda m, a: m.run_funnel_transfer(budget=a.budget or 150, device=a.device) if a.funnel
+                          else m.run_lr_sweep_transfer(_lr_sweep(a), budget=a.budget or 150, device=a.device)
                           if a.lr_sweep else m.run_transfer_benchmark(budget=a.budget or 150, device=a.device),
                           lambda m, r: m.format_transfer_table(r)),
     "cluster": Benchmark("cluster_occupancy", "a config's search, generational and steady state, on local Ray "

@@ -20,6 +20,12 @@ own lr), and over the sweep with ``best`` and with ``soft_min`` (``fitness.lr_sw
 columns are paired against no sweep. The held-out scores are those above (each genome at its own
 lr) and one more: the held-out loss score at each task's best multiplier of the sweep, a coarse
 stand-in for a benchmark that tunes every rule's learning rate.
+
+With a funnel (``funnel``, :func:`run_funnel_transfer`; default ``tasks.FUNNEL_STAGES``) the same
+genomes are ordered twice: by search fitness (default objective), and as a funnel run's hall of
+fame orders them (evaluation/funnel.py: the top of the search climb stages of larger tasks). ρ of
+each order with the held-out scores, the held-out rank of each order's top genomes (as many as the
+funnel's last stage takes) and of its champion, and the funnel's training cost against the search's.
 """
 
 from __future__ import annotations
@@ -151,4 +157,73 @@ def format_transfer_table(report: dict[str, Any]) -> str:
         lines.append(f"| {row[column]} | {row['heldout_score']} | {row['rho']:+.3f} | "
                      f"[{row['low']:+.3f}, {row['high']:+.3f}] | {row['delta']:+.3f} | "
                      f"[{row['delta_low']:+.3f}, {row['delta_high']:+.3f}] |")
+    if "picks" in report:
+        lines += _format_picks(report)
     return "\n".join(lines)
+
+
+def _format_picks(report: dict[str, Any]) -> list[str]:
+    stages = "; ".join(f"stage {j + 1}: top {s['top']} (entered {n}) on "
+                       + ", ".join(_task_label(t) for t in s["tasks"]) + f", {s.get('budget', report['budget'])} steps"
+                       for j, (s, n) in enumerate(zip(report["stages"], report["entrants"])))
+    lines = ["", f"funnel: {stages}", "",
+             f"| selection | held-out score by | mean held-out rank of its top {report['top']} | its champion's "
+             f"held-out rank |", "|---|---|---:|---:|"]
+    for name, by in report["picks"].items():
+        for target, value in by.items():
+            lines.append(f"| {name} | {target} | {value['top_mean_rank']:.1f} | {value['champion_rank']} |")
+    search, funnel = report["search_member_steps"], report["funnel_member_steps"]
+    lines += ["", f"training cost: search {search:,} member-steps ({report['search_seconds']:.0f} s), funnel "
+                  f"{funnel:,} ({report['funnel_seconds']:.0f} s) = {funnel / max(search, 1):.2f}x the search's "
+                  f"(of {len(report['genomes'])} genomes; ranks out of {len(report['genomes'])})"]
+    return lines
+
+
+def _task_label(task: dict[str, Any]) -> str:
+    options = ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in task.items() if k != "name")
+    return f"{task['name']}({options})" if options else task["name"]
+
+
+def run_funnel_transfer(stages: list[dict[str, Any]] | None = None, budget: int = 150, random_count: int = 24,
+                        device: str = "cpu") -> dict[str, Any]:
+    """Search-fitness order vs funnel order of the same genomes against the held-out scores (module docstring)."""
+    from evolveopt.config import FitnessConfig
+    from evolveopt.evaluation import ResultCache
+    from evolveopt.evaluation.funnel import Funnel, FunnelStage
+    from evolveopt.evaluation.scorer import FitnessScorer, FitnessSettings, ScorerStats
+    from evolveopt.search.individual import fame_key
+    from evolveopt.tasks import FUNNEL_STAGES, SEARCH_SUITE
+
+    stages = FUNNEL_STAGES if stages is None else stages
+    genomes = candidate_genomes(random_count)
+    cache = ResultCache()
+    settings = FitnessSettings(tasks=list(SEARCH_SUITE), budget=budget, seeds=list(SEARCH_SEEDS), rungs=1,
+                               device=device, objective=FitnessConfig.objective)
+    searcher = FitnessScorer(settings, cache)
+    search = [s.fitness for s in searcher.score(list(genomes.values()))]
+    funnel_stats = ScorerStats()
+    funnel = Funnel([FunnelStage.from_config(s) for s in stages], settings, cache, stats=funnel_stats)
+    climbed = funnel.climb(list(genomes.values()), search)
+    keys = [fame_key(0, f, [{"fitness": s.fitness} for s in c]) for f, c in zip(search, climbed)]
+    order = sorted(range(len(keys)), key=lambda i: keys[i], reverse=True)  # the funnel's hall of fame
+    position = {i: -rank for rank, i in enumerate(order)}  # larger is better, as a fitness
+    selections = {"search fitness": search, "funnel": [float(position[i]) for i in range(len(keys))]}
+    heldout = _heldout_scores(genomes, cache, budget, device)
+    report = _report(budget, list(genomes), selections, heldout, "search fitness", "selection")
+    top = stages[-1]["top"]
+    picks = {name: _held_out_ranks(score, heldout, top) for name, score in selections.items()}
+    return {**report, "objective": FitnessConfig.objective, "stages": stages, "picks": picks, "top": top,
+            "entrants": [sum(len(c) > j for c in climbed) for j in range(len(stages))],
+            "search_member_steps": searcher.stats.member_steps, "funnel_member_steps": funnel_stats.member_steps,
+            "search_seconds": searcher.stats.seconds, "funnel_seconds": funnel_stats.seconds}
+
+
+def _held_out_ranks(selection: list[float], heldout: dict[str, list[float]], top: int) -> dict[str, dict[str, float]]:
+    """For each held-out score: the mean held-out rank (1 = best) of the ``top`` genomes the selection
+    ranks first, and its champion's held-out rank."""
+    chosen = sorted(range(len(selection)), key=lambda i: -selection[i])[:top]  # stable, as the funnel's order
+    out = {}
+    for name, scores in heldout.items():
+        rank = {i: r + 1 for r, i in enumerate(sorted(range(len(scores)), key=lambda i: -scores[i]))}
+        out[name] = {"top_mean_rank": sum(rank[i] for i in chosen) / len(chosen), "champion_rank": rank[chosen[0]]}
+    return out

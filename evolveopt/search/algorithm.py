@@ -19,7 +19,9 @@ the run checkpoints both states.
 from __future__ import annotations
 
 import random
+from bisect import bisect_right
 from contextlib import contextmanager
+from copy import deepcopy
 from dataclasses import dataclass, replace
 from typing import Any, Iterator, Sequence
 
@@ -170,9 +172,31 @@ def structures(population: Sequence[Individual]) -> int:
     return len({ind.structure for ind in population})
 
 
-def hall_of_fame(size: int) -> tools.HallOfFame:
-    """DEAP's hall of fame, unique by canonical genome hash."""
-    return tools.HallOfFame(size, similar=lambda a, b: a.hash == b.hash)
+class RankedHallOfFame(tools.HallOfFame):
+    """DEAP's hall of fame ordered by ``Individual.fame`` (rung, funnel stages climbed, fitness there)
+    instead of the search fitness; without a funnel the two orders are the same. DEAP's class sorts
+    by ``.fitness`` alone, so its ``update`` and ``insert`` are given the key here."""
+
+    def update(self, population: Sequence[Individual]) -> None:
+        for ind in population:
+            if len(self) >= self.maxsize and not ind.fame > self.keys[0]:
+                continue
+            if any(self.similar(ind, member) for member in self):
+                continue
+            if len(self) >= self.maxsize:
+                self.remove(-1)
+            self.insert(ind)
+
+    def insert(self, item: Individual) -> None:
+        item = deepcopy(item)
+        i = bisect_right(self.keys, item.fame)
+        self.items.insert(len(self) - i, item)
+        self.keys.insert(i, item.fame)
+
+
+def hall_of_fame(size: int) -> RankedHallOfFame:
+    """The run's best distinct genomes (unique by canonical genome hash), best first."""
+    return RankedHallOfFame(size, similar=lambda a, b: a.hash == b.hash)
 
 
 def statistics() -> tools.Statistics:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 
 from evolveopt.genome.canonical import genome_hash, structure_key
@@ -18,6 +18,13 @@ from evolveopt.genome.schema import Genome, parse_genome, to_dict
 from evolveopt.extras import optional
 
 base = optional("deap.base", "search")
+
+
+def fame_key(rung: int, search_fitness: float, funnel: Sequence[dict[str, Any]] = ()) -> tuple[int, int, float]:
+    """The hall of fame's order (larger is better): (rung reached, funnel stages climbed, fitness on the
+    last stage climbed, else the search fitness). ``funnel``: the stage results of evaluation/funnel.py.
+    Without a funnel it orders as the fitness does."""
+    return (rung, len(funnel), funnel[-1]["fitness"] if funnel else search_fitness)
 
 
 class RankFitness(base.Fitness):
@@ -58,6 +65,11 @@ class Individual:
     @property
     def rung(self) -> int:
         return int(self.fitness.values[0]) if self.fitness.valid else -1
+
+    @property
+    def fame(self) -> tuple[int, int, float]:
+        """Its place in the hall of fame (:func:`fame_key`)."""
+        return fame_key(self.rung, self.score, self.result.get("funnel", ()))
 
     def to_json(self) -> dict[str, Any]:
         return {

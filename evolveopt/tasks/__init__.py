@@ -53,6 +53,15 @@ HELDOUT_SUITE: list[dict[str, Any]] = [  # other data, other architectures, and 
     {"name": "gpt", "layers": 3, "width": 48, "context": 64, "batch_size": 8},  # deeper, wider, longer context
 ]
 
+FUNNEL_STAGES: list[dict[str, Any]] = [  # fitness.funnel of experiments/funnel.yaml and `bench transfer --funnel`:
+    {"tasks": [{"name": "digits_mlp", "hidden": 256, "depth": 2},  # larger than the search suite's tasks, and
+               {"name": "teacher_student", "depth": 3, "width": 128},  # none of them a held-out task
+               {"name": "char_lm", "d_model": 64, "layers": 2},
+               {"name": "gpt", "layers": 2, "width": 48, "context": 48}], "top": 16},
+    {"tasks": [{"name": "gpt", "layers": 4, "width": 64, "context": 48},
+               {"name": "digits_mlp", "hidden": 256, "depth": 3},
+               {"name": "nqm", "dim": 1000, "condition": 1e5}], "top": 6},
+]
 
 ENTRY_POINT_GROUP = "evolveopt.tasks"
 _IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
@@ -135,4 +144,4 @@ def _spec_key(spec: dict[str, Any]) -> str:
     return json.dumps(spec, sort_keys=True, default=str)
 
 
-__all__ = ["HELDOUT_SUITE", "SEARCH_SUITE", "TASKS", "Option", "Task", "TaskError", "TaskRun", "make_task", "register"]
+__all__ = ["FUNNEL_STAGES", "HELDOUT_SUITE", "SEARCH_SUITE", "TASKS", "Option", "Task", "TaskError", "TaskRun", "make_task", "register"]

@@ -79,6 +79,9 @@ class ResultCache:
         try:
             if self.path != ":memory:":
                 db.execute("PRAGMA journal_mode=WAL")
+                # no fsync per commit (the WAL is synced at checkpoints): an OS crash may drop the last
+                # results, never corrupt the file, and a dropped result is trained again, to the same bits
+                db.execute("PRAGMA synchronous=NORMAL")
                 problems = [row[0] for row in db.execute("PRAGMA quick_check").fetchall()]
                 if problems != ["ok"]:
                     raise sqlite3.DatabaseError(f"quick_check: {problems[0]}")

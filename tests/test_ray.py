@@ -323,3 +323,25 @@ def test_a_submitted_unit_over_its_timeout_is_retried_then_stops_with_an_error(c
     with pytest.raises(BackendError, match=r"ran over unit_timeout=0.5 s 2 times"):
         backend.next_result()
     backend.cancel_all()
+
+
+@pytest.mark.parametrize("mode", ["generational", "steady_state"])
+def test_a_funnel_run_on_ray_equals_the_run_in_process(cluster, tmp_path, mode):
+    """The funnel's stages train on the run's backend: a generational run's files are the local run's;
+    a steady-state run's are those its arrival log rebuilds in-process, funnel results included."""
+    from test_evolve import run_files, tiny_config
+    from test_funnel import FUNNEL
+    from test_steady_state import replayed
+
+    from evolveopt.evolution import start_run
+
+    config = tiny_config(tmp_path, **FUNNEL, **{"search.mode": mode})
+    run = tmp_path / "ray"
+    start_run(load_config(config, ["backend.kind=ray"]), run, progress=False)
+    if mode == "generational":
+        start_run(load_config(config), tmp_path / "local", progress=False)
+        assert run_files(run) == run_files(tmp_path / "local")
+    else:
+        assert run_files(replayed(run, tmp_path / "replayed")) == run_files(run)
+    fame = json.loads((run / "hall_of_fame.json").read_text())
+    assert len(fame[0]["result"]["funnel"]) == 2

@@ -16,7 +16,8 @@ The rung recorded is the last one, so fitnesses compare with a generational run'
 
 Records: every ``population`` arrivals make an *epoch*, committed like a generation (population
 file = the queue, which then holds exactly that epoch's arrivals; lineage lines; generation line;
-hall of fame; checkpoint with the evaluations in flight). Between checkpoints, ``arrivals.jsonl``
+hall of fame, after the epoch's best climb ``fitness.funnel``'s stages if it has one; checkpoint with
+the evaluations in flight). Between checkpoints, ``arrivals.jsonl``
 records each arrival as it happens (one checksummed line, fsynced, before anything depends on it).
 A resumed run restores the checkpoint, replays the arrivals logged after it in their order (their
 results come from the log; choices from the checkpointed numpy Generator, the only randomness here)

@@ -364,6 +364,8 @@ def provenance(path: str | Path, individual: dict) -> dict:
         "individual": f"#{individual['id']}", "fitness": result.get("fitness"),
         "rung": result.get("rung"), "budget (steps)": result.get("budget"),
         "task scores": result.get("task_scores"),
+        **({"funnel (stage: fitness)": {s["stage"] + 1: s["fitness"] for s in result["funnel"]}}
+           if result.get("funnel") else {}),
     }
 
 

@@ -66,6 +66,8 @@ def test_a_run_with_a_funnel_ranks_its_hall_of_fame_by_the_stages_climbed(tmp_pa
                       key=lambda ind: -ind["fitness"][1])
         assert [ind["id"] for ind in last if "funnel" in ind["result"]] == [ind["id"] for ind in last[:3]]
     assert main(["export", str(run), "-o", str(tmp_path / "champion.py")]) == 0
+    assert main(["export", str(run), "-o", str(tmp_path / "champion.yaml")]) == 0
+    assert "# funnel (stage: fitness): {1: " in (tmp_path / "champion.yaml").read_text()  # provenance
 
 
 def test_a_funnel_run_resumed_from_its_previous_checkpoint_equals_an_uninterrupted_one(tmp_path):

@@ -184,7 +184,7 @@ class Evolution:
             if stages:
                 ind.result["funnel"] = [{"stage": j, "budget": scorer.settings.budget, **score.to_json()}
                                         for j, (scorer, score) in enumerate(zip(self.funnel.scorers, stages))]
-        return {"funnel_entrants": [sum(len(stages) > j for stages in climbed) for j in range(len(self.funnel.stages))]}
+        return {"funnel_entrants": self.funnel.entrants(climbed)}
 
     def _best_full_fitness(self) -> float | None:
         last = self.config.fitness.rungs - 1

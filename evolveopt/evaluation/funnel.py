@@ -75,3 +75,6 @@ class Funnel:
             ranking = sorted(entrants, key=lambda i: -climbed[i][-1].fitness)
         return climbed
 
+    def entrants(self, climbed: Sequence[Sequence[GenomeFitness]]) -> list[int]:
+        """How many candidates entered each stage, from :meth:`climb`'s result."""
+        return [sum(len(stages) > j for stages in climbed) for j in range(len(self.stages))]

@@ -213,7 +213,7 @@ def run_funnel_transfer(stages: list[dict[str, Any]] | None = None, budget: int 
     top = stages[-1]["top"]
     picks = {name: _held_out_ranks(score, heldout, top) for name, score in selections.items()}
     return {**report, "objective": FitnessConfig.objective, "stages": stages, "picks": picks, "top": top,
-            "entrants": [sum(len(c) > j for c in climbed) for j in range(len(stages))],
+            "entrants": funnel.entrants(climbed),
             "search_member_steps": searcher.stats.member_steps, "funnel_member_steps": funnel_stats.member_steps,
             "search_seconds": searcher.stats.seconds, "funnel_seconds": funnel_stats.seconds}
 
